@@ -1,0 +1,53 @@
+"""The one unit of data that flows from drivers to sinks.
+
+A driver turns one poll into a list of `Sample`s; the collector adds the device's configured
+tags, encodes them as InfluxDB line protocol and spools them. Field and measurement names must
+be those of docs/metrics.md (tests enforce it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from influxdb_client import Point, WritePrecision
+
+FieldValue = float | int | bool | str
+
+
+def now_ns() -> int:
+    """Wall-clock time in nanoseconds, the precision every sample is stored at."""
+    return time.time_ns()
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One point: a measurement, its tags and fields at one instant.
+
+    The timestamp is always explicit: replaying a spooled point after a crash then rewrites the
+    same series and timestamp, which InfluxDB treats as the same point (no duplicates).
+    """
+
+    measurement: str
+    tags: Mapping[str, str]
+    fields: Mapping[str, FieldValue]
+    time_ns: int = field(default_factory=now_ns)
+
+    def with_default_tags(self, defaults: Mapping[str, str]) -> Sample:
+        """Fill in tags the driver did not set (the driver's own per-row tags win)."""
+        if not defaults:
+            return self
+        merged = dict(defaults)
+        merged.update(self.tags)
+        return Sample(self.measurement, merged, self.fields, self.time_ns)
+
+    def to_line(self) -> str:
+        """Encode as one line of InfluxDB line protocol (nanosecond precision)."""
+        point = Point(self.measurement)
+        for key, value in sorted(self.tags.items()):
+            point.tag(key, value)
+        for key, value in self.fields.items():
+            point.field(key, value)
+        point.time(self.time_ns, WritePrecision.NS)
+        return point.to_line_protocol()

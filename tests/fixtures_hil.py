@@ -1,0 +1,1 @@
+"""Fixtures for the hil tests (placeholder until its area lands)."""

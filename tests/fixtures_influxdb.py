@@ -1,0 +1,1 @@
+"""Fixtures for the influxdb tests (placeholder until its area lands)."""

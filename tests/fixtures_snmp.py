@@ -1,0 +1,1 @@
+"""Fixtures for the snmp tests (placeholder until its area lands)."""
