@@ -293,29 +293,41 @@ def load_config_text(text: str, source: str = "<config>") -> LoadedConfig:
 
     problems: list[tuple[tuple, str]] = []
     raw = _interpolate(raw, (), problems)
+    raw_devices = raw.get("devices") or []
+    if not isinstance(raw_devices, list):
+        problems.append((("devices",), "expected a list of devices"))
+        raw_devices = []
+
+    # The collector's own settings and each device are validated separately, so one bad
+    # device does not hide the errors of the others (or of their driver options).
+    try:
+        Config.model_validate({**raw, "devices": []})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, ()))
+    device_options: list[BaseModel] = []
+    for index, raw_device in enumerate(raw_devices):
+        where: tuple[str | int, ...] = ("devices", index)
+        try:
+            device = DeviceConfig.model_validate(raw_device)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, where))
+            continue
+        try:
+            driver = load_driver(device.driver)
+        except DriverNotFound as exc:
+            problems.append(((*where, "driver"), str(exc)))
+            continue
+        try:
+            device_options.append(driver.options_model.model_validate(device.model_extra or {}))
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, where))
+
     config: Config | None = None
-    if not problems:
+    if not problems:  # cross-checks (unique names) need every part valid
         try:
             config = Config.model_validate(raw)
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, ()))
-
-    devices: list[Device] = []
-    if config is not None:
-        for index, device in enumerate(config.devices):
-            where = ("devices", index)
-            try:
-                driver = load_driver(device.driver)
-            except DriverNotFound as exc:
-                problems.append(((*where, "driver"), str(exc)))
-                continue
-            try:
-                options = driver.options_model.model_validate(device.model_extra or {})
-            except ValidationError as exc:
-                problems.extend(_pydantic_problems(exc, where))
-                continue
-            if device.enabled:
-                devices.append(Device(device, options))
 
     if problems:
         lines = []
@@ -325,6 +337,11 @@ def load_config_text(text: str, source: str = "<config>") -> LoadedConfig:
             lines.append(f"{format_loc(loc)}{at}: {msg}")
         raise ConfigError(source, lines)
     assert config is not None
+    devices = [
+        Device(device, options)
+        for device, options in zip(config.devices, device_options, strict=True)
+        if device.enabled
+    ]
     return LoadedConfig(config, devices)
 
 

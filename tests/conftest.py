@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures_influxdb",
     "tests.fixtures_snmp",
     "tests.fixtures_hil",
+    "tests.fixtures_plugin",
 ]
 
 

@@ -1,0 +1,179 @@
+"""The `qkdtel` command: check, run, poll, drivers, config schema, sims, spool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from qkdtel import __version__
+from qkdtel.config import Config, ConfigError, LoadedConfig, load_config
+from qkdtel.output import FORMATS, print_samples
+from qkdtel.plugins import DriverNotFound, driver_entry_points, load_driver
+
+EXIT_OK, EXIT_POLL_FAILED, EXIT_CONFIG = 0, 1, 2
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def _load_or_exit(path: str) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        stderr.print(f"[bold red]{exc.source}: invalid configuration[/]", highlight=False)
+        for problem in exc.problems:
+            stderr.print(f"  {problem}", markup=False, highlight=False)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load_or_exit(args.config)
+    cfg = loaded.config
+    sinks = ", ".join(f"{s.name} ({s.type})" for s in cfg.effective_sinks())
+    stdout.print(
+        f"{args.config}: OK — {len(loaded.devices)} device(s) enabled of {len(cfg.devices)}, "
+        f"sinks: {sinks}",
+        highlight=False,
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qkdtel.daemon import Collector
+    from qkdtel.live import LiveLinkTable
+
+    loaded = _load_or_exit(args.config)
+    if not args.live:
+        asyncio.run(Collector(loaded).run(duration=args.duration))
+        return EXIT_OK
+
+    view = LiveLinkTable()
+    collector = Collector(loaded, observers=[view])
+
+    async def run_live() -> None:
+        with Live(view.render(), console=stdout, refresh_per_second=2) as live:
+            task = asyncio.create_task(collector.run(duration=args.duration))
+            while not task.done():
+                live.update(view.render())
+                await asyncio.wait({task}, timeout=0.5)
+            live.update(view.render())
+            task.result()
+
+    asyncio.run(run_live())
+    return EXIT_OK
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from qkdtel.poller import DevicePoller
+
+    loaded = _load_or_exit(args.config)
+    devices = loaded.devices
+    if args.devices:
+        known = {d.config.name for d in devices}
+        unknown = [n for n in args.devices if n not in known]
+        if unknown:
+            stderr.print(f"no enabled device named: {', '.join(unknown)}", highlight=False)
+            return EXIT_CONFIG
+        devices = [d for d in devices if d.config.name in args.devices]
+
+    async def poll_all():
+        pollers = [DevicePoller.create(d, loaded.config.collector.max_backoff) for d in devices]
+        try:
+            return await asyncio.gather(*(p.poll() for p in pollers))
+        finally:
+            await asyncio.gather(*(p.aclose() for p in pollers))
+
+    results = asyncio.run(poll_all())
+    samples = [s for r in results for s in (r.all_samples() if args.status else r.samples)]
+    print_samples(samples, args.format, stdout)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        stderr.print(f"{r.device}: {r.error_class}: {r.error}", markup=False, highlight=False)
+    return EXIT_POLL_FAILED if failed else EXIT_OK
+
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    table = Table(header_style="bold")
+    for column in ("driver", "provided by", "entry point", "description"):
+        table.add_column(column)
+    failed = False
+    for name, ep in sorted(driver_entry_points().items()):
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
+        try:
+            description = load_driver(name).description
+        except DriverNotFound as exc:
+            description, failed = f"[red]{exc}[/]", True
+        table.add_row(name, dist, ep.value, description)
+    stdout.print(table)
+    return EXIT_POLL_FAILED if failed else EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    stdout.out(json.dumps(Config.model_json_schema(), indent=2), highlight=False)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qkdtel.cli_spool import add_subcommand as add_spool
+    from qkdtel.sims.cli import add_subcommand as add_sims
+
+    parser = argparse.ArgumentParser(
+        prog="qkdtel", description="Telemetry and bench control for QKD network hardware."
+    )
+    parser.add_argument("--version", action="version", version=f"qkdtel {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+        return p
+
+    p = with_config(sub.add_parser("check", help="validate a configuration file"))
+    p.set_defaults(func=cmd_check)
+
+    p = with_config(sub.add_parser("run", help="run the telemetry daemon"))
+    p.add_argument("--live", action="store_true", help="show per-link key rate and QBER live")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_run)
+
+    p = with_config(sub.add_parser("poll", help="poll devices once and print the samples"))
+    p.add_argument("devices", nargs="*", help="device names (default: all enabled)")
+    p.add_argument("-f", "--format", choices=FORMATS, default="table")
+    p.add_argument("--status", action="store_true", help="include qkdtel_device_status points")
+    p.set_defaults(func=cmd_poll)
+
+    p = sub.add_parser("drivers", help="list installed driver plugins")
+    p.set_defaults(func=cmd_drivers)
+
+    p = sub.add_parser("config", help="configuration helpers")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    config_sub.add_parser("schema", help="print the JSON Schema of the file").set_defaults(
+        func=cmd_schema
+    )
+
+    add_sims(sub)
+    add_spool(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

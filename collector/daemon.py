@@ -1,0 +1,171 @@
+"""The telemetry daemon: schedules every device's polls and hands their samples to delivery.
+
+One asyncio loop runs everything. APScheduler fires each device at its interval; a semaphore
+bounds how many polls run at once; each poll has its own timeout, so a hung, slow or broken
+device never delays the others (blocking drivers run in worker threads, see
+`qkdtel.drivers.base.BlockingDriver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import zlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from qkdtel.config import LoadedConfig
+from qkdtel.delivery import Delivery
+from qkdtel.poller import DevicePoller, PollResult
+from qkdtel.sample import Sample
+
+log = logging.getLogger(__name__)
+
+SampleObserver = Callable[[list[Sample]], None]
+
+
+class Collector:
+    """Polls the configured devices on schedule until `stop()`; nothing collected is lost.
+
+    `observers` see every batch of samples after it is spooled (the live table of `qkdtel run
+    --live` is one).
+    """
+
+    def __init__(self, loaded: LoadedConfig, observers: list[SampleObserver] | None = None):
+        self.config = loaded.config
+        settings = self.config.collector
+        self.delivery = Delivery(settings, self.config.effective_sinks())
+        self.pollers = [DevicePoller.create(d, settings.max_backoff) for d in loaded.devices]
+        self.observers = observers or []
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._scheduler = AsyncIOScheduler()
+        self._traps = None
+        self.host = socket.gethostname()
+
+    async def submit(self, samples: list[Sample]) -> None:
+        """Spool samples durably, then show them to observers."""
+        if not samples:
+            return
+        await self.delivery.submit(samples)
+        for observer in self.observers:
+            observer(samples)
+
+    async def _poll(self, poller: DevicePoller) -> None:
+        if self._stopping.is_set() or not poller.due():
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            async with self._semaphore:
+                result: PollResult = await poller.poll()
+            await self.submit(result.all_samples())
+        finally:
+            self._in_flight.discard(task)
+
+    async def _self_telemetry(self) -> None:
+        points = self.delivery.telemetry()
+        running = len(self._in_flight)
+        points = [
+            Sample(
+                p.measurement,
+                {**p.tags, "host": self.host},
+                {**p.fields, "polls_running": running},
+                p.time_ns,
+            )
+            for p in points
+        ]
+        await self.submit(points)
+
+    def _schedule(self) -> None:
+        now = datetime.now().astimezone()
+        for poller in self.pollers:
+            interval = poller.device.config.interval
+            # Spread first polls over the interval (stable per device name) so a restart does
+            # not hit every device in the same instant.
+            offset = (zlib.crc32(poller.name.encode()) % 1000) / 1000 * min(interval, 5.0)
+            self._scheduler.add_job(
+                self._poll,
+                IntervalTrigger(seconds=interval),
+                args=[poller],
+                id=f"poll:{poller.name}",
+                next_run_time=now + timedelta(seconds=offset),
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+            )
+        period = self.config.collector.self_telemetry_interval
+        self._scheduler.add_job(
+            self._self_telemetry,
+            IntervalTrigger(seconds=period),
+            id="self-telemetry",
+            next_run_time=now + timedelta(seconds=period),
+            max_instances=1,
+            coalesce=True,
+        )
+
+    async def _start_traps(self) -> None:
+        if self.config.traps is None:
+            return
+        from qkdtel.traps import TrapReceiver
+
+        sources = []
+        for poller in self.pollers:
+            address = getattr(poller.device.options, "address", None)
+            if isinstance(address, str):
+                host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+                sources.append((poller.name, host, dict(poller.device.config.tags)))
+        self._traps = TrapReceiver(self.config.traps, sources, self.submit)
+        await self._traps.start()
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (safe from a signal handler)."""
+        self._stopping.set()
+
+    async def run(self, duration: float | None = None) -> None:
+        """Run until `stop()` (or SIGTERM/SIGINT, or `duration` seconds), then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not main thread
+                loop.add_signal_handler(sig, self.stop)
+        await self.delivery.start()
+        try:
+            await self._start_traps()
+            self._schedule()
+            self._scheduler.start()
+            log.info("collecting from %d device(s)", len(self.pollers))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=duration)
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Stop scheduling, let in-flight polls finish within the grace period, then flush."""
+        grace = self.config.collector.shutdown_grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        if self._traps is not None:
+            await self._traps.stop()
+        if self._in_flight:
+            log.info("waiting up to %.1f s for %d poll(s) in flight", grace, len(self._in_flight))
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace / 2)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("abandoned %d poll(s) still running at shutdown", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self._self_telemetry()
+        await self.delivery.stop(timeout=max(0.5, deadline - loop.time()))
+        for poller in self.pollers:
+            await poller.aclose()
+        log.info("stopped")

@@ -1,0 +1,134 @@
+"""One device's polls: timeout, error accounting, back-off and its `qkdtel_device_status` point.
+
+Kept apart from the scheduler so `qkdtel poll` (one shot, the bench tool) and `qkdtel run`
+(the daemon) account for a poll in exactly the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from qkdtel.config import Device
+from qkdtel.drivers.base import Driver
+from qkdtel.errors import PollError
+from qkdtel.plugins import load_driver
+from qkdtel.sample import Sample, now_ns
+
+log = logging.getLogger(__name__)
+
+STATUS_MEASUREMENT = "qkdtel_device_status"
+
+
+@dataclass
+class PollResult:
+    """What one poll produced: the driver's samples (tagged) and the status point."""
+
+    device: str
+    samples: list[Sample]
+    status: Sample
+    error_class: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_class
+
+    def all_samples(self) -> list[Sample]:
+        return [*self.samples, self.status]
+
+
+@dataclass
+class DevicePoller:
+    """Polls one device; remembers its failures to back off from a device that keeps failing.
+
+    Back-off: after n consecutive failures the next poll waits interval x 2^(n-1) beyond its
+    normal schedule, capped at `max_backoff`; one success resets it.
+    """
+
+    device: Device
+    driver: Driver
+    max_backoff: float
+    consecutive_failures: int = 0
+    not_before: float = 0.0  # monotonic time before which scheduled polls are skipped
+    running: bool = field(default=False, init=False)
+
+    @classmethod
+    def create(cls, device: Device, max_backoff: float) -> DevicePoller:
+        driver_cls = load_driver(device.config.driver)
+        driver = driver_cls(device.config.name, device.options, device.config.timeout)
+        return cls(device, driver, max_backoff)
+
+    @property
+    def name(self) -> str:
+        return self.device.config.name
+
+    def backoff(self) -> float:
+        """Extra delay owed to consecutive failures."""
+        if self.consecutive_failures == 0:
+            return 0.0
+        interval = self.device.config.interval
+        return min(interval * 2 ** (self.consecutive_failures - 1), self.max_backoff)
+
+    def due(self) -> bool:
+        """False while the device is backing off or a poll of it is still running."""
+        return not self.running and time.monotonic() >= self.not_before
+
+    async def poll(self) -> PollResult:
+        """Poll once within the device's timeout; never raises (errors become the status)."""
+        cfg = self.device.config
+        self.running = True
+        started = time.perf_counter()
+        samples: list[Sample] = []
+        error_class = error = ""
+        try:
+            samples = await asyncio.wait_for(self.driver.poll(), timeout=cfg.timeout)
+        except PollError as exc:
+            error_class, error = exc.kind, str(exc)
+        except TimeoutError:
+            error_class, error = "timeout", f"no complete answer within {cfg.timeout:g} s"
+        except Exception as exc:  # a driver bug must not take the daemon down
+            log.exception("driver %s crashed polling %s", cfg.driver, cfg.name)
+            error_class, error = "internal", f"{type(exc).__name__}: {exc}"
+        finally:
+            self.running = False
+        duration = time.perf_counter() - started
+
+        if error_class:
+            self.consecutive_failures += 1
+            log.warning("%s: poll failed (%s): %s", cfg.name, error_class, error)
+        else:
+            if self.consecutive_failures:
+                log.info("%s: back up after %d failed polls", cfg.name, self.consecutive_failures)
+            self.consecutive_failures = 0
+        backoff = self.backoff()
+        # Scheduled runs keep firing every interval; those before `not_before` are skipped, so
+        # the next poll comes interval + backoff after this one (half an interval of slack
+        # absorbs scheduling jitter).
+        self.not_before = time.monotonic() + cfg.interval * 0.5 + backoff if backoff else 0.0
+
+        tags = {"device": cfg.name, **cfg.tags}
+        samples = [s.with_default_tags(tags) for s in samples]
+        status = Sample(
+            STATUS_MEASUREMENT,
+            {**cfg.tags, "device": cfg.name, "driver": cfg.driver},
+            {
+                "up": not error_class,
+                "error_class": error_class,
+                "error": error,
+                "poll_duration_s": round(duration, 6),
+                "samples": len(samples),
+                "consecutive_failures": self.consecutive_failures,
+                "backoff_s": backoff,
+            },
+            now_ns(),
+        )
+        return PollResult(cfg.name, samples, status, error_class, error)
+
+    async def aclose(self) -> None:
+        try:
+            await self.driver.aclose()
+        except Exception:
+            log.exception("%s: closing the driver failed", self.name)
