@@ -43,14 +43,3 @@ class Malformed(PollError):
 
     kind = "malformed"
 
-
-ERROR_CLASSES: tuple[str, ...] = (
-    "timeout",
-    "auth",
-    "no_such_object",
-    "refused",
-    "malformed",
-    "error",
-    "internal",
-)
-"""Every value the `error_class` field can take; `internal` is a driver bug (unexpected exception)."""

@@ -23,7 +23,7 @@ class _LinkRow:
 
 def _rate(bps: object) -> str:
     if not isinstance(bps, int | float):
-        return "–"
+        return "-"
     for unit, scale in (("Mbit/s", 1e6), ("kbit/s", 1e3)):
         if bps >= scale:
             return f"{bps / scale:.2f} {unit}"
@@ -51,7 +51,7 @@ class LiveLinkTable:
     def render(self) -> Table:
         up = sum(self.devices_up.values())
         table = Table(
-            title=f"QKD links — {up}/{len(self.devices_up)} devices up, {self.points} points spooled",
+            title=f"QKD links: {up}/{len(self.devices_up)} up, {self.points} points spooled",
             header_style="bold",
         )
         for column in (
@@ -89,9 +89,9 @@ class LiveLinkTable:
                 t.get("channel", t.get("band", "")),
                 f"[{style}]{status}[/]",
                 _rate(f.get("secret_key_rate_bps")),
-                f"{qber * 100:.2f} %" if isinstance(qber, float) else "–",
-                f"{noise:.4f}" if isinstance(noise, float) else "–",
-                f"{snr:.1f}" if isinstance(snr, float) else "–",
+                f"{qber * 100:.2f} %" if isinstance(qber, float) else "-",
+                f"{noise:.4f}" if isinstance(noise, float) else "-",
+                f"{snr:.1f}" if isinstance(snr, float) else "-",
                 f"{now - row.seen:.0f} s",
             )
         return table
