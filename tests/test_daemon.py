@@ -1,0 +1,183 @@
+"""The daemon against real TCP peers (the external tcp_probe driver): isolation of a hung or
+refusing device, back-off, device status, self-telemetry, and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from qkdtel.config import load_config_text
+from qkdtel.daemon import Collector
+from qkdtel.sample import Sample
+
+
+def collector_config(tmp_path: Path, devices: list[dict], **collector) -> str:
+    return yaml.safe_dump(
+        {
+            "collector": {
+                "spool_dir": str(tmp_path / "spool"),
+                "self_telemetry_interval": 0.5,
+                "flush_interval": 0.2,
+                **collector,
+            },
+            "sinks": [{"type": "file", "path": str(tmp_path / "lp")}],
+            "devices": devices,
+        }
+    )
+
+
+class Recorder:
+    """Observer keeping every spooled sample."""
+
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+
+    def __call__(self, samples: list[Sample]) -> None:
+        self.samples.extend(samples)
+
+    def statuses(self) -> dict[str, list[Sample]]:
+        out: dict[str, list[Sample]] = defaultdict(list)
+        for s in self.samples:
+            if s.measurement == "qkdtel_device_status":
+                out[s.tags["device"]].append(s)
+        return out
+
+
+def test_hung_and_refusing_devices_do_not_delay_others(tmp_path, tcp_probe_driver, tcp_servers):
+    devices = [
+        {
+            "name": "good",
+            "driver": "tcp_probe",
+            "interval": 0.2,
+            "timeout": 1.0,
+            "tags": {"node": "Norte"},
+            "address": tcp_servers.banner(),
+            "read_banner": True,
+        },
+        {
+            "name": "hung",
+            "driver": "tcp_probe",
+            "interval": 0.2,
+            "timeout": 0.3,
+            "address": tcp_servers.silent(),
+            "read_banner": True,
+        },
+        {
+            "name": "refused",
+            "driver": "tcp_probe",
+            "interval": 0.2,
+            "timeout": 1.0,
+            "address": tcp_servers.closed(),
+        },
+    ]
+    loaded = load_config_text(collector_config(tmp_path, devices, max_backoff=5))
+    recorder = Recorder()
+    started = time.monotonic()
+    asyncio.run(Collector(loaded, observers=[recorder]).run(duration=3.0))
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.0 + loaded.config.collector.shutdown_grace
+
+    status = recorder.statuses()
+    good = status["good"]
+    # ~15 scheduled runs in 3 s: the hung device (0.3 s timeouts) must not slow these down.
+    assert len(good) >= 11, len(good)
+    assert all(s.fields["up"] for s in good)
+    assert all(s.fields["error_class"] == "" for s in good)
+
+    hung = status["hung"]
+    assert hung and all(s.fields["error_class"] == "timeout" for s in hung)
+    assert all(0.25 <= s.fields["poll_duration_s"] < 0.6 for s in hung)
+
+    refused = status["refused"]
+    assert refused and all(s.fields["error_class"] == "refused" for s in refused)
+    failures = [s.fields["consecutive_failures"] for s in refused]
+    assert failures == list(range(1, len(failures) + 1))
+    assert [s.fields["backoff_s"] for s in refused[:4]] == [0.2, 0.4, 0.8, 1.6][: len(refused)]
+    # Back-off: 0.2+0.2, 0.2+0.4, 0.2+0.8, 0.2+1.6 s between polls: at most 5 polls in 3 s.
+    assert len(refused) <= 5, len(refused)
+
+    points = [s for s in recorder.samples if s.measurement == "tcp_probe"]
+    assert len(points) == len(good)
+    assert all(p.tags["device"] == "good" and p.tags["node"] == "Norte" for p in points)
+    assert all(p.fields["banner"] == "QKD-MGMT ready" for p in points)
+
+    health = [s for s in recorder.samples if s.measurement == "qkdtel_collector"]
+    assert health, "no self-telemetry"
+    assert health[-1].fields["points_collected"] > 0
+    assert {"points_pending", "points_written", "write_latency_s"} <= set(health[-1].fields)
+
+
+def test_device_recovers_and_back_off_resets(tmp_path, tcp_probe_driver, tcp_servers):
+    address = tcp_servers.closed()
+    devices = [{"name": "flaky", "driver": "tcp_probe", "interval": 0.2, "address": address}]
+    loaded = load_config_text(collector_config(tmp_path, devices))
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        collector = Collector(loaded, observers=[recorder])
+        run = asyncio.create_task(collector.run(duration=4.0))
+        await asyncio.sleep(1.2)
+        host, port = address.rsplit(":", 1)
+        server = await asyncio.start_server(lambda r, w: w.close(), host, int(port))
+        async with server:
+            await run
+
+    asyncio.run(scenario())
+    flaky = recorder.statuses()["flaky"]
+    assert not flaky[0].fields["up"]
+    assert flaky[-1].fields["up"], [s.fields for s in flaky]
+    first_up = next(i for i, s in enumerate(flaky) if s.fields["up"])
+    assert flaky[first_up].fields["consecutive_failures"] == 0
+    assert flaky[first_up].fields["backoff_s"] == 0
+    assert len(flaky) - first_up >= 3  # back to the normal interval after recovery
+
+
+def test_sigterm_stops_within_grace_and_flushes(tmp_path, tcp_probe_driver, tcp_servers):
+    devices = [
+        {
+            "name": "good",
+            "driver": "tcp_probe",
+            "interval": 0.2,
+            "address": tcp_servers.banner(),
+            "read_banner": True,
+        },
+        {
+            "name": "hung",
+            "driver": "tcp_probe",
+            "interval": 0.2,
+            "timeout": 30,
+            "address": tcp_servers.silent(),
+            "read_banner": True,
+        },
+    ]
+    cfg = tmp_path / "qkdtel.yaml"
+    cfg.write_text(collector_config(tmp_path, devices, shutdown_grace=2))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qkdtel.cli", "run", "-c", str(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    took = time.monotonic() - sent
+    assert proc.returncode == 0, err
+    assert took < 2 + 2.0, took  # the 30 s poll of `hung` was abandoned within the grace
+    assert "abandoned 1 poll" in err
+
+    lines = "".join(p.read_text() for p in (tmp_path / "lp").rglob("*") if p.is_file())
+    good_points = [ln for ln in lines.splitlines() if ln.startswith("tcp_probe,")]
+    assert len(good_points) >= 5
+    assert 'error_class="timeout"' not in lines  # never timed out: abandoned, not failed
