@@ -1,0 +1,65 @@
+"""A third-party distribution adds a driver through the entry-point group alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+from qkdtel.plugins import driver_entry_points, load_driver
+
+
+def qkdtel_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.run(
+        [sys.executable, "-m", "qkdtel.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_wheel_declares_the_entry_point(plugin_wheel):
+    with zipfile.ZipFile(plugin_wheel) as whl:
+        (name,) = [n for n in whl.namelist() if n.endswith("entry_points.txt")]
+        text = whl.read(name).decode()
+    assert "[qkdtel.drivers]" in text
+    assert "tcp_probe = qkdtel_tcp_probe:TcpProbeDriver" in text
+
+
+def test_installed_plugin_is_discovered(tcp_probe_driver):
+    assert "tcp_probe" in driver_entry_points()
+    assert load_driver("tcp_probe").__module__ == "qkdtel_tcp_probe"
+    listing = qkdtel_cli("drivers")
+    assert listing.returncode == 0, listing.stderr
+    assert "tcp_probe" in listing.stdout and "qkdtel-tcp-probe 1.0.0" in listing.stdout
+
+
+def test_plugin_polls_through_the_cli(tmp_path, tcp_probe_driver, tcp_servers):
+    address = tcp_servers.banner("OTDR-42 ready")
+    cfg = tmp_path / "qkdtel.yaml"
+    cfg.write_text(
+        "devices:\n"
+        f"  - {{name: otdr-mgmt, driver: tcp_probe, address: '{address}', read_banner: true,"
+        " tags: {node: Quijote}}\n"
+        f"  - {{name: dead, driver: tcp_probe, address: '{tcp_servers.closed()}'}}\n"
+    )
+    result = qkdtel_cli("poll", "-c", str(cfg), "-f", "line", "--status")
+    assert result.returncode == 1  # one device failed
+    lines = result.stdout.splitlines()
+    probe = [ln for ln in lines if ln.startswith("tcp_probe,")]
+    assert len(probe) == 1
+    assert "device=otdr-mgmt" in probe[0] and "node=Quijote" in probe[0]
+    assert 'banner="OTDR-42 ready"' in probe[0]
+    assert any("device=dead" in ln and 'error_class="refused"' in ln for ln in lines)
+    assert "dead: refused:" in result.stderr
+
+
+def test_unknown_driver_named_in_error(tmp_path):
+    cfg = tmp_path / "qkdtel.yaml"
+    cfg.write_text("devices:\n  - {name: x, driver: not_installed}\n")
+    result = qkdtel_cli("check", "-c", str(cfg))
+    assert result.returncode == 2
+    assert "devices[0].driver (line 2): no driver named 'not_installed'" in result.stderr
