@@ -7,13 +7,54 @@ be those of docs/metrics.md (tests enforce it).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-from influxdb_client import Point, WritePrecision
+from functools import lru_cache
 
 FieldValue = float | int | bool | str
+
+# Line-protocol escaping as InfluxDB's parser undoes it. Only `,`, `=` and space are escaped in
+# keys and tag values (and `,` and space in measurement names); tabs, carriage returns and any
+# other character are stored as they are. A newline cannot be stored in a key or tag value (it
+# ends the line): it is written as the two characters `\n`, as every client library does, so it
+# cannot split the line into two points. A backslash is left alone: InfluxDB has no way to store
+# one right before `,`, `=`, space or at the end of a key or tag value, and leaving it unescaped
+# makes such a line fail to parse (the write is rejected and reported) instead of being stored
+# with an altered value.
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
+_STRING_ESCAPES = str.maketrans({'"': r"\"", "\\": r"\\"})
+
+
+@lru_cache(maxsize=65536)
+def _escape_key(text: str) -> str:
+    """Escape a tag key, tag value or field key; cached since the same few names recur."""
+    return str(text).translate(_KEY_ESCAPES)
+
+
+def _field_value(value: FieldValue) -> str | None:
+    """Encode one field value; None for a value InfluxDB cannot store (NaN, infinities)."""
+    kind = type(value)
+    if kind is float:
+        return repr(value) if math.isfinite(value) else None
+    if kind is str:
+        return '"' + value.translate(_STRING_ESCAPES) + '"'
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return f"{value}i"
+    # Subclasses (IntEnum, numpy scalars...) take the slower path.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{int(value)}i"
+    if isinstance(value, float):
+        return repr(float(value)) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return '"' + str(value).translate(_STRING_ESCAPES) + '"'
+    raise TypeError(f"field value of type {kind.__name__} is not supported")
 
 
 def now_ns() -> int:
@@ -43,11 +84,30 @@ class Sample:
         return Sample(self.measurement, merged, self.fields, self.time_ns)
 
     def to_line(self) -> str:
-        """Encode as one line of InfluxDB line protocol (nanosecond precision)."""
-        point = Point(self.measurement)
-        for key, value in sorted(self.tags.items()):
-            point.tag(key, value)
+        """Encode as one line of InfluxDB line protocol (nanosecond precision).
+
+        Tags are sorted (InfluxDB's preferred order), empty tag keys and values are left out (a
+        tag cannot be empty). Returns "" when no field can be stored (all NaN or infinite),
+        since a point without fields does not exist in InfluxDB.
+
+        Hand-written rather than `influxdb_client.Point`: Point turns tabs and carriage returns in
+        tag values into the literal characters `\\t` / `\\r` and appends a space to a trailing
+        backslash, all of which InfluxDB then stores as an altered value; and it takes three to four
+        times as long on the collector's hot path.
+        """
+        tags = "".join(
+            [
+                f",{_escape_key(k)}={_escape_key(v)}"
+                for k, v in sorted(self.tags.items())
+                if k != "" and v != ""
+            ]
+        )
+        fields = []
         for key, value in self.fields.items():
-            point.field(key, value)
-        point.time(self.time_ns, WritePrecision.NS)
-        return point.to_line_protocol()
+            encoded = _field_value(value)
+            if encoded is not None:
+                fields.append(f"{_escape_key(key)}={encoded}")
+        if not fields:
+            return ""
+        measurement = self.measurement.translate(_MEASUREMENT_ESCAPES)
+        return f"{measurement}{tags} {','.join(fields)} {self.time_ns}"
