@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from qkdtel import __version__
-from qkdtel.config import Config, ConfigError, LoadedConfig, load_config
+from qkdtel.config import ConfigError, LoadedConfig, json_schema, load_config
 from qkdtel.output import FORMATS, print_samples
 from qkdtel.plugins import DriverNotFound, driver_entry_points, load_driver
 
@@ -117,7 +117,8 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    stdout.out(json.dumps(Config.model_json_schema(), indent=2), highlight=False)
+    drivers = {name: load_driver(name).options_model for name in driver_entry_points()}
+    stdout.out(json.dumps(json_schema(drivers), indent=2), highlight=False)
     return EXIT_OK
 
 

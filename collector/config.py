@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     model_validator,
 )
 
@@ -354,3 +355,24 @@ def load_config(path: str | Path) -> LoadedConfig:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
     loaded = load_config_text(text, str(path))
     return LoadedConfig(loaded.config, loaded.devices, path)
+
+
+def json_schema(drivers: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """JSON Schema of the file for editors, each device's options typed by its driver.
+
+    `drivers` maps driver names to their options models (all installed drivers).
+    """
+    if not drivers:
+        return Config.model_json_schema()
+    variants = []
+    for name, options in sorted(drivers.items()):
+        namespace = {
+            "__annotations__": {"driver": Literal[name]},  # type: ignore[valid-type]
+            "model_config": ConfigDict(extra="forbid", frozen=True),
+            "__module__": __name__,
+            "__doc__": f"A device polled by the {name} driver.",
+        }
+        variants.append(type(f"Device_{name}", (DeviceConfig, options), namespace))
+    device = Annotated[Union[tuple(variants)], Field(discriminator="driver")]  # noqa: UP007
+    schema_model = create_model("Config", __base__=Config, devices=(list[device], []))
+    return schema_model.model_json_schema()

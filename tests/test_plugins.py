@@ -63,3 +63,24 @@ def test_unknown_driver_named_in_error(tmp_path):
     result = qkdtel_cli("check", "-c", str(cfg))
     assert result.returncode == 2
     assert "devices[0].driver (line 2): no driver named 'not_installed'" in result.stderr
+
+
+def test_schema_types_each_drivers_options(tcp_probe_driver):
+    import json
+
+    import jsonschema
+
+    result = qkdtel_cli("config", "schema")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    device = schema["$defs"]["Device_tcp_probe"]
+    assert {"address", "read_banner", "interval", "tags"} <= set(device["properties"])
+    good = {"devices": [{"name": "a", "driver": "tcp_probe", "address": "127.0.0.1:1"}]}
+    jsonschema.validate(good, schema)
+    bad = {"devices": [{"name": "a", "driver": "tcp_probe", "adress": "127.0.0.1:1"}]}
+    try:
+        jsonschema.validate(bad, schema)
+    except jsonschema.ValidationError as exc:
+        assert "adress" in str(exc) or "address" in str(exc)
+    else:
+        raise AssertionError("a misspelt option passed the schema")
