@@ -1,0 +1,139 @@
+"""The qkdtel QKD-module MIBs (see docs/design/qkd-mibs.md) and their compiled pysnmp form.
+
+Agents (the simulators) and managers (the qkd_snmp driver) both work from the same `.mib`
+files: `compiled_dir()` turns them into pysnmp modules once per content version, and
+`mib_builder()` / `load_into()` give a pysnmp `MibBuilder` with every qkdtel module loaded,
+so no OID is ever typed by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pysnmp.smi.builder import DirMibSource, MibBuilder
+
+from qkdtel.mibs.smiv2_core import read_core_module
+
+MIB_DIR: Path = Path(__file__).resolve().parent
+"""Folder of the `.mib` files (the package folder, in editable and wheel installs alike)."""
+
+SMI_MODULE = "QKDTEL-SMI"
+MODULES: tuple[str, ...] = (
+    "QKDTEL-IDQ-CERBERIS3-MIB",
+    "QKDTEL-TOSHIBA-QKD-MIB",
+    "QKDTEL-HWDU-CVQKD-MIB",
+    "QKDTEL-AIT-CVQKD-MIB",
+)
+"""The four vendor-family modules, in the order of their arcs under qkdtelModels."""
+
+
+_BUILT = ("compiled", "untouched")  # untouched: a base module pysnmp ships precompiled
+
+
+class MibCompileError(RuntimeError):
+    """A qkdtel MIB did not compile; the message names the file and pysmi's complaint."""
+
+
+def mib_files(source_dir: Path = MIB_DIR) -> list[Path]:
+    """Every `.mib` file in `source_dir` (by default the ones shipped here), sorted by name."""
+    return sorted(source_dir.glob("*.mib"))
+
+
+def _content_key() -> str:
+    """Hash of the MIB texts and of the tool versions whose output the cache holds."""
+    import pysmi
+    import pysnmp
+
+    digest = hashlib.sha256(f"pysmi {pysmi.__version__} pysnmp {pysnmp.__version__}".encode())
+    for path in mib_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qkdtel"
+
+
+def compile_mibs(destination: Path, source_dir: Path = MIB_DIR) -> None:
+    """Compile every `.mib` file of `source_dir` into pysnmp modules in `destination`.
+
+    Only local sources are read (the folder and the SMIv2 core stand-ins), so pysmi never
+    tries the network. Raise `MibCompileError` naming each failing file and pysmi's message.
+    """
+    from pysmi.codegen import PySnmpCodeGen
+    from pysmi.compiler import MibCompiler
+    from pysmi.parser import SmiV2Parser
+    from pysmi.reader import CallbackReader, FileReader
+    from pysmi.searcher import PyFileSearcher, PyPackageSearcher, StubSearcher
+    from pysmi.writer import PyFileWriter
+
+    compiler = MibCompiler(SmiV2Parser(), PySnmpCodeGen(), PyFileWriter(str(destination)))
+    compiler.add_sources(FileReader(str(source_dir), recursive=False))
+    compiler.add_sources(CallbackReader(read_core_module))
+    compiler.add_searchers(
+        PyFileSearcher(str(destination)),
+        PyPackageSearcher("pysnmp.smi.mibs"),
+        StubSearcher(*PySnmpCodeGen.baseMibs),
+    )
+    names = [path.stem for path in mib_files(source_dir)]
+    results = compiler.compile(*names, genTexts=True, rebuild=True)
+    broken = {name: status for name, status in results.items() if status not in _BUILT}
+    if broken:
+        # Report the causes; modules merely skipped because another failed carry no error.
+        causes = [
+            f"{_where(source_dir, name)}: {status}: {status.error}"
+            for name, status in sorted(broken.items())
+            if getattr(status, "error", None) is not None
+        ] or [f"{_where(source_dir, name)}: {status}" for name, status in sorted(broken.items())]
+        listing = "\n  ".join(causes)
+        raise MibCompileError(f"pysmi could not compile the qkdtel MIBs:\n  {listing}")
+
+
+def _where(source_dir: Path, module: str) -> str:
+    source = source_dir / f"{module}.mib"
+    return str(source) if source.exists() else f"module {module} (no file {source.name})"
+
+
+def compiled_dir() -> Path:
+    """Folder of the compiled pysnmp modules, compiling them on first use.
+
+    The cache is keyed by a hash of the MIB texts, so an edited MIB is recompiled and an
+    unchanged one never is. Two processes compiling at once each build in a private temporary
+    folder and atomically rename it into place; the loser discards its copy.
+    """
+    root = _cache_root()
+    final = root / f"mibs-{_content_key()}"
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".mibs-", dir=root))
+    try:
+        compile_mibs(scratch)
+        try:
+            scratch.rename(final)
+        except OSError:
+            if not final.is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+    return final
+
+
+def load_into(builder: MibBuilder) -> MibBuilder:
+    """Add the compiled qkdtel modules to `builder` (e.g. an SnmpEngine's) and load them all."""
+    builder.add_mib_sources(DirMibSource(str(compiled_dir())))
+    builder.load_modules(SMI_MODULE, *MODULES)
+    return builder
+
+
+def mib_builder(load_texts: bool = False) -> MibBuilder:
+    """A fresh pysnmp `MibBuilder` with every qkdtel module loaded (texts too if asked)."""
+    builder = MibBuilder()
+    builder.loadTexts = load_texts
+    return load_into(builder)
