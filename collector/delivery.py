@@ -1,0 +1,257 @@
+"""Loss-free delivery of samples to the sinks: encode, spool durably, write, acknowledge.
+
+The poller's side (`submit`) ends once the points are committed to the spool on disk; from then
+on they are the writers' business and survive a crash of the daemon. One writer task per sink
+reads the spool from that sink's own cursor, so a sink that is down only holds back itself, and
+advances the cursor only after the sink acknowledged the batch. Points therefore reach every
+sink, in the order they were collected, at least once; exactly-once in effect, since every point
+carries its timestamp and rewriting the same series and timestamp does not duplicate it.
+
+Failures:
+- down, slow, 5xx, 429: the batch stays in the spool and is sent again after an exponential
+  back-off (doubling from RETRY_BASE_DELAY up to `retry_max_delay`), and never sooner than the
+  server's Retry-After on 429/503 (which may exceed `retry_max_delay`: the server knows best);
+- 400 (malformed lines, type conflicts): the refused lines are found (`write_isolating`), the good
+  ones are written, the refused ones kept in the spool's `rejected` table and logged as errors;
+- spool full: the overflow policy drops the oldest points or refuses new ones; every point lost
+  is counted (`points_dropped`) and logged as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from qkdtel.config import CollectorSettings, FileSink, InfluxV1Sink, InfluxV2Sink
+from qkdtel.sample import Sample
+from qkdtel.sinks import RetryableWriteError, SinkWriter, make_writer, write_isolating
+from qkdtel.spool import SPOOL_FILE, AppendResult, Spool
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE_DELAY = 0.5
+"""First wait after a failed write, in seconds; it doubles with every failure in a row."""
+
+TELEMETRY_MEASUREMENT = "qkdtel_collector"
+
+
+@dataclass
+class _SinkState:
+    """One sink's writer and its counters since start."""
+
+    writer: SinkWriter
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    due: float | None = None
+    """Monotonic time by which the points waiting for this sink must be sent."""
+    written: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    write_errors: int = 0
+    failures_in_a_row: int = 0
+    write_latency_s: float = 0.0
+    task: asyncio.Task[None] | None = None
+
+
+class Delivery:
+    """Spools samples and writes them to every sink; see the module docstring."""
+
+    def __init__(
+        self, settings: CollectorSettings, sinks: list[InfluxV2Sink | InfluxV1Sink | FileSink]
+    ) -> None:
+        if not sinks:
+            raise ValueError("delivery needs at least one sink")
+        self.settings = settings
+        self._sink_configs = list(sinks)
+        self._sinks: dict[str, _SinkState] = {}
+        self._spool: Spool | None = None
+        self._collected = 0
+        self._closing = False
+        self._host = socket.gethostname()
+
+    @property
+    def spool(self) -> Spool:
+        """The open spool (after `start`)."""
+        if self._spool is None:
+            raise RuntimeError("Delivery.start() has not been called")
+        return self._spool
+
+    async def start(self) -> None:
+        """Open the spool and start one writer task per sink; replays what a last run left."""
+        path = self.settings.spool_dir / SPOOL_FILE
+        names = [s.name for s in self._sink_configs]
+        self._spool = await asyncio.to_thread(
+            Spool, path, names, self.settings.spool_max_points, self.settings.overflow
+        )
+        self._closing = False
+        for config in self._sink_configs:
+            writer = await asyncio.to_thread(make_writer, config)
+            self._sinks[config.name] = _SinkState(writer)
+        for name, state in self._sinks.items():
+            left = self._spool.pending(name)
+            if left:
+                log.info("sink %s: %d points left in the spool by a previous run", name, left)
+                state.due = time.monotonic()
+            state.task = asyncio.create_task(self._run(name, state), name=f"qkdtel-sink-{name}")
+
+    async def submit(self, samples: Sequence[Sample]) -> int:
+        """Encode and durably spool `samples`; returns the points accepted (committed on disk).
+
+        Never waits for a sink. Samples without a field InfluxDB can store (only NaN or infinite
+        values) are not points and are not counted.
+        """
+        spool = self.spool
+        result = await asyncio.to_thread(self._encode_and_append, spool, samples)
+        self._collected += result.accepted
+        now = time.monotonic()
+        for name, state in self._sinks.items():
+            lost = result.dropped.get(name, 0)
+            state.dropped += lost
+            if state.due is None and result.accepted:
+                state.due = now + self.settings.flush_interval
+            state.wakeup.set()
+        if result.discarded:
+            log.error(
+                "spool full (%d points max, overflow=%s): %d points lost%s",
+                spool.max_points,
+                spool.overflow,
+                result.discarded,
+                "".join(f"; {n} not yet sent to sink {s}" for s, n in result.dropped.items()),
+            )
+        return result.accepted
+
+    @staticmethod
+    def _encode_and_append(spool: Spool, samples: Sequence[Sample]) -> AppendResult:
+        lines = [line for line in (s.to_line() for s in samples) if line]
+        if len(lines) < len(samples):
+            log.warning(
+                "%d samples had no field InfluxDB can store (NaN or infinite only): not spooled",
+                len(samples) - len(lines),
+            )
+        return spool.append(lines)
+
+    async def stop(self, timeout: float) -> None:
+        """Send what can be sent within `timeout`, then close; the rest stays in the spool."""
+        if self._spool is None:
+            return
+        self._closing = True
+        tasks = [s.task for s in self._sinks.values() if s.task is not None]
+        for state in self._sinks.values():
+            state.wakeup.set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for name, state in self._sinks.items():
+            left = self._spool.pending(name)
+            if left:
+                log.warning("sink %s: %d points stay in the spool for the next start", name, left)
+            await asyncio.to_thread(state.writer.close)
+        spool, self._spool = self._spool, None
+        self._sinks = {}
+        await asyncio.to_thread(spool.close)
+
+    def telemetry(self) -> list[Sample]:
+        """One `qkdtel_collector` point per sink (docs/metrics.md), without the daemon's
+        polls_running."""
+        now = time.time_ns()
+        return [
+            Sample(
+                TELEMETRY_MEASUREMENT,
+                {"sink": name, "host": self._host},
+                {
+                    "points_collected": self._collected,
+                    "points_written": state.written,
+                    "points_pending": self._spool.pending(name) if self._spool else 0,
+                    "points_rejected": state.rejected,
+                    "points_dropped": state.dropped,
+                    "write_errors": state.write_errors,
+                    "write_latency_s": state.write_latency_s,
+                },
+                now,
+            )
+            for name, state in self._sinks.items()
+        ]
+
+    # -- one writer task per sink ------------------------------------------------------------
+
+    async def _run(self, name: str, state: _SinkState) -> None:
+        """Write this sink's batches until `stop`; exits once its queue is empty while closing."""
+        spool = self.spool
+        batch_size = self.settings.batch_size
+        while True:
+            pending = spool.pending(name)
+            now = time.monotonic()
+            ready = pending >= batch_size or (
+                pending > 0 and (self._closing or (state.due is not None and now >= state.due))
+            )
+            if not ready:
+                if self._closing:
+                    return
+                timeout = self.settings.flush_interval
+                if pending and state.due is not None:
+                    timeout = max(0.0, state.due - now)
+                try:
+                    await asyncio.wait_for(state.wakeup.wait(), timeout)
+                except TimeoutError:
+                    # Nothing came in: look at the spool anyway, another process (the requeue
+                    # command) may have added points.
+                    await asyncio.to_thread(spool.refresh)
+                    if spool.pending(name) and state.due is None:
+                        state.due = time.monotonic()
+                state.wakeup.clear()
+                continue
+            batch = await asyncio.to_thread(spool.read, name, batch_size)
+            if batch is None:
+                state.due = None
+                continue
+            started = time.monotonic()
+            try:
+                refused = await asyncio.to_thread(write_isolating, state.writer, batch.lines)
+            except RetryableWriteError as exc:
+                await self._retry_later(name, state, exc)
+                continue
+            state.write_latency_s = time.monotonic() - started
+            written, rejected = await asyncio.to_thread(spool.ack, name, batch, refused)
+            state.written += written
+            state.rejected += rejected
+            if state.failures_in_a_row:
+                log.warning(
+                    "sink %s: writing again after %d failed attempts",
+                    name,
+                    state.failures_in_a_row,
+                )
+                state.failures_in_a_row = 0
+            if refused:
+                log.error(
+                    "sink %s rejected %d points as malformed (kept aside, see `qkdtel spool "
+                    "rejected`): %s",
+                    name,
+                    len(refused),
+                    refused[0][1],
+                )
+            # Whatever arrived during the write has waited long enough: send it right away.
+            state.due = started if spool.pending(name) else None
+
+    async def _retry_later(self, name: str, state: _SinkState, exc: RetryableWriteError) -> None:
+        """Count a failed write and wait before the next attempt (back-off or Retry-After)."""
+        state.write_errors += 1
+        state.failures_in_a_row += 1
+        delay = min(
+            RETRY_BASE_DELAY * 2 ** (state.failures_in_a_row - 1), self.settings.retry_max_delay
+        )
+        if exc.retry_after is not None:
+            # The server's minimum wait; back-off still grows if it keeps refusing.
+            delay = max(delay, exc.retry_after)
+        log.warning(
+            "sink %s: write failed (%s); %d points wait in the spool, next attempt in %.1f s",
+            name,
+            exc,
+            self.spool.pending(name),
+            delay,
+        )
+        await asyncio.sleep(delay)
