@@ -1,0 +1,66 @@
+"""`qkdtel spool ...`: look into the delivery spool, and requeue the lines sinks rejected.
+
+    qkdtel spool rejected -c qkdtel.yaml                 # list them (id, sink, time, reason, line)
+    qkdtel spool rejected -c qkdtel.yaml --sink influxdb # only those one sink refused
+    qkdtel spool rejected -c qkdtel.yaml --requeue       # send them all again
+    qkdtel spool rejected -c qkdtel.yaml --requeue 12 13 # send these again
+
+Works while the daemon runs (the spool is SQLite in WAL mode); the daemon picks requeued lines
+up within `collector.flush_interval`. Requeue after fixing the cause (a field type conflict is
+fixed by writing to a new measurement or database, or by dropping the old series).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from qkdtel.spool import SPOOL_FILE, list_rejected, requeue_rejected
+
+
+def _spool_path(args: argparse.Namespace) -> Path:
+    from qkdtel.cli import _load_or_exit
+
+    return _load_or_exit(args.config).config.collector.spool_dir / SPOOL_FILE
+
+
+def cmd_rejected(args: argparse.Namespace) -> int:
+    """List the rejected lines, or requeue them with --requeue."""
+    from qkdtel.cli import EXIT_CONFIG, EXIT_OK, stderr, stdout
+
+    path = _spool_path(args)
+    if not path.exists():
+        stderr.print(f"no spool at {path}", highlight=False)
+        return EXIT_CONFIG
+    if args.requeue is not None:
+        moved = requeue_rejected(path, ids=args.requeue, sink=args.sink)
+        stdout.print(f"requeued {moved} line(s)", highlight=False)
+        return EXIT_OK
+    rows = list_rejected(path, sink=args.sink)
+    for row in rows:
+        when = dt.datetime.fromtimestamp(row.time_ns / 1e9, dt.UTC).isoformat(timespec="seconds")
+        stdout.print(f"{row.id}\t{row.sink}\t{when}\t{row.reason}", markup=False, highlight=False)
+        stdout.print(f"\t{row.line}", markup=False, highlight=False)
+    stdout.print(f"{len(rows)} rejected line(s)", highlight=False)
+    return EXIT_OK
+
+
+def add_subcommand(subparsers: Any) -> None:
+    """Add `spool` to the `qkdtel` command's subparsers."""
+    spool = subparsers.add_parser("spool", help="inspect the delivery spool")
+    spool_sub = spool.add_subparsers(dest="spool_command", required=True)
+    rejected = spool_sub.add_parser(
+        "rejected", help="list the lines a sink refused as malformed, or requeue them"
+    )
+    rejected.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    rejected.add_argument("--sink", help="only the lines this sink refused")
+    rejected.add_argument(
+        "--requeue",
+        nargs="*",
+        type=int,
+        metavar="ID",
+        help="send the listed lines (all when no id is given) to the sinks again",
+    )
+    rejected.set_defaults(func=cmd_rejected)
