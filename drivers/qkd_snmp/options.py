@@ -1,0 +1,149 @@
+"""Options of the QKD-module SNMP driver, as written under a device in the configuration file.
+
+Cross-field rules (version, security level, key lengths) are field validators that read the
+fields validated before them, not one model validator: that way every error points at the key
+to fix (`devices[3].snmp.auth_key: ...`). Messages never echo a value: keys and communities are
+secrets.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+
+from qkdtel.config import Duration, Model
+
+AuthProtocol = Literal["md5", "sha", "sha224", "sha256", "sha384", "sha512"]
+PrivProtocol = Literal["none", "des", "aes", "aes192", "aes256"]
+SecurityLevel = Literal["noAuthNoPriv", "authNoPriv", "authPriv"]
+ProfileName = Literal["cerberis3", "toshiba", "hwdu_cv", "ait_cv"]
+
+MIN_KEY_LENGTH = 8
+"""RFC 3414 section 11.2: USM passphrases shorter than 8 characters must be refused."""
+
+_ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+))(?::(?P<port>\d+))?$")
+
+
+def split_address(address: str, default_port: int = 161) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` -> (host, port)."""
+    match = _ADDRESS.match(address)
+    if not match:
+        raise ValueError("expected host[:port] (an IPv6 address in brackets: [2001:db8::1]:161)")
+    port = int(match.group("port") or default_port)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range 1..65535")
+    return match.group("v6") or match.group("host"), port
+
+
+def _v3_only(value: Any, info: ValidationInfo, default: Any = None) -> None:
+    if info.data.get("version") == "2c" and value != default:
+        raise ValueError(f"{info.field_name} is an SNMPv3 setting; set version: '3' to use it")
+
+
+def _check_length(value: SecretStr | None) -> None:
+    if value is not None and len(value.get_secret_value()) < MIN_KEY_LENGTH:
+        raise ValueError(f"keys must be at least {MIN_KEY_LENGTH} characters long (RFC 3414)")
+
+
+class SnmpSettings(Model):
+    """The `snmp:` section of a device: protocol version, credentials and request pacing.
+
+    SNMPv3's security level follows from which protocols are set: no `auth_protocol` is
+    noAuthNoPriv, an `auth_protocol` alone authNoPriv, both authPriv.
+    Field order matters: each rule only sees the fields declared above it.
+    """
+
+    version: Literal["2c", "3"] = "2c"
+    community: SecretStr | None = Field(None, validate_default=True)
+    user: str | None = Field(None, min_length=1, validate_default=True)
+    auth_protocol: AuthProtocol | None = None
+    auth_key: SecretStr | None = Field(None, validate_default=True)
+    priv_protocol: PrivProtocol = Field("none", validate_default=True)
+    priv_key: SecretStr | None = Field(None, validate_default=True)
+    context: str = ""
+    request_timeout: Duration = Field(1.0, description="wait for one answer before a resend")
+    retries: int = Field(1, ge=0, le=10, description="resends after a timeout")
+    max_repetitions: int = Field(25, ge=1, le=1000, description="rows asked per GETBULK")
+
+    @field_validator("community")
+    @classmethod
+    def _community(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if info.data.get("version") == "3":
+            if value is not None:
+                raise ValueError("community is an SNMPv2c setting; SNMPv3 uses user and keys")
+            return None
+        return SecretStr("public") if value is None else value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None, info: ValidationInfo) -> str | None:
+        _v3_only(value, info)
+        if value is None and info.data.get("version") == "3":
+            raise ValueError("SNMPv3 needs a user name")
+        return value
+
+    @field_validator("auth_protocol")
+    @classmethod
+    def _auth_protocol(cls, value: str | None, info: ValidationInfo) -> str | None:
+        _v3_only(value, info)
+        return value
+
+    @field_validator("auth_key")
+    @classmethod
+    def _auth_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        _v3_only(value, info)
+        protocol = info.data.get("auth_protocol")
+        if protocol is not None and value is None:
+            raise ValueError(f"auth_protocol {protocol} needs an auth_key (or auth_key_file)")
+        if protocol is None and value is not None and "auth_protocol" in info.data:
+            raise ValueError("auth_key is set but auth_protocol is not (md5, sha, sha256, ...)")
+        _check_length(value)
+        return value
+
+    @field_validator("priv_protocol")
+    @classmethod
+    def _priv_protocol(cls, value: str, info: ValidationInfo) -> str:
+        _v3_only(value, info, default="none")
+        if value != "none" and "auth_protocol" in info.data and not info.data["auth_protocol"]:
+            raise ValueError(f"priv_protocol {value} needs authentication too (set auth_protocol)")
+        return value
+
+    @field_validator("priv_key")
+    @classmethod
+    def _priv_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        _v3_only(value, info)
+        protocol = info.data.get("priv_protocol")
+        if protocol not in (None, "none") and value is None:
+            raise ValueError(f"priv_protocol {protocol} needs a priv_key (or priv_key_file)")
+        if protocol == "none" and value is not None:
+            raise ValueError("priv_key is set but priv_protocol is none (des, aes, aes192, ...)")
+        _check_length(value)
+        return value
+
+    @property
+    def security_level(self) -> SecurityLevel:
+        """The USM security level the protocols imply (SNMPv3 only)."""
+        if self.auth_protocol is None:
+            return "noAuthNoPriv"
+        return "authNoPriv" if self.priv_protocol == "none" else "authPriv"
+
+
+class QkdSnmpOptions(Model):
+    """A QKD module polled over SNMP: where it is, which vendor profile, which credentials."""
+
+    address: str = Field(description="host[:port] of the module's SNMP agent (port 161 if none)")
+    profile: ProfileName = Field(description="vendor family, i.e. which MIB and normalisation")
+    snmp: SnmpSettings = Field(default_factory=SnmpSettings)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_address(value)
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The agent's host and UDP port."""
+        return split_address(self.address)

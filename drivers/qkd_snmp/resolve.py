@@ -1,0 +1,160 @@
+"""Profiles bound to the compiled MIBs: object names -> OIDs and syntaxes, once per process.
+
+Resolution goes through pysnmp's MibBuilder (`import_symbols`), so every OID comes from the
+`.mib` files and a profile naming an object the MIB lacks fails at start-up, not mid-poll.
+The result is plain tuples and dicts: a poll then never touches the MIB machinery again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from pyasn1.type import univ
+
+from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out, Profile
+from qkdtel.errors import Malformed
+
+Oid = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the driver needs to know about one MIB object."""
+
+    name: str
+    oid: Oid
+    text: bool  # an OCTET STRING syntax (DisplayString), else an integer one
+    enum: Mapping[int, str] | None  # named values of an enumeration
+
+    def decode(self, value: Any, where: str) -> int | str:
+        """Wire value -> int, str, or enumeration name; `Malformed` if it does not fit the MIB."""
+        if self.text:
+            if not isinstance(value, univ.OctetString):
+                raise Malformed(f"{where}: expected a string, got {_show(value)}")
+            try:
+                return bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise Malformed(f"{where}: not UTF-8 text: {_show(value)}") from None
+        if not isinstance(value, univ.Integer):
+            raise Malformed(f"{where}: expected an integer, got {_show(value)}")
+        number = int(value)
+        if self.enum is None:
+            return number
+        try:
+            return self.enum[number]
+        except KeyError:
+            raise Malformed(f"{where}: {number} is not a value of the enumeration") from None
+
+
+def _show(value: Any) -> str:
+    """A device value for an error message: type and at most 40 characters."""
+    if isinstance(value, univ.OctetString):
+        shown = repr(bytes(value).decode("utf-8", "replace"))
+    else:
+        shown = value.prettyPrint() if hasattr(value, "prettyPrint") else repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{type(value).__name__} {shown}"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A NOTIFICATION-TYPE: its name and the objects it carries."""
+
+    name: str
+    oid: Oid
+    objects: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A profile with every object it names resolved against the compiled MIB."""
+
+    profile: Profile
+    objects: Mapping[str, ObjectInfo]
+    table_oid: Oid
+    scalar_oids: tuple[Oid, ...]  # instances (.0), in `profile.scalar_names` order
+    column_oids: tuple[Oid, ...]  # in `profile.column_names` order
+    notifications: Mapping[Oid, Notification]
+
+    def convert(
+        self, outs: Iterable[Out], values: Mapping[str, int | str], where: str
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        """Apply profile outputs to decoded values -> (tags, fields); junk -> `Malformed`.
+
+        Outputs whose source objects are absent are left out, as are outputs whose converter
+        says "unknown" (None).
+        """
+        tags: dict[str, str] = {}
+        fields: dict[str, Any] = {}
+        for out in outs:
+            try:
+                args = [values[source] for source in out.sources]
+            except KeyError:
+                continue
+            try:
+                result = out.convert(*args)
+            except (ValueError, KeyError, TypeError, ZeroDivisionError):
+                shown = ", ".join(repr(a)[:40] for a in args)
+                raise Malformed(
+                    f"{out.sources[0]}{where}: cannot read {shown} as {out.name}"
+                ) from None
+            if result is None:
+                continue
+            if out.range is not None and not out.range[0] <= result <= out.range[1]:
+                raise Malformed(
+                    f"{out.sources[0]}{where}: {out.name} {result:g} is out of range "
+                    f"{out.range[0]:g}..{out.range[1]:g}"
+                )
+            (tags if out.tag else fields)[out.name] = result
+        return tags, fields
+
+
+def _info(symbol: Any, name: str) -> ObjectInfo:
+    syntax = symbol.syntax
+    named = dict(syntax.namedValues.items()) if isinstance(syntax, univ.Integer) else {}
+    return ObjectInfo(
+        name=name,
+        oid=tuple(symbol.name),
+        text=isinstance(syntax, univ.OctetString),
+        enum={number: label for label, number in named.items()} or None,
+    )
+
+
+@cache
+def _builder() -> Any:
+    from qkdtel.mibs import mib_builder
+
+    return mib_builder()
+
+
+@cache
+def resolve(profile_name: str) -> Resolved:
+    """Resolve a profile (cached: every device of a family shares one resolution)."""
+    profile = PROFILES[profile_name]
+    builder = _builder()
+    names = (*profile.scalar_names, *profile.column_names)
+    symbols = builder.import_symbols(profile.mib, profile.table, *names)
+    table, *objects = symbols
+    infos = {name: _info(symbol, name) for name, symbol in zip(names, objects, strict=True)}
+
+    notifications: dict[Oid, Notification] = {}
+    for name in profile.notifications:
+        (symbol,) = builder.import_symbols(profile.mib, name)
+        carried = tuple(obj for _, obj in symbol.getObjects())
+        for mib, obj in symbol.getObjects():
+            if obj not in infos:
+                (carried_symbol,) = builder.import_symbols(mib, obj)
+                infos[obj] = _info(carried_symbol, obj)
+        notifications[tuple(symbol.name)] = Notification(name, tuple(symbol.name), carried)
+
+    return Resolved(
+        profile=profile,
+        objects=infos,
+        table_oid=tuple(table.name),
+        scalar_oids=tuple((*infos[n].oid, 0) for n in profile.scalar_names),
+        column_oids=tuple(infos[n].oid for n in profile.column_names),
+        notifications=notifications,
+    )
