@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import zlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -48,7 +47,6 @@ class Collector:
         self._stopping = asyncio.Event()
         self._scheduler = AsyncIOScheduler()
         self._traps = None
-        self.host = socket.gethostname()
 
     async def submit(self, samples: list[Sample]) -> None:
         """Spool samples durably, then show them to observers."""
@@ -75,12 +73,7 @@ class Collector:
         points = self.delivery.telemetry()
         running = len(self._in_flight)
         points = [
-            Sample(
-                p.measurement,
-                {**p.tags, "host": self.host},
-                {**p.fields, "polls_running": running},
-                p.time_ns,
-            )
+            Sample(p.measurement, p.tags, {**p.fields, "polls_running": running}, p.time_ns)
             for p in points
         ]
         await self.submit(points)
