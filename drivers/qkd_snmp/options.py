@@ -27,12 +27,12 @@ _ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+))(?:
 
 
 def split_address(address: str, default_port: int = 161) -> tuple[str, int]:
-    """`host`, `host:port`, `[v6]` or `[v6]:port` -> (host, port)."""
+    """`host`, `host:port`, `[v6]` or `[v6]:port` -> (host, port); port 0 is "any"."""
     match = _ADDRESS.match(address)
     if not match:
         raise ValueError("expected host[:port] (an IPv6 address in brackets: [2001:db8::1]:161)")
     port = int(match.group("port") or default_port)
-    if not 0 < port < 65536:
+    if port > 65535:
         raise ValueError(f"port {port} is out of range 1..65535")
     return match.group("v6") or match.group("host"), port
 
@@ -140,10 +140,32 @@ class QkdSnmpOptions(Model):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        split_address(value)
+        if split_address(value)[1] == 0:
+            raise ValueError("port 0 cannot be polled")
         return value
 
     @property
     def host_port(self) -> tuple[str, int]:
         """The agent's host and UDP port."""
         return split_address(self.address)
+
+
+class TrapUser(SnmpSettings):
+    """An SNMPv3 user the trap receiver accepts notifications from (`traps.users[i]`).
+
+    Same keys as a device's `snmp:` section, version 3 implied. A v3 *trap* is authenticated
+    with keys localised to the sender's engine ID: the receiver learns it from the first trap
+    of a configured device's address; for any other sender give it as `engine_id` (hex).
+    """
+
+    version: Literal["3"] = "3"
+    engine_id: str | None = Field(
+        None, pattern=r"^(0x)?([0-9A-Fa-f]{2}){5,32}$", description="sender snmpEngineID, hex"
+    )
+
+    @property
+    def engine_id_bytes(self) -> bytes | None:
+        """The configured sender engine ID as bytes."""
+        if self.engine_id is None:
+            return None
+        return bytes.fromhex(self.engine_id.removeprefix("0x"))
