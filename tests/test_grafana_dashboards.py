@@ -6,8 +6,9 @@
   uses tags, literals compared with enumerated tags/fields are documented values, units shown
   match the documented units (fractions as `percentunit`), gaps are never painted over.
 - Execution: every query, with its template variables filled in as Grafana would, runs against
-  a real InfluxDB 1.x holding points of every measurement; InfluxDB must accept each one and,
-  with every variable on "All", each one must return data.
+  the real InfluxDB 1.6 of tests/fixtures_influxdb.py, in a database holding points of every
+  measurement; InfluxDB must accept each one and, with every variable on "All", each one must
+  return data.
 
 No Grafana server is available to the tests (Debian does not package it): whether Grafana
 renders the panels is not checked here.
@@ -17,9 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +28,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.fixtures_influxdb import InfluxServer
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_MD = ROOT / "docs" / "metrics.md"
@@ -563,100 +563,6 @@ def test_provisioning_matches_the_dashboards():
 # --------------------------------------------------------------------------- a real InfluxDB
 
 
-@dataclass
-class InfluxServer:
-    url: str
-    database: str
-
-    def request(self, path: str, params: dict[str, str], body: bytes | None = None) -> dict | None:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as r:
-                payload = r.read()
-        except urllib.error.HTTPError as e:
-            payload = e.read()
-        return json.loads(payload) if payload else None
-
-    def query(self, q: str) -> dict:
-        answer = self.request("/query", {"db": self.database, "q": q})
-        assert answer is not None
-        return answer
-
-    def write(self, lines: list[str]) -> None:
-        answer = self.request(
-            "/write", {"db": self.database, "precision": "s"}, "\n".join(lines).encode()
-        )
-        assert answer is None, answer  # 204 No Content when every point was accepted
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def influxdb_with_points(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
-    """A private influxd on free loopback ports, holding the points of `sample_points`."""
-    binary = shutil.which("influxd")
-    if binary is None:
-        pytest.fail("influxd is not installed (Debian package influxdb; ./run-tests installs it)")
-    base = tmp_path_factory.mktemp("influxd")
-    http_port, rpc_port = free_port(), free_port()
-    (base / "influxdb.conf").write_text(
-        f"""reporting-disabled = true
-bind-address = "127.0.0.1:{rpc_port}"
-[meta]
-  dir = "{base / "meta"}"
-[data]
-  dir = "{base / "data"}"
-  wal-dir = "{base / "wal"}"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "127.0.0.1:{http_port}"
-  auth-enabled = false
-  log-enabled = false
-""",
-        encoding="utf-8",
-    )
-    log = (base / "influxd.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, "run", "-config", str(base / "influxdb.conf")], stdout=log, stderr=log
-    )
-    server = InfluxServer(f"http://127.0.0.1:{http_port}", "qkdtel_grafana_test")
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"influxd exited: {(base / 'influxd.log').read_text(errors='replace')[-2000:]}"
-                )
-            try:
-                server.request("/ping", {})
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("influxd did not answer within 15 s")
-                time.sleep(0.1)
-        # A fresh server holds no database: anything else is someone else's server on our port.
-        (databases,) = server.query("SHOW DATABASES")["results"][0]["series"]
-        assert "values" not in databases, databases
-        assert proc.poll() is None
-        assert "error" not in json.dumps(server.query(f'CREATE DATABASE "{server.database}"'))
-        server.write([line_protocol(p) for p in sample_points(int(time.time()))])
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 @dataclass(frozen=True)
 class Point:
     measurement: str
@@ -821,19 +727,25 @@ EVENTS = [
         "quijote-hwdu-34",
         "link_down",
         "critical",
-        {"notification": "hwdvLinkDown", "source": "10.3.0.21", "vendor_state": "ALARM"},
+        {"notification": "hwcvChannelDown", "source": "10.3.0.21", "vendor_state": "ALARM"},
     ),
     (
         "quevedo-hwdu-4",
         "excess_noise_threshold",
         "warning",
-        {"notification": "hwdvExcessNoiseAlarm", "source": "10.4.0.21", "excess_noise_snu": 0.05},
+        {"notification": "hwcvExcessNoiseAlarm", "source": "10.4.0.21", "excess_noise_snu": 0.05},
     ),
     (
         "quijano-toshiba-8",
         "key_store_empty",
         "warning",
-        {"notification": "tqkdKeyStoreEmpty", "source": "10.8.0.31", "key_store_bits": 0},
+        {"notification": "tqkdKeyBufferEmpty", "source": "10.8.0.31", "key_store_bits": 0},
+    ),
+    (
+        "quijano-toshiba-8",
+        "link_up",
+        "info",
+        {"notification": "tqkdLinkStatusChange", "source": "10.8.0.31", "vendor_state": "RUNNING"},
     ),
 ]
 ERROR_CLASSES = ["timeout", "auth", "no_such_object", "refused", "malformed", "error", "internal"]
@@ -951,18 +863,36 @@ def fill_in(query: str, interval: str, dashboard: dict, *, every: bool) -> str:
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", value, query)
 
 
+@pytest.fixture
+def sample_db(influxdb: InfluxServer, influx_db: str) -> str:
+    """A fresh database on the shared influxd (tests/fixtures_influxdb.py) with `sample_points`."""
+    body = "\n".join(line_protocol(p) for p in sample_points(int(time.time())))
+    url = f"{influxdb.url}/write?{urllib.parse.urlencode({'db': influx_db, 'precision': 's'})}"
+    with urllib.request.urlopen(urllib.request.Request(url, data=body.encode()), timeout=10) as r:
+        assert r.status == 204  # every point accepted
+    return influx_db
+
+
+def run(influxdb: InfluxServer, query: str, db: str) -> tuple[str | None, int]:
+    """InfluxDB's error for the query (None if it ran) and the number of rows it returned."""
+    try:
+        return None, len(influxdb.query(query, db))
+    except RuntimeError as e:  # an error in the statement's result
+        return str(e), 0
+    except urllib.error.HTTPError as e:  # the statement did not parse
+        return f"{e}: {e.read().decode(errors='replace').strip()}", 0
+
+
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
-def test_influxdb_runs_every_query(name, influxdb_with_points):
+def test_influxdb_runs_every_query(name, influxdb, sample_db):
     dashboard = DASHBOARDS[name]
     failures = []
     for q in queries(dashboard):
         for every in (True, False):
             sent = fill_in(q.text, q.interval, dashboard, every=every)
-            answer = influxdb_with_points.query(sent)
-            results = answer.get("results", [{}])
-            errors = [answer.get("error")] + [r.get("error") for r in results]
-            if any(errors):
-                failures.append(f"{q.where}: {sent!r} -> {[e for e in errors if e]}")
-            elif every and not any(r.get("series") for r in results):
+            error, rows = run(influxdb, sent, sample_db)
+            if error:
+                failures.append(f"{q.where}: {sent!r} -> {error}")
+            elif every and not rows:
                 failures.append(f"{q.where}: no data with every variable on All: {sent!r}")
     assert failures == []
