@@ -522,6 +522,57 @@ def test_units_follow_the_contract(name):
     assert problems == []
 
 
+def value_mappings(panel: dict, column: str | None) -> set[str] | None:
+    """Values a panel maps for a column (override by name, else the defaults); None if none."""
+    mappings = panel["fieldConfig"]["defaults"].get("mappings", [])
+    for override in panel["fieldConfig"]["overrides"]:
+        if override["matcher"] == {"id": "byName", "options": column}:
+            mappings = next(
+                (p["value"] for p in override["properties"] if p["id"] == "mappings"), mappings
+            )
+    values = {v for m in mappings if m["type"] == "value" for v in m["options"]}
+    return values or None
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_value_mappings_cover_every_documented_value(name):
+    """A state docs/metrics.md adds (a new link_status, a new severity) gets a colour everywhere."""
+    problems = []
+    for panel in panels(DASHBOARDS[name]):
+        for t in panel["targets"]:
+            q = read_query(t["query"])
+            columns = {n: c for m in q.measurements for n, c in CONTRACT.get(m, {}).items()}
+            for item in q.select:
+                col = columns.get(item.field or "")
+                if col is None or col.values is None or item.function not in PASSTHROUGH | {None}:
+                    continue
+                mapped = value_mappings(panel, item.column)
+                if mapped is not None and not col.values - {""} <= mapped:
+                    problems.append(
+                        f"{panel['title']!r}: no mapping for {item.field} = "
+                        f"{sorted(col.values - {''} - mapped)}"
+                    )
+    assert problems == []
+
+
+def test_every_error_class_is_counted():
+    """error_class is a field, so each class has its own query: one per documented class."""
+    dashboard = DASHBOARDS["qkdtel-collector-health.json"]
+    documented = CONTRACT["qkdtel_device_status"]["error_class"].values - {""}
+    counted = []
+    for panel in panels(dashboard):
+        classes = [
+            literal.text.strip("'")
+            for t in panel["targets"]
+            for column, literal in read_query(t["query"]).comparisons
+            if column == "error_class"
+        ]
+        if classes:
+            counted.append(panel["title"])
+            assert sorted(classes) == sorted(documented), panel["title"]
+    assert len(counted) == 2, counted
+
+
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_gaps_are_not_painted_over(name):
     """Maintenance windows and outages are lost history: no panel may hide them."""
