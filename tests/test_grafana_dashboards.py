@@ -3,8 +3,9 @@
 - Structure: unique uids and titles, every panel on the `${datasource}` variable with raw
   InfluxQL targets, provisioning files that match the dashboards.
 - Contract: every measurement, tag and field a query names is in docs/metrics.md, GROUP BY only
-  uses tags, literals compared with enumerated tags/fields are documented values, units shown
-  match the documented units (fractions as `percentunit`), gaps are never painted over.
+  uses tags, literals compared with enumerated tags/fields are documented values, value
+  mappings colour every documented value, units shown match the documented units (fractions as
+  `percentunit`), gaps are never painted over.
 - Execution: every query, with its template variables filled in as Grafana would, runs against
   the real InfluxDB 1.6 of tests/fixtures_influxdb.py, in a database holding points of every
   measurement; InfluxDB must accept each one and, with every variable on "All", each one must
