@@ -122,6 +122,7 @@ class DevicePoller:
                 "samples": len(samples),
                 "consecutive_failures": self.consecutive_failures,
                 "backoff_s": backoff,
+                "interval_s": cfg.interval,
             },
             now_ns(),
         )
