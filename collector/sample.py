@@ -24,14 +24,22 @@ FieldValue = float | int | bool | str
 # makes such a line fail to parse (the write is rejected and reported) instead of being stored
 # with an altered value.
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
+# Field keys alone also have `"` unescaped by InfluxDB: `\"` in a field key would lose its
+# backslash unless the quote is escaped too.
+_FIELD_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", '"': r"\""})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
 _STRING_ESCAPES = str.maketrans({'"': r"\"", "\\": r"\\"})
 
 
 @lru_cache(maxsize=65536)
 def _escape_key(text: str) -> str:
-    """Escape a tag key, tag value or field key; cached since the same few names recur."""
+    """Escape a tag key or tag value; cached since the same few names recur."""
     return str(text).translate(_KEY_ESCAPES)
+
+
+@lru_cache(maxsize=4096)
+def _escape_field_key(text: str) -> str:
+    return str(text).translate(_FIELD_KEY_ESCAPES)
 
 
 def _field_value(value: FieldValue) -> str | None:
@@ -106,8 +114,11 @@ class Sample:
         for key, value in self.fields.items():
             encoded = _field_value(value)
             if encoded is not None:
-                fields.append(f"{_escape_key(key)}={encoded}")
+                fields.append(f"{_escape_field_key(key)}={encoded}")
         if not fields:
             return ""
+        if fields[0][0] in "\t\0":
+            # InfluxDB skips tabs and NULs before the first field: lead with another field.
+            fields.sort(key=lambda f: f[0] in "\t\0")
         measurement = self.measurement.translate(_MEASUREMENT_ESCAPES)
         return f"{measurement}{tags} {','.join(fields)} {self.time_ns}"

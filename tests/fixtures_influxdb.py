@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -192,10 +193,18 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
 class _HelperServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, handler: type[_ForwardingHandler], upstream_port: int) -> None:
+    def __init__(
+        self,
+        handler: type[_ForwardingHandler],
+        upstream_port: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(("127.0.0.1", 0), handler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.upstream_port = upstream_port
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
 
@@ -307,12 +316,12 @@ class FaultProxy(_HelperServer):
     acknowledge a write it has stored, so this proxy injects those: `fail(status, times,
     retry_after)` answers the next writes itself; `hold` delays each forwarded answer; `bodies`
     records every batch forwarded, in order; when the real server is down, the connection fails
-    as it would without the proxy.
+    as it would without the proxy. With `tls`, it serves HTTPS (the TLS verification tests).
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, tls: ssl.SSLContext | None = None) -> None:
         self.state = _ProxyState()
-        super().__init__(_ProxyHandler, upstream_port)
+        super().__init__(_ProxyHandler, upstream_port, tls)
 
     def fail(self, status: int, times: int = 1, retry_after: str | None = None) -> None:
         with self.state.lock:
