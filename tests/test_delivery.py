@@ -77,7 +77,9 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
 
 
 def stored(influxdb: InfluxServer, db: str, measurement: str = "qkd_link") -> list[dict]:
-    return influxdb.query(f'SELECT * FROM "{measurement}" GROUP BY *', db)
+    """Every point of `measurement`, without the fields other points have and it lacks."""
+    rows = influxdb.query(f'SELECT * FROM "{measurement}" GROUP BY *', db)
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
 
 
 def as_rows(points: list[Sample]) -> list[dict]:
