@@ -21,17 +21,23 @@ class SimClock(Protocol):
 
 
 class AcceleratedClock:
-    """Simulated time running `speed` times faster than the monotonic wall clock."""
+    """Simulated time running `speed` times faster than the monotonic wall clock.
 
-    def __init__(self, speed: float = 1.0, start: float = 0.0):
+    It ticks in steps of `resolution` real seconds, so all the objects one SNMP request reads
+    within a step describe the same simulated instant, however fast time runs.
+    """
+
+    def __init__(self, speed: float = 1.0, start: float = 0.0, resolution: float = 0.01):
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.speed = speed
         self._start = start
+        self._resolution = resolution
         self._origin = time.monotonic()
 
     def now(self) -> float:
-        return self._start + (time.monotonic() - self._origin) * self.speed
+        steps = (time.monotonic() - self._origin) // self._resolution
+        return self._start + steps * self._resolution * self.speed
 
 
 class ManualClock:

@@ -40,7 +40,9 @@ class _Model(BaseModel):
 class Site(_Model):
     """A node of the network."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(
+        pattern=r"^[ -~]+$", description="printable ASCII: devices report it as a DisplayString"
+    )
     domain: str = Field(min_length=1, description="operator domain, e.g. RM or TID")
     invented: bool = Field(False, description="the sources do not name this site")
 
