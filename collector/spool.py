@@ -161,7 +161,11 @@ class Spool:
     @staticmethod
     def _bounds(conn: sqlite3.Connection) -> tuple[int, int]:
         """(first id, last id) of the points table; (next id, next id - 1) when empty."""
-        low, high = conn.execute("SELECT min(id), max(id) FROM points").fetchone()
+        # Two subqueries: SQLite answers a lone min() or max() from the index ends, but scans the
+        # whole table for both in one SELECT.
+        low, high = conn.execute(
+            "SELECT (SELECT min(id) FROM points), (SELECT max(id) FROM points)"
+        ).fetchone()
         if high is None:
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'points'").fetchone()
             last = row[0] if row else 0
