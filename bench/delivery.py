@@ -126,8 +126,12 @@ def main() -> None:
         server = InfluxServer(work / "influxd")
         server.start()
         try:
-            curl_times, delivery_times = [], []
+            curl_times, delivery_times, encode_times = [], [], []
             for _ in range(args.rounds):
+                started = time.perf_counter()
+                for sample in samples:
+                    sample.to_line()
+                encode_times.append(time.perf_counter() - started)
                 curl_times.append(bench_curl(server, samples, args.batch_size, work))
                 delivery_times.append(bench_delivery(server, samples, args.batch_size, work))
         finally:
@@ -138,6 +142,7 @@ def main() -> None:
     print(f"curl --data-binary:      {curl_rate:>10,.0f} points/s")
     print(f"Delivery (spool+writer): {delivery_rate:>10,.0f} points/s")
     print(f"ratio delivery/curl:     {delivery_rate / curl_rate:>10.2f}x (target >= 0.90x)")
+    print(f"  of which encoding alone (Sample.to_line): {min(encode_times):.2f} s for all points")
 
 
 if __name__ == "__main__":
