@@ -12,9 +12,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
-from pysnmp.smi.builder import DirMibSource, MibBuilder
+from pysnmp.smi.builder import MibBuilder
 
 from qkdtel.mibs.smiv2_core import read_core_module
 
@@ -59,11 +60,10 @@ def _cache_root() -> Path:
     return Path(base) / "qkdtel"
 
 
-def compile_mibs(destination: Path, source_dir: Path = MIB_DIR) -> None:
-    """Compile every `.mib` file of `source_dir` into pysnmp modules in `destination`.
+def local_compiler(destination: Path, source_dir: Path = MIB_DIR):
+    """A pysmi compiler that reads only local sources: the .mib folder and the SMIv2 core.
 
-    Only local sources are read (the folder and the SMIv2 core stand-ins), so pysmi never
-    tries the network. Raise `MibCompileError` naming each failing file and pysmi's message.
+    pysnmp's own default compiler would fetch unknown modules over HTTP; this one never does.
     """
     from pysmi.codegen import PySnmpCodeGen
     from pysmi.compiler import MibCompiler
@@ -80,6 +80,15 @@ def compile_mibs(destination: Path, source_dir: Path = MIB_DIR) -> None:
         PyPackageSearcher("pysnmp.smi.mibs"),
         StubSearcher(*PySnmpCodeGen.baseMibs),
     )
+    return compiler
+
+
+def compile_mibs(destination: Path, source_dir: Path = MIB_DIR) -> None:
+    """Compile every `.mib` file of `source_dir` into pysnmp modules in `destination`.
+
+    Raise `MibCompileError` naming each failing file and pysmi's message.
+    """
+    compiler = local_compiler(destination, source_dir)
     names = [path.stem for path in mib_files(source_dir)]
     results = compiler.compile(*names, genTexts=True, rebuild=True)
     broken = {name: status for name, status in results.items() if status not in _BUILT}
@@ -126,9 +135,17 @@ def compiled_dir() -> Path:
 
 
 def load_into(builder: MibBuilder) -> MibBuilder:
-    """Add the compiled qkdtel modules to `builder` (e.g. an SnmpEngine's) and load them all."""
-    builder.add_mib_sources(DirMibSource(str(compiled_dir())))
-    builder.load_modules(SMI_MODULE, *MODULES)
+    """Add the compiled qkdtel modules to `builder` (e.g. an SnmpEngine's) and load them all.
+
+    The builder also gets a local-only MIB compiler, so that pysnmp (e.g. its high-level API
+    resolving a name) never attaches its default one, which would try HTTP.
+    """
+    folder = compiled_dir()
+    builder.set_mib_compiler(local_compiler(folder), str(folder))
+    with warnings.catch_warnings():
+        # pysmi 2.0 writes the camelCase API that pysnmp 7 still runs but deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        builder.load_modules(SMI_MODULE, *MODULES)
     return builder
 
 
