@@ -56,18 +56,23 @@ class Collector:
         for observer in self.observers:
             observer(samples)
 
-    async def _poll(self, poller: DevicePoller) -> None:
+    async def _fire(self, poller: DevicePoller) -> None:
+        """Scheduled job: start a poll of the device if it is due.
+
+        The poll runs in a task of our own, not in APScheduler's job: the scheduler cancels its
+        jobs when it shuts down, and a poll in flight at SIGTERM deserves its grace period.
+        """
         if self._stopping.is_set() or not poller.due():
             return
-        task = asyncio.current_task()
-        assert task is not None
+        poller.running = True  # not due again until this poll ends
+        task = asyncio.create_task(self._poll(poller), name=f"poll:{poller.name}")
         self._in_flight.add(task)
-        try:
-            async with self._semaphore:
-                result: PollResult = await poller.poll()
-            await self.submit(result.all_samples())
-        finally:
-            self._in_flight.discard(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _poll(self, poller: DevicePoller) -> None:
+        async with self._semaphore:
+            result: PollResult = await poller.poll()
+        await self.submit(result.all_samples())
 
     async def _self_telemetry(self) -> None:
         points = self.delivery.telemetry()
@@ -86,7 +91,7 @@ class Collector:
             # not hit every device in the same instant.
             offset = (zlib.crc32(poller.name.encode()) % 1000) / 1000 * min(interval, 5.0)
             self._scheduler.add_job(
-                self._poll,
+                self._fire,
                 IntervalTrigger(seconds=interval),
                 args=[poller],
                 id=f"poll:{poller.name}",

@@ -49,6 +49,6 @@ def print_samples(samples: list[Sample], fmt: str, console: Console) -> None:
             console.out(json.dumps(record, ensure_ascii=False), highlight=False)
     elif fmt == "line":
         for s in samples:
-            console.out(s.to_line(), highlight=False, soft_wrap=True)
+            console.out(s.to_line(), highlight=False)
     else:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
