@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from qkdtel.config import CollectorSettings, InfluxV1Sink
 from qkdtel.delivery import Delivery
 from qkdtel.sample import Sample
-from tests.fixtures_influxdb import InfluxServer
+from qkdtel.sims.influxd import InfluxServer
 
 T0 = 1_700_000_000_000_000_000
 

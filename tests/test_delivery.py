@@ -19,9 +19,10 @@ from qkdtel.cli_spool import add_subcommand
 from qkdtel.config import CollectorSettings, FileSink, InfluxV1Sink, InfluxV2Sink
 from qkdtel.delivery import Delivery
 from qkdtel.sample import Sample
+from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.sinks import FileWriter, InfluxV1Writer, RetryableWriteError
 from qkdtel.spool import SPOOL_FILE, Spool, list_rejected
-from tests.fixtures_influxdb import FaultProxy, InfluxServer, V2Shim, free_port
+from tests.fixtures_influxdb import FaultProxy, V2Shim
 
 T0 = 1_700_000_000_000_000_000
 METRICS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"

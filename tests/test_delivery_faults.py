@@ -23,10 +23,11 @@ import pytest
 from qkdtel.config import InfluxV2Sink
 from qkdtel.delivery import Delivery
 from qkdtel.sample import Sample
+from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.sinks import InfluxV1Writer
 from qkdtel.sinks.base import parse_retry_after
 from qkdtel.spool import SPOOL_FILE, list_rejected
-from tests.fixtures_influxdb import FaultProxy, InfluxServer, V2Shim, free_port
+from tests.fixtures_influxdb import FaultProxy, V2Shim
 from tests.test_delivery import as_rows, run, samples, settings, stored, v1, wait_for
 
 

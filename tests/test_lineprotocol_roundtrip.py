@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from qkdtel.config import InfluxV1Sink
 from qkdtel.sample import Sample
+from qkdtel.sims.influxd import InfluxServer
 from qkdtel.sinks import InfluxV1Writer
-from tests.fixtures_influxdb import InfluxServer
 
 # Lone backslashes and the separators are drawn often on purpose; any other code point too.
 _TEXT = st.text(
