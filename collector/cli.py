@@ -125,6 +125,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from qkdtel.cli_spool import add_subcommand as add_spool
     from qkdtel.sims.cli import add_subcommand as add_sims
+    from qkdtel.sims.demo import add_subcommand as add_demo
 
     parser = argparse.ArgumentParser(
         prog="qkdtel", description="Telemetry and bench control for QKD network hardware."
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_schema
     )
 
+    add_demo(sub)
     add_sims(sub)
     add_spool(sub)
     return parser
