@@ -139,7 +139,15 @@ class SnmpClient:
         self.host = host
         self.port = port
         self.settings = settings
-        self._engine: SnmpEngine | None = None
+        self._engine = SnmpEngine()  # ~50 ms of MIB loading: here, not inside a poll
+        if settings.version == "3":
+            add_usm_user(self._engine, settings)
+            params = (settings.user, settings.security_level, 3)
+        else:
+            assert settings.community is not None
+            config.add_v1_system(self._engine, "community", settings.community.get_secret_value())
+            params = ("community", "noAuthNoPriv", 1)
+        config.add_target_parameters(self._engine, "params", *params)
         self._transport: _AgentSocket | None = None
         self._open_lock = asyncio.Lock()
         self._pending: set[asyncio.Future] = set()
@@ -158,8 +166,9 @@ class SnmpClient:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     async def _open(self) -> SnmpEngine:
+        """Resolve the agent's address and connect the socket (first request only)."""
         async with self._open_lock:
-            if self._engine is not None:
+            if self._transport is not None:
                 return self._engine
             loop = asyncio.get_running_loop()
             try:
@@ -177,27 +186,19 @@ class SnmpClient:
                 await transport.connect()
             except OSError as exc:
                 raise Refused(f"{self.where}: {exc.strerror or exc}") from None
-            engine = SnmpEngine()
-            config.add_transport(engine, domain, transport)
-            s = self.settings
-            if s.version == "3":
-                add_usm_user(engine, s)
-                config.add_target_parameters(engine, "params", s.user, s.security_level, 3)
-            else:
-                assert s.community is not None
-                config.add_v1_system(engine, "community", s.community.get_secret_value())
-                config.add_target_parameters(engine, "params", "community", "noAuthNoPriv", 1)
+            config.add_transport(self._engine, domain, transport)
             config.add_target_address(
-                engine,
+                self._engine,
                 self._TARGET,
                 domain,
                 sockaddr[:2],
                 "params",
-                timeout=s.request_timeout * 100,  # RFC 3413 TimeInterval: hundredths of a second
-                retryCount=s.retries,
+                # RFC 3413 TimeInterval: hundredths of a second
+                timeout=self.settings.request_timeout * 100,
+                retryCount=self.settings.retries,
             )
-            self._engine, self._transport = engine, transport
-            return engine
+            self._transport = transport
+            return self._engine
 
     def _fail_pending(self, exc: Exception) -> None:
         if isinstance(exc, ConnectionRefusedError):
@@ -253,7 +254,7 @@ class SnmpClient:
         varbinds: Sequence[tuple[univ.ObjectIdentifier, univ.Null]],
         max_repetitions: int | None,
     ) -> list[VarBind]:
-        engine = self._engine or await self._open()
+        engine = self._engine if self._transport is not None else await self._open()
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending.add(future)
         try:
@@ -329,8 +330,8 @@ class SnmpClient:
         """Close the socket and stop the engine's timer."""
         for future in self._pending:
             future.cancel()
-        if self._engine is not None:
-            self._engine.close_dispatcher()
         if self._transport is not None:
+            self._engine.close_dispatcher()
             self._transport.close_transport()  # type: ignore[attr-defined]
-        self._engine = self._transport = None
+            config.delete_target_address(self._engine, self._TARGET)
+            self._transport = None
