@@ -1,0 +1,202 @@
+"""docs/metrics.md is the contract: everything the SNMP driver and the trap receiver emit is
+documented there, as the documented kind (tag, or field of the documented type), with one of
+the documented values where the page lists them; and every documented qkd_link / qkd_module
+name is produced by some vendor profile (the page describes no field nobody writes).
+
+Emitted points come from the real thing: every module of the simulated MadQCI twin polled
+through the collector's own poller (which adds `device` and the configured tags), and one
+notification of every kind sent by the simulated agents to a running trap receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from qkdtel.config import TrapListener, load_config
+from qkdtel.poller import DevicePoller
+from qkdtel.sample import Sample
+from qkdtel.sims.snmp.profiles import PROFILES as SIM_PROFILES
+from qkdtel.sims.snmp.profiles import Event
+from qkdtel.traps import TrapReceiver
+
+METRICS_MD = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+CONFIGURED = "configured tags"
+_ROW = re.compile(
+    r"^\|\s*([a-z_][a-z0-9_]*)\s*\|\s*(tag|field (?:float|int|bool|string))\s*\|(.*?)\|"
+)
+_TOKEN = re.compile(r"^[A-Za-z0-9_+]+$")
+PYTHON_TYPES = {"float": float, "int": int, "bool": bool, "string": str}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One documented name: `tag` or `field <type>`, and its values if the page lists them."""
+
+    kind: str
+    values: frozenset[str] | None
+
+    def problem(self, value: object, is_tag: bool) -> str | None:
+        """Why `value` breaks this entry, or None."""
+        if is_tag != (self.kind == "tag"):
+            return f"documented as {self.kind}"
+        if self.kind == "tag":
+            if not isinstance(value, str) or not value:
+                return "a tag must be a non-empty string"
+        else:
+            wanted = PYTHON_TYPES[self.kind.split()[1]]
+            # bool is an int in Python, but a different field type in InfluxDB
+            if type(value) is not wanted:
+                return f"documented as {self.kind}, got {type(value).__name__}"
+        if self.values is not None and str(value).lower() not in self.values:
+            return f"{value!r} is not one of {sorted(self.values)}"
+        return None
+
+
+def parse_contract(text: str) -> dict[str, dict[str, Entry]]:
+    """`## measurement` sections of docs/metrics.md -> {measurement: {name: Entry}}."""
+    contract: dict[str, dict[str, Entry]] = {}
+    section: dict[str, Entry] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = contract.setdefault(line[3:].strip(), {})
+            continue
+        match = _ROW.match(line)
+        if match and section is not None:
+            name, kind, cell = match.group(1), match.group(2), match.group(3).strip()
+            items = [item.strip() for item in cell.split(",")]
+            listed = len(items) > 1 and all(_TOKEN.match(item) for item in items)
+            section[name] = Entry(kind, frozenset(i.lower() for i in items) if listed else None)
+    return contract
+
+
+@pytest.fixture(scope="module")
+def contract() -> dict[str, dict[str, Entry]]:
+    return parse_contract(METRICS_MD.read_text(encoding="utf-8"))
+
+
+def violations(samples: list[Sample], contract: dict[str, dict[str, Entry]]) -> list[str]:
+    """Every way `samples` break the contract, one line each."""
+    configured = contract[CONFIGURED]
+    out = []
+    for sample in samples:
+        documented = contract.get(sample.measurement)
+        if documented is None or sample.measurement == CONFIGURED:
+            out.append(f"measurement {sample.measurement} is not documented")
+            continue
+        for names, is_tag in ((sample.tags, True), (sample.fields, False)):
+            for name, value in names.items():
+                entry = documented.get(name) or (configured.get(name) if is_tag else None)
+                if entry is None:
+                    out.append(f"{sample.measurement}.{name} is not documented")
+                elif (why := entry.problem(value, is_tag)) is not None:
+                    out.append(f"{sample.measurement}.{name}: {why}")
+    return sorted(set(out))
+
+
+def test_the_page_parses_into_the_shapes_the_driver_relies_on(contract):
+    assert contract["qkd_link"]["qber"] == Entry("field float", None)
+    assert contract["qkd_link"]["key_generating"].kind == "field bool"
+    assert contract["qkd_link"]["direction"] == Entry("tag", frozenset({"tx", "rx"}))
+    assert contract["qkd_event"]["severity"].values >= {"critical", "major", "warning", "info"}
+    assert contract[CONFIGURED]["node"].kind == "tag"
+
+
+def test_the_checker_catches_each_kind_of_breach(contract):
+    bad = [
+        Sample("qkd_links", {}, {"qber": 0.1}),
+        Sample("qkd_link", {"colour": "red"}, {"qber": 1}),
+        Sample("qkd_link", {"vendor": "acme"}, {"key_generating": 1, "peer": "x"}),
+    ]
+    assert violations(bad, contract) == [
+        "measurement qkd_links is not documented",
+        "qkd_link.colour is not documented",
+        "qkd_link.key_generating: documented as field bool, got int",
+        "qkd_link.peer: documented as tag",
+        "qkd_link.qber: documented as field float, got int",
+        "qkd_link.vendor: 'acme' is not one of ['ait', 'hwdu', 'idq', 'toshiba']",
+    ]
+
+
+def poll_twin(config_path: Path) -> list[Sample]:
+    """Every module of the twin, polled twice (rates need two readings) by the real poller."""
+    loaded = load_config(config_path)
+
+    async def main() -> list[Sample]:
+        pollers = [DevicePoller.create(device, max_backoff=60.0) for device in loaded.devices]
+        samples: list[Sample] = []
+        try:
+            for _ in range(2):
+                results = await asyncio.gather(*(p.poll() for p in pollers))
+                failed = [f"{r.device}: {r.error_class} {r.error}" for r in results if not r.ok]
+                assert not failed, failed
+                samples += [s for r in results for s in r.samples]
+                await asyncio.sleep(0.2)
+        finally:
+            await asyncio.gather(*(p.driver.aclose() for p in pollers))
+        return samples
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("version", ["v2c", "v3"])
+def test_polled_points_of_every_profile_are_documented(snmp_sims, contract, version):
+    path = snmp_sims.config_path_v3 if version == "v3" else snmp_sims.config_path
+    samples = poll_twin(path)
+    assert violations(samples, contract) == []
+
+    emitted: dict[str, set[str]] = defaultdict(set)
+    vendors = set()
+    for sample in samples:
+        emitted[sample.measurement] |= set(sample.tags) | set(sample.fields)
+        vendors.add(sample.tags.get("vendor"))
+    assert vendors == {"idq", "toshiba", "hwdu", "ait"}
+    for measurement in ("qkd_link", "qkd_module"):
+        never = set(contract[measurement]) - emitted[measurement]
+        assert never == set(), f"{measurement}: documented but no profile emits {sorted(never)}"
+
+
+def test_one_notification_of_every_kind_gives_documented_events(single_agent, contract):
+    profiles = ("cerberis3", "toshiba", "hwdu_cv", "ait_cv")
+
+    async def main() -> list[Sample]:
+        received: list[Sample] = []
+        arrived = asyncio.Event()
+
+        async def collect(samples: list[Sample]) -> None:
+            received.extend(samples)
+            if len(received) == len(profiles) * len(Event):
+                arrived.set()
+
+        receiver = TrapReceiver(TrapListener(listen="127.0.0.1:0"), [], collect)
+        await receiver.start()
+        try:
+            for profile in profiles:
+                sim = single_agent(profile, trap_target=receiver.address)
+                for event in Event:
+                    row = sim.agent.rows[0]
+                    sim.background.call(
+                        lambda e=event, r=row, s=sim: asyncio.ensure_future(
+                            s.agent.notify(e, r, receiver.address)
+                        )
+                    )
+            await asyncio.wait_for(arrived.wait(), timeout=10)
+        finally:
+            await receiver.stop()
+        return received
+
+    events = asyncio.run(main())
+    assert violations(events, contract) == []
+    assert {e.fields["notification"] for e in events} == {
+        name for profile in profiles for name in SIM_PROFILES[profile].notifications.values()
+    }
+    assert {e.tags["event"] for e in events} >= {
+        "qber_threshold",
+        "excess_noise_threshold",
+        "key_store_empty",
+    }
