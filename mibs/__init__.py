@@ -8,6 +8,7 @@ so no OID is ever typed by hand.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -134,6 +135,22 @@ def compiled_dir() -> Path:
     return final
 
 
+class _OnDemandCompiler:
+    """A `local_compiler` built on first use: pysmi's parser takes most of a second to build,
+    and a builder usually never compiles anything (every qkdtel module is precompiled)."""
+
+    def __init__(self, destination: Path):
+        self._destination = destination
+
+    def compile(self, *names: str, **options):
+        return _shared_compiler(self._destination).compile(*names, **options)
+
+
+@functools.cache
+def _shared_compiler(destination: Path):
+    return local_compiler(destination)
+
+
 def load_into(builder: MibBuilder) -> MibBuilder:
     """Add the compiled qkdtel modules to `builder` (e.g. an SnmpEngine's) and load them all.
 
@@ -141,7 +158,7 @@ def load_into(builder: MibBuilder) -> MibBuilder:
     resolving a name) never attaches its default one, which would try HTTP.
     """
     folder = compiled_dir()
-    builder.set_mib_compiler(local_compiler(folder), str(folder))
+    builder.set_mib_compiler(_OnDemandCompiler(folder), str(folder))
     with warnings.catch_warnings():
         # pysmi 2.0 writes the camelCase API that pysnmp 7 still runs but deprecates
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -24,7 +24,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
     UdpTransportTarget,
     send_notification,
 )
-from pysnmp.proto.rfc1902 import ObjectName, OctetString
+from pysnmp.proto.rfc1902 import OctetString
 from pysnmp.smi import view
 
 from qkdtel.mibs import load_into
@@ -282,11 +282,10 @@ class SimAgent:
         builder = self._engine.get_mib_builder()
         (notification,) = builder.import_symbols(self.profile.module, name)
         reading = self._reading(row)
-        objects = {}
-        for module, column in notification.getObjects():
-            (obj,) = builder.import_symbols(module, column)
-            value = self.profile.columns[column](row.facts, reading)
-            objects[ObjectName((*obj.name, row.facts.index))] = obj.syntax.clone(value)
+        objects = {  # keyed as pysnmp looks them up: (module, object name) of OBJECTS
+            (module, column): self.profile.columns[column](row.facts, reading)
+            for module, column in notification.getObjects()
+        }
         error, *_ = await send_notification(
             self._engine,
             CommunityData(self.credentials.community, mpModel=1),

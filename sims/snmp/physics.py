@@ -133,8 +133,8 @@ def binary_entropy(p: float) -> float:
 
 
 def _store_capacity(skr_bps: float) -> int:
-    """A power of two holding 30-60 min of key, within Gauge32 (so a 2 h outage empties it)."""
-    return int(min(2**31, max(2**20, 2 ** math.ceil(math.log2(skr_bps * 1800.0)))))
+    """A power of two holding 1.5-3 h of key, within Gauge32: a 2 h outage may empty it."""
+    return int(min(2**31, max(2**20, 2 ** math.ceil(math.log2(skr_bps * 5400.0)))))
 
 
 @dataclass
@@ -144,6 +144,7 @@ class _Totals:
     secret_bits: float
     sifted_bits: float
     empties: int = 0
+    armed: bool = True  # an empty store counts again only after refilling to 10 %
 
 
 class ChannelModel:
@@ -172,7 +173,7 @@ class ChannelModel:
         self._steps = Steps(seed, stream_id(name, "steps"), 8 * 3_600.0)
         self._quality = Wiggle(seed, stream_id(name, "quality"), 45.0)
         self._loss = Wiggle(seed, stream_id(name, "loss"), 3 * 3_600.0)
-        self._demand = Wiggle(seed, stream_id(name, "demand"), 600.0)
+        self._demand = Wiggle(seed, stream_id(name, "demand"), 3_600.0)
         self.capacity_bits = _store_capacity(params.skr_bps)
         uptime = (1.0 + 4.0 * uniform(seed, stream_id(name, "uptime"), 0)) * 86_400.0
         secret = params.skr_bps * uptime
@@ -218,8 +219,8 @@ class ChannelModel:
         return skr / fraction
 
     def _demand_at(self, t: float) -> float:
-        """Key consumption (encryptors): about 75 % of the mean production, fluctuating."""
-        return self.params.skr_bps * (0.75 + 0.2 * self._demand(t))
+        """Key consumption (encryptors): about 85 % of the mean production, +/- 30 % over hours."""
+        return self.params.skr_bps * (0.85 + 0.3 * self._demand(t))
 
     # -- stateful totals ------------------------------------------------------------------
 
@@ -234,13 +235,15 @@ class ChannelModel:
             mid = totals.t + (i + 0.5) * h
             phase, _ = self.schedule.at(mid)
             skr = self._key_rate(mid) if phase is Phase.PRODUCING else 0.0
-            before = totals.store_bits
             totals.store_bits = min(
                 float(self.capacity_bits),
-                max(0.0, before + (skr - self._demand_at(mid)) * h),
+                max(0.0, totals.store_bits + (skr - self._demand_at(mid)) * h),
             )
-            if before > 0.0 and totals.store_bits == 0.0:
+            if totals.store_bits == 0.0 and totals.armed:
                 totals.empties += 1
+                totals.armed = False
+            elif totals.store_bits > 0.1 * self.capacity_bits:
+                totals.armed = True
             totals.secret_bits += skr * h
             if skr:
                 totals.sifted_bits += self._sifted_rate(skr, self._qber(mid)) * h
