@@ -392,7 +392,7 @@ def _channel(network, link: str, profile: str, skr_kbps: float):
 )
 def test_long_run_means_match_the_published_table(twin, link, profile, skr_kbps, qber_percent):
     model = _channel(twin, link, profile, skr_kbps)
-    readings = [model.reading(t) for t in range(0, int(28 * DAY), 300)]
+    readings = [model.reading(t) for t in range(0, int(28 * DAY), 600)]
     mean_skr = statistics.fmean(r.secret_key_rate_bps for r in readings)
     assert mean_skr == pytest.approx(skr_kbps * 1000, rel=0.03)
     producing = [r for r in readings if r.producing]

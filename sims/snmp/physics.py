@@ -150,7 +150,7 @@ class _Totals:
 class ChannelModel:
     """One quantum channel; `reading(t)` is safe from any thread and `t` must not go back."""
 
-    MAX_STEP_S = 30.0
+    MAX_STEP_S = 120.0
     MAX_STEPS_PER_ADVANCE = 2000
 
     def __init__(
