@@ -253,6 +253,7 @@ class SnmpClient:
         self,
         varbinds: Sequence[tuple[univ.ObjectIdentifier, univ.Null]],
         max_repetitions: int | None,
+        non_repeaters: int = 0,
     ) -> list[VarBind]:
         engine = self._engine if self._transport is not None else await self._open()
         future: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -274,7 +275,7 @@ class SnmpClient:
                     self._TARGET,
                     None,
                     self._context,
-                    0,
+                    non_repeaters,
                     max_repetitions,
                     varbinds,
                     self._on_response,
@@ -294,21 +295,36 @@ class SnmpClient:
             raise Malformed(f"{self.where}: GET of {len(oids)} objects answered {len(answer)}")
         return [value for _, value in answer]
 
-    async def walk(self, columns: Sequence[Oid], max_repetitions: int) -> list[list[VarBind]]:
+    async def walk(
+        self, columns: Sequence[Oid], max_repetitions: int, last_index: Oid | None = None
+    ) -> list[list[VarBind]]:
         """All instances of the given table columns, walked together with GETBULK.
 
         Returns per column the `(index, value)` pairs (index = the OID suffix after the
-        column). A column leaves the request as soon as the agent moves past it; the walk ends
-        when every column has, so a table ends in one extra row's worth of data.
+        column). A column leaves the request as soon as the agent moves past it, and the walk
+        ends when every column has. That costs one row beyond the table, unless `last_index`
+        (the table's last row at the previous walk) is given: the first request then also asks,
+        as a non-repeater, what follows that row in the first column; if nothing does, every
+        column that has reached that row is complete. (A column with rows past the first
+        column's last one would be cut short: tables whose first column is sparse need none.)
         """
         found: list[list[VarBind]] = [[] for _ in columns]
         cursor = list(columns)
         active = list(range(len(columns)))
+        probe = last_index
         while active:
             request = [(univ.ObjectIdentifier(cursor[i]), univ.Null("")) for i in active]
-            answer = await self._request(request, max_repetitions)
+            if probe is not None:
+                request.insert(0, (univ.ObjectIdentifier(columns[0] + probe), univ.Null("")))
+            answer = await self._request(request, max_repetitions, int(probe is not None))
             if not answer:
                 raise Malformed(f"{self.where}: empty answer to GETBULK")
+            ended_at = None
+            if probe is not None:
+                (oid, value), answer = answer[0], answer[1:]
+                if isinstance(value, EndOfMibView) or oid[: len(columns[0])] != columns[0]:
+                    ended_at = probe  # no row after `probe`: the table ends there
+                probe = None
             width = len(active)
             finished: set[int] = set()
             for position, (oid, value) in enumerate(answer):
@@ -323,6 +339,8 @@ class SnmpClient:
                     raise Malformed(f"{self.where}: GETBULK answer not increasing at {oid}")
                 found[column].append((oid[len(prefix) :], value))
                 cursor[column] = oid
+            if ended_at is not None:
+                finished.update(i for i in active if cursor[i][len(columns[i]) :] >= ended_at)
             active = [i for i in active if i not in finished]
         return found
 

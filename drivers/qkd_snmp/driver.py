@@ -3,7 +3,8 @@
 A poll is one GET of the profile's scalars and one GETBULK walk of its link table, sent
 concurrently, then the profile's table is applied to every row. The driver remembers two
 things between polls: counter readings (to turn Toshiba's Counter64 bit counts into rates)
-and the table's row count (to size the next GETBULK so one round trip usually covers it).
+and the table's size and last row (so the next GETBULK asks for exactly that, in one round
+trip when the table has not changed).
 """
 
 from __future__ import annotations
@@ -38,22 +39,25 @@ class QkdSnmpDriver(Driver):
         self._mib: Resolved = resolve(options.profile)  # MIB errors surface at start-up
         host, port = options.host_port
         self._client = SnmpClient(host, port, options.snmp)
+        self._last_index: Index | None = None  # last row of the table at the previous poll
         self._rows_seen = 0
         self._counters: dict[tuple[str, Index], tuple[int, float]] = {}
 
     async def poll(self) -> list[Sample]:
         mib = self._mib
-        repetitions = min(self.options.snmp.max_repetitions, self._rows_seen + 1)
-        if not self._rows_seen:
-            repetitions = self.options.snmp.max_repetitions
+        # Ask for as many rows as last time: with the end-of-table probe (see walk) a table
+        # that kept its size takes one GETBULK with nothing beyond it.
+        repetitions = self.options.snmp.max_repetitions
+        if self._rows_seen:
+            repetitions = min(repetitions, self._rows_seen)
         scalars, columns = await asyncio.gather(
             self._client.get(mib.scalar_oids),
-            self._client.walk(mib.column_oids, repetitions),
+            self._client.walk(mib.column_oids, repetitions, self._last_index),
         )
         read_at = time.monotonic()
         module_values = self._scalar_values(scalars)
         rows = self._rows(columns)
-        self._rows_seen = len(rows)
+        self._rows_seen, self._last_index = len(rows), max(rows)
 
         stamp = now_ns()
         profile = mib.profile
