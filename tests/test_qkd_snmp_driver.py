@@ -26,6 +26,7 @@ from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions
 from qkdtel.errors import AuthError, DeviceTimeout, Malformed, NoSuchObject, PollError, Refused
 from qkdtel.sample import Sample
 from qkdtel.sims.clock import ManualClock
+from qkdtel.sims.snmp.agent import Credentials
 from qkdtel.sims.snmp.network import BackgroundNetwork, SimNetwork
 from qkdtel.sims.snmp.profiles import PROFILES as SIM_PROFILES
 from tests.fixtures_hil import QkdTarget, driver_options
@@ -223,7 +224,9 @@ def test_toshiba_rate_comes_from_counter_differences_and_skips_a_reset(single_ag
         assert new.fields["sifted_key_rate_bps"] > new.fields["secret_key_rate_bps"]
 
 
-def test_counter_reset_by_a_module_restart_gives_no_rate_that_poll(madqci_topology):
+@pytest.mark.parametrize("version", ["2c", "3"])
+def test_counter_reset_by_a_module_restart_gives_no_rate_that_poll(madqci_topology, version):
+    """Also: over SNMPv3 the driver follows the restarted agent's new engine boots/time."""
     name, port = REPRESENTATIVE["toshiba"], free_udp_port()
 
     def start(at: float) -> BackgroundNetwork:
@@ -232,7 +235,12 @@ def test_counter_reset_by_a_module_restart_gives_no_rate_that_poll(madqci_topolo
         )
         return BackgroundNetwork(network).start()
 
-    options = QkdSnmpOptions(address=f"127.0.0.1:{port}", profile="toshiba")
+    creds = Credentials()
+    snmp: dict[str, Any] = {"version": "2c", "community": creds.community}
+    if version == "3":
+        snmp = dict(version="3", user=creds.user, auth_protocol="sha256", auth_key=creds.auth_key)
+        snmp.update(priv_protocol="aes", priv_key=creds.priv_key)
+    options = QkdSnmpOptions(address=f"127.0.0.1:{port}", profile="toshiba", snmp=snmp)
     driver = QkdSnmpDriver(name, options, timeout=10.0)
 
     async def main() -> list[list[Sample]]:
