@@ -1,7 +1,7 @@
 """`qkdtel sims ...`: run simulated hardware.
 
     qkdtel sims up [-t TOPOLOGY] [--base-port N] [--config-out FILE] [--speed X] [--seed N]
-                   [--trap-target HOST:PORT] [--v3] [--only NAME ...]
+                   [--trap-target HOST:PORT] [--trap-version 2c|3] [--v3] [--only NAME ...]
                    [--unresponsive NAME ...] [--missing NAME=OBJECT[,OBJECT...] ...]
 
 starts every QKD module of the topology (default: the bundled MadQCI twin) as an SNMP agent on
@@ -77,6 +77,9 @@ def add_sims_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--seed", type=int, default=0, help="seed of every simulated series")
     up.add_argument("--trap-target", type=_host_port, help="send SNMPv2c traps to HOST:PORT")
+    up.add_argument(
+        "--trap-version", choices=("2c", "3"), default="2c", help="SNMP version of the traps"
+    )
     up.add_argument("--v3", action="store_true", help="the config polls with SNMPv3 authPriv")
     up.add_argument("--community", default=Credentials.community, help="SNMPv2c community")
     up.add_argument("--interval", type=_positive, default=10.0, help="poll interval in the config")
@@ -113,6 +116,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             clock=AcceleratedClock(args.speed),
             credentials=Credentials(community=args.community),
             trap_target=args.trap_target,
+            trap_version=args.trap_version,
             only=args.only,
             faults=faults,
             host=args.host,
@@ -138,7 +142,11 @@ async def _serve(network: SimNetwork, args: argparse.Namespace, console: Console
         agents = network.info()
         if args.config_out:
             document = collector_config.render(
-                agents, v3=args.v3, trap_target=args.trap_target, interval=args.interval
+                agents,
+                v3=args.v3,
+                trap_target=args.trap_target,
+                trap_version=args.trap_version,
+                interval=args.interval,
             )
             collector_config.write(args.config_out, document)
         out = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping in logs

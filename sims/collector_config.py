@@ -54,17 +54,31 @@ def render(
     *,
     v3: bool = False,
     trap_target: tuple[str, int] | None = None,
+    trap_version: str = "2c",
     interval: float = 10.0,
     timeout: float = 5.0,
 ) -> dict[str, Any]:
-    """The whole configuration document for `agents`."""
+    """The whole configuration document for `agents`; `traps:` accepts what they send."""
     document: dict[str, Any] = {}
     if trap_target is not None:
-        communities = sorted({a.credentials.community for a in agents})
-        document["traps"] = {
-            "listen": f"{trap_target[0]}:{trap_target[1]}",
-            "communities": communities,
-        }
+        traps: dict[str, Any] = {"listen": f"{trap_target[0]}:{trap_target[1]}"}
+        if trap_version == "3":
+            users = {
+                (a.credentials.user, a.credentials.auth_key, a.credentials.priv_key) for a in agents
+            }
+            traps["users"] = [
+                {
+                    "user": user,
+                    "auth_protocol": "sha256",
+                    "auth_key": auth_key,
+                    "priv_protocol": "aes",
+                    "priv_key": priv_key,
+                }
+                for user, auth_key, priv_key in sorted(users)
+            ]
+        else:
+            traps["communities"] = sorted({a.credentials.community for a in agents})
+        document["traps"] = traps
     document["devices"] = [
         device_entry(a, v3=v3, interval=interval, timeout=timeout) for a in agents
     ]

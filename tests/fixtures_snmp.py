@@ -20,19 +20,25 @@ Fixtures
 
 ``single_agent`` (function scope, a factory)
     ``single_agent(profile, *, version="2c", unresponsive=False, missing=(), clock=None,
-    trap_target=None, module=None, seed=0)`` starts one agent of ``profile`` (cerberis3,
-    toshiba, hwdu_cv, ait_cv; by default a representative MadQCI module of that family, or
-    ``module`` by name) and returns a `SingleAgent`: ``host``, ``port``, ``address``,
+    trap_target=None, trap_version="2c", module=None, seed=0)`` starts one agent of ``profile``
+    (cerberis3, toshiba, hwdu_cv, ait_cv; by default a representative MadQCI module of that
+    family, or ``module`` by name) and returns a `SingleAgent`: ``host``, ``port``, ``address``,
     ``profile``, ``credentials``, ``device`` (a collector ``devices:`` entry using SNMP
     ``version``), ``agent`` (the `SimAgent`: rows, channel models, sent notifications),
     ``clock`` and ``background``. Pass ``clock=ManualClock()`` to drive simulated time by hand.
     Fault knobs: ``unresponsive`` (drops every request; toggle with ``set_unresponsive``) and
     ``missing`` (MIB object names answered with noSuchObject). Stopped after the test.
 
+``madqci_topology`` (session scope)
+    The validated `Topology` of ``sims/madqci.yaml``.
+
 ``netsnmp_mibdirs`` (session scope)
     A value for Net-SNMP's ``-M`` option that resolves the qkdtel MIBs (with stand-ins for the
     SMIv2 core modules, which this machine does not have), e.g.
     ``snmpwalk -M <it> -m QKDTEL-IDQ-CERBERIS3-MIB ...``.
+
+Helpers: ``free_udp_port()``, and ``REPRESENTATIVE`` (profile -> the twin module
+``single_agent`` starts for it).
 """
 
 from __future__ import annotations
@@ -152,6 +158,7 @@ def single_agent(madqci_topology: Topology) -> Iterator[Callable[..., SingleAgen
         missing: Sequence[str] = (),
         clock: SimClock | None = None,
         trap_target: tuple[str, int] | None = None,
+        trap_version: str = "2c",
         module: str | None = None,
         seed: int = 0,
     ) -> SingleAgent:
@@ -162,6 +169,7 @@ def single_agent(madqci_topology: Topology) -> Iterator[Callable[..., SingleAgen
             seed=seed,
             clock=clock or AcceleratedClock(SIMS_SPEED),
             trap_target=trap_target,
+            trap_version=trap_version,
             only=[name],
             faults={name: faults},
         )

@@ -22,7 +22,10 @@ from pysnmp.hlapi.v3arch.asyncio import (
     NotificationType,
     ObjectIdentity,
     UdpTransportTarget,
+    UsmUserData,
     send_notification,
+    usmAesCfb128Protocol,
+    usmHMAC192SHA256AuthProtocol,
 )
 from pysnmp.proto.rfc1902 import OctetString
 from pysnmp.smi import view
@@ -270,11 +273,15 @@ class SimAgent:
             row.alarm_raised = self.profile.alarm_active(reading)
             row.empties_seen = reading.store_empty_count
 
-    async def notify(self, event: Event, row: Row, target: tuple[str, int]) -> None:
-        """Send the profile's NOTIFICATION-TYPE for `event` on `row` as an SNMPv2c trap.
+    async def notify(
+        self, event: Event, row: Row, target: tuple[str, int], version: str = "2c"
+    ) -> None:
+        """Send the profile's NOTIFICATION-TYPE for `event` on `row` as a trap.
 
-        The trap leaves from the agent's own port, so a receiver can tell the modules apart
-        even when they all run on one host.
+        SNMPv2c with the community, or SNMPv3 authPriv with the agent's user (the agent is the
+        authoritative engine of its traps, so keys are localised to its engine ID). The trap
+        leaves from the agent's own port, so a receiver can tell the modules apart even when
+        they all run on one host.
         """
         if self._engine is None:
             return
@@ -286,9 +293,21 @@ class SimAgent:
             (module, column): self.profile.columns[column](row.facts, reading)
             for module, column in notification.getObjects()
         }
+        creds = self.credentials
+        auth = (
+            UsmUserData(
+                creds.user,
+                creds.auth_key,
+                creds.priv_key,
+                authProtocol=usmHMAC192SHA256AuthProtocol,
+                privProtocol=usmAesCfb128Protocol,
+            )
+            if version == "3"
+            else CommunityData(creds.community, mpModel=1)
+        )
         error, *_ = await send_notification(
             self._engine,
-            CommunityData(self.credentials.community, mpModel=1),
+            auth,
             await UdpTransportTarget.create(target, timeout=1, retries=0),
             ContextData(),
             "trap",

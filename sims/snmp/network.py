@@ -92,7 +92,8 @@ class SimNetwork:
     """The agents of a topology (or of the modules named in `only`), ready to start.
 
     `faults` maps module names to their fault knobs; `base_port` numbers the agents from that
-    port in file order (default: free ports); `trap_target` is where notifications go.
+    port in file order (default: free ports); `trap_target` is where notifications go, as
+    SNMPv2c traps or, with `trap_version="3"`, SNMPv3 authPriv traps.
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class SimNetwork:
         clock: SimClock | None = None,
         credentials: Credentials | None = None,
         trap_target: tuple[str, int] | None = None,
+        trap_version: str = "2c",
         only: Iterable[str] | None = None,
         faults: Mapping[str, Faults] | None = None,
         host: str = "127.0.0.1",
@@ -112,6 +114,9 @@ class SimNetwork:
         self.seed = seed
         self.clock = clock or AcceleratedClock()
         self.trap_target = trap_target
+        if trap_version not in ("2c", "3"):
+            raise ValueError(f"trap_version is 2c or 3, not {trap_version!r}")
+        self.trap_version = trap_version
         self.host = host
         self.base_port = base_port
         names = [m.name for m in topology.modules]
@@ -178,7 +183,7 @@ class SimNetwork:
             for agent in self.agents.values():
                 for event, row in agent.due_events():
                     try:
-                        await agent.notify(event, row, target)
+                        await agent.notify(event, row, target, self.trap_version)
                     except Exception:  # one bad send must not end the watch
                         log.exception("%s: notification %s failed", agent.name, event.value)
 
