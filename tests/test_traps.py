@@ -91,13 +91,16 @@ class Harness:
 
 
 def run(
-    test, devices: Sequence[tuple[str, str, dict]] = (), users: Sequence[dict] = (), **listener
+    test,
+    devices: Sequence[tuple[str, str, dict]] = (),
+    users: Sequence[dict] = (),
+    communities: Sequence[str] = ("trapcomm",),
 ) -> None:
     """Start a receiver on a free loopback port, run `test(harness)`, stop it."""
 
     async def main() -> None:
         settings = TrapListener(
-            listen="127.0.0.1:0", communities=["trapcomm"], users=list(users), **listener
+            listen="127.0.0.1:0", communities=list(communities), users=list(users)
         )
         harness = Harness(TrapReceiver(settings, list(devices), lambda s: _put(harness, s)))
         await harness.receiver.start()
@@ -201,19 +204,34 @@ def test_sender_that_is_no_configured_device_is_unknown():
     run(test, [("elsewhere", "192.0.2.10", {"node": "Norte"})])
 
 
-def test_devices_sharing_an_address_are_told_apart_by_port_else_unknown():
-    async def test(h: Harness) -> None:
-        receiver = h.receiver
-        assert receiver._device(("127.0.0.1", 16101)) == ("a", {"node": "A"})
-        assert receiver._device(("127.0.0.1", 40000)) == ("unknown", {})
-        assert receiver._device(("127.0.0.3", 40000)) == ("c", {"node": "C"})
+def test_devices_sharing_an_address_are_told_apart_by_their_agent_port(single_agent):
+    """Simulated modules all live on 127.0.0.1 and send traps from their agent port, as many
+    embedded agents do: given `host:port`, the receiver names each; given the bare host, it
+    cannot choose among them and says `unknown`."""
+    from qkdtel.sims.snmp.profiles import Event
 
-    devices = [
-        ("a", "127.0.0.1:16101", {"node": "A"}),
-        ("b", "127.0.0.1:16102", {"node": "B"}),
-        ("c", "127.0.0.3", {"node": "C"}),
-    ]
-    run(test, devices)
+    sims = [single_agent("cerberis3"), single_agent("toshiba")]
+
+    def expect(named: bool):
+        async def test(h: Harness) -> None:
+            for sim in sims:
+                row = sim.agent.rows[0]
+                sim.background.call(
+                    lambda s=sim, r=row: asyncio.ensure_future(
+                        s.agent.notify(Event.KEY_STORE_EMPTY, r, h.receiver.address)
+                    )
+                )
+                sample = await h.next()
+                assert sample.tags["device"] == (sim.agent.name if named else "unknown")
+                assert sample.tags.get("node") == (sim.agent.site if named else None)
+
+        return test
+
+    community = [sims[0].credentials.community]
+    with_ports = [(s.agent.name, s.address, {"node": s.agent.site}) for s in sims]
+    run(expect(named=True), with_ports, communities=community)
+    hosts_only = [(s.agent.name, s.host, {"node": s.agent.site}) for s in sims]
+    run(expect(named=False), hosts_only, communities=community)
 
 
 def test_wrong_community_is_dropped():
