@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pysnmp.carrier.asyncio.dgram import udp
 from pysnmp.entity import config, engine
@@ -241,7 +241,18 @@ class SimAgent:
             instance.syntax = instance.syntax.clone(value)
 
     def _reading(self, row: Row) -> Reading:
-        return row.channel.reading(self.clock.now())
+        reading = row.channel.reading(self.clock.now())
+        speed = getattr(self.clock, "speed", 1.0)
+        if speed == 1.0:
+            return reading
+        # Counters are integrals over time, and a poller derives rates from them over *real*
+        # time: on an accelerated clock they would show rates `speed` times the modelled ones.
+        # Served counters therefore run at the real-time pace of the modelled rates.
+        return replace(
+            reading,
+            secret_bits_total=int(reading.secret_bits_total / speed),
+            sifted_bits_total=int(reading.sifted_bits_total / speed),
+        )
 
     # -- notifications -----------------------------------------------------------------------
 
