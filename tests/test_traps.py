@@ -234,6 +234,30 @@ def test_devices_sharing_an_address_are_told_apart_by_their_agent_port(single_ag
     run(expect(named=False), hosts_only, communities=community)
 
 
+def test_v3_traps_of_several_modules_on_one_address_each_learn_their_engine_id(single_agent):
+    from qkdtel.sims.snmp.profiles import Event
+
+    sims = [single_agent("hwdu_cv"), single_agent("ait_cv")]
+    creds = sims[0].credentials
+    user = {"user": creds.user, "auth_protocol": "sha256", "auth_key": creds.auth_key}
+    user |= {"priv_protocol": "aes", "priv_key": creds.priv_key}
+
+    async def test(h: Harness) -> None:
+        for sim in sims:
+            row = sim.agent.rows[0]
+            sim.background.call(
+                lambda s=sim, r=row: asyncio.ensure_future(
+                    s.agent.notify(Event.QUALITY_ALARM, r, h.receiver.address, version="3")
+                )
+            )
+            sample = await h.next()
+            assert sample.tags["device"] == sim.agent.name
+            assert sample.tags["event"] == "excess_noise_threshold"
+            assert 0 < sample.fields["excess_noise_snu"] < 0.5
+
+    run(test, [(s.agent.name, s.address, {}) for s in sims], users=[user], communities=[])
+
+
 def test_wrong_community_is_dropped():
     async def test(h: Harness) -> None:
         carried = {"cerbLinkState": ("i", "5")}
