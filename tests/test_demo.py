@@ -1,4 +1,4 @@
-"""The README's first command end to end: simulated network -> daemon -> InfluxDB and local store."""
+"""The README's first command end to end: simulated network -> daemon -> InfluxDB, local store."""
 
 from __future__ import annotations
 
