@@ -1,31 +1,45 @@
 """Throughput of the delivery path into a real InfluxDB, beside curl posting the same data.
 
-    python bench/delivery.py [--points 200000] [--batch-size 5000] [--rounds 3]
+    python bench/delivery.py [--points 200000] [--batch-size 5000] [--rounds 5]
 
 Starts its own `influxd` (as the tests do), then, in the same run and for each round:
 - curl: the line protocol of every sample, cut into files of `--batch-size` lines, posted by one
   curl process (`--data-binary @file`, one `--next` per batch, one kept-alive connection) to
   `/write`: the floor cost of getting these bytes into this server;
-- delivery: the same samples through `Delivery` -- encoded, committed to the SQLite spool
-  (fsync'ed, one transaction per submit of `--batch-size` samples), read back and written by the
-  v1 writer -- timed from the first submit until the last point is acknowledged.
-Each side writes into a database of its own. Prints the best round of each and the ratio
-(target: delivery >= 0.9x curl). Not a unit test: the figures depend on the machine.
+- delivery: the same samples through `Delivery` -- encoded from `Sample` objects, committed to
+  the SQLite spool (fsync'ed, one transaction per submit of `--batch-size` samples), read back
+  and written by the v1 writer -- timed from the first submit until the spool has recorded the
+  last point as acknowledged.
+Each side writes into a database of its own, and each round checks that the server holds every
+point. Prints the best round of each, their ratio (target: delivery >= 0.9x curl) and the median
+of the per-round ratios; the CPU time influxd and the client side used; and, from one more
+delivery round with timers around each stage (not counted above), where the time goes.
+Not a unit test: the figures depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import qkdtel.delivery
 from qkdtel.config import CollectorSettings, InfluxV1Sink
 from qkdtel.delivery import Delivery
-from qkdtel.sample import Sample
+from qkdtel.sample import Sample, encode_lines
 from qkdtel.sims.influxd import InfluxServer
+from qkdtel.sinks import InfluxV1Writer
+from qkdtel.spool import Spool
 
 T0 = 1_700_000_000_000_000_000
 
@@ -58,8 +72,25 @@ def make_samples(n: int) -> list[Sample]:
     ]
 
 
-def bench_curl(server: InfluxServer, samples: list[Sample], batch: int, work: Path) -> float:
-    """Seconds curl takes to post the samples' line protocol in batches of `batch` lines."""
+def _cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    """One timed run of one side."""
+
+    seconds: float
+    server_cpu: float
+    """CPU seconds influxd used during the run."""
+    client_cpu: float
+    """CPU seconds the client side used: curl, or this Python process for the delivery."""
+
+
+def bench_curl(server: InfluxServer, samples: list[Sample], batch: int, work: Path) -> Run:
+    """curl posting the samples' line protocol in batches of `batch` lines."""
     db = f"curl_{time.monotonic_ns()}"
     server.create_database(db)
     lines = [s.to_line() for s in samples]
@@ -72,74 +103,163 @@ def bench_curl(server: InfluxServer, samples: list[Sample], batch: int, work: Pa
     argv = ["curl", "--silent", "--show-error", "--fail"]
     for i, path in enumerate(files):
         argv += (["--next"] if i else []) + ["--fail", "--data-binary", f"@{path}", url]
+    influxd = server_pid(server)
+    server_cpu, children = _cpu_seconds(influxd), os.times()
     started = time.perf_counter()
     subprocess.run(argv, check=True)
     elapsed = time.perf_counter() - started
+    server_cpu = _cpu_seconds(influxd) - server_cpu
+    after = os.times()
+    curl_cpu = after.children_user + after.children_system
+    curl_cpu -= children.children_user + children.children_system
     stored = server.count(db, "qkd_link", "qber")
     if stored != len(samples):
         raise SystemExit(f"curl: {stored} points stored of {len(samples)}")
-    return elapsed
+    return Run(elapsed, server_cpu, curl_cpu)
 
 
-def bench_delivery(server: InfluxServer, samples: list[Sample], batch: int, work: Path) -> float:
-    """Seconds from the first submit until InfluxDB has acknowledged every point."""
+def bench_delivery(server: InfluxServer, samples: list[Sample], batch: int, work: Path) -> Run:
+    """From the first submit until the spool records every point as acknowledged by InfluxDB."""
     db = f"delivery_{time.monotonic_ns()}"
     server.create_database(db)
     settings = CollectorSettings(
         spool_dir=work / f"spool-{db}", batch_size=batch, spool_max_points=len(samples) + 1000
     )
     sink = InfluxV1Sink(type="influxdb_v1", name="influx", url=server.url, database=db)
+    influxd = server_pid(server)
 
-    async def run() -> float:
+    async def run() -> Run:
         delivery = Delivery(settings, [sink])
         await delivery.start()
+        server_cpu, client_cpu = _cpu_seconds(influxd), _cpu_seconds()
         started = time.perf_counter()
         for start in range(0, len(samples), batch):
             await delivery.submit(samples[start : start + batch])
         while delivery.spool.pending("influx"):
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - started
+        server_cpu = _cpu_seconds(influxd) - server_cpu
+        client_cpu = _cpu_seconds() - client_cpu
         await delivery.stop(10)
-        return elapsed
+        return Run(elapsed, server_cpu, client_cpu)
 
-    elapsed = asyncio.run(run())
+    result = asyncio.run(run())
     stored = server.count(db, "qkd_link", "qber")
     if stored != len(samples):
         raise SystemExit(f"delivery: {stored} points stored of {len(samples)}")
-    return elapsed
+    return result
+
+
+def server_pid(server: InfluxServer) -> int:
+    process = server._process  # the bench's own server: its pid, for its CPU time
+    assert process is not None
+    return process.pid
+
+
+# -- the breakdown: timers around each stage of one more delivery run -------------------------
+
+
+@dataclass
+class Stage:
+    seconds: float = 0.0
+    calls: int = 0
+
+
+@dataclass
+class Timers:
+    stages: dict[str, Stage] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        stage = self.stages.setdefault(name, Stage())
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                with self.lock:
+                    stage.seconds += elapsed
+                    stage.calls += 1
+
+        return timed
+
+
+@contextmanager
+def timed_stages() -> Iterator[Timers]:
+    """Timers around encoding, the spool's append/read/ack and the HTTP write."""
+    timers = Timers()
+    patches = [
+        (qkdtel.delivery, "encode_lines", "encode (Sample -> line protocol)"),
+        (Spool, "append", "spool append (join, insert, commit + fsync)"),
+        (Spool, "read", "spool read (next batch, while one is in flight)"),
+        (InfluxV1Writer, "write", "HTTP write (POST /write until 204)"),
+        (Spool, "ack", "spool ack (cursor, prune, commit + fsync)"),
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, label in patches:
+            setattr(owner, name, timers.wrap(label, getattr(owner, name)))
+        yield timers
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=200_000)
     parser.add_argument("--batch-size", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     samples = make_samples(args.points)
+    curl_runs: list[Run] = []
+    delivery_runs: list[Run] = []
+    encode_times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="qkdtel-bench-") as tmp:
         work = Path(tmp)
         (work / "influxd").mkdir()
         server = InfluxServer(work / "influxd")
         server.start()
         try:
-            curl_times, delivery_times, encode_times = [], [], []
             for _ in range(args.rounds):
                 started = time.perf_counter()
-                for sample in samples:
-                    sample.to_line()
+                encode_lines(samples)
                 encode_times.append(time.perf_counter() - started)
-                curl_times.append(bench_curl(server, samples, args.batch_size, work))
-                delivery_times.append(bench_delivery(server, samples, args.batch_size, work))
+                curl_runs.append(bench_curl(server, samples, args.batch_size, work))
+                delivery_runs.append(bench_delivery(server, samples, args.batch_size, work))
+            with timed_stages() as timers:
+                instrumented = bench_delivery(server, samples, args.batch_size, work)
         finally:
             server.stop()
-    curl_rate = args.points / min(curl_times)
-    delivery_rate = args.points / min(delivery_times)
-    print(f"points: {args.points}, batch size: {args.batch_size}, rounds: {args.rounds} (best)")
-    print(f"curl --data-binary:      {curl_rate:>10,.0f} points/s")
-    print(f"Delivery (spool+writer): {delivery_rate:>10,.0f} points/s")
-    print(f"ratio delivery/curl:     {delivery_rate / curl_rate:>10.2f}x (target >= 0.90x)")
-    print(f"  of which encoding alone (Sample.to_line): {min(encode_times):.2f} s for all points")
+
+    n = args.points
+    curl = min(curl_runs, key=lambda r: r.seconds)
+    delivery = min(delivery_runs, key=lambda r: r.seconds)
+    ratios = [c.seconds / d.seconds for c, d in zip(curl_runs, delivery_runs, strict=True)]
+    print(f"points: {n}, batch size: {args.batch_size}, rounds: {args.rounds} (best of each)")
+    print(f"curl --data-binary:         {n / curl.seconds:>10,.0f} points/s")
+    print(f"Delivery (encode+spool+write): {n / delivery.seconds:>7,.0f} points/s")
+    print(
+        f"ratio Delivery/curl:        {curl.seconds / delivery.seconds:>10.2f}x (target >= 0.90x); "
+        f"median of the rounds' ratios {statistics.median(ratios):.2f}x"
+    )
+    print("CPU seconds in the best rounds (2 cores shared by influxd and the client):")
+    print(f"  curl:     influxd {curl.server_cpu:5.2f}  curl   {curl.client_cpu:5.2f}")
+    print(f"  Delivery: influxd {delivery.server_cpu:5.2f}  Python {delivery.client_cpu:5.2f}")
+    print(
+        f"encoding alone (encode_lines, one thread, no I/O): {min(encode_times):.2f} s, "
+        f"{min(encode_times) / n * 1e6:.2f} us/point"
+    )
+    print(
+        f"where Delivery's time goes (one more run with timers, {instrumented.seconds:.2f} s; "
+        "stages overlap: encode + append run on the submitting side while the writer reads, "
+        "writes and acknowledges, so their sum exceeds the run):"
+    )
+    for label, stage in timers.stages.items():
+        print(f"  {label:<50} {stage.seconds:6.3f} s in {stage.calls:4d} calls")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from qkdtel.spool import SPOOL_FILE, list_rejected, requeue_rejected
+from qkdtel.spool import SPOOL_FILE, SpoolLayoutError, list_rejected, requeue_rejected
 
 
 def _spool_path(args: argparse.Namespace) -> Path:
@@ -34,11 +34,15 @@ def cmd_rejected(args: argparse.Namespace) -> int:
     if not path.exists():
         stderr.print(f"no spool at {path}", highlight=False)
         return EXIT_CONFIG
-    if args.requeue is not None:
-        moved = requeue_rejected(path, ids=args.requeue, sink=args.sink)
-        stdout.print(f"requeued {moved} line(s)", highlight=False)
-        return EXIT_OK
-    rows = list_rejected(path, sink=args.sink)
+    try:
+        if args.requeue is not None:
+            moved = requeue_rejected(path, ids=args.requeue, sink=args.sink)
+            stdout.print(f"requeued {moved} line(s)", highlight=False)
+            return EXIT_OK
+        rows = list_rejected(path, sink=args.sink)
+    except SpoolLayoutError as exc:
+        stderr.print(str(exc), markup=False, highlight=False)
+        return EXIT_CONFIG
     for row in rows:
         when = dt.datetime.fromtimestamp(row.time_ns / 1e9, dt.UTC).isoformat(timespec="seconds")
         stdout.print(f"{row.id}\t{row.sink}\t{when}\t{row.reason}", markup=False, highlight=False)

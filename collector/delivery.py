@@ -23,13 +23,13 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from qkdtel.config import CollectorSettings, FileSink, InfluxV1Sink, InfluxV2Sink
-from qkdtel.sample import Sample
-from qkdtel.sinks import RetryableWriteError, SinkWriter, make_writer, write_isolating
-from qkdtel.spool import SPOOL_FILE, AppendResult, Spool
+from qkdtel.sample import Sample, encode_lines
+from qkdtel.sinks import RetryableWriteError, SinkWriter, make_writer, write_batch
+from qkdtel.spool import SPOOL_FILE, AppendResult, Batch, Spool
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ RETRY_BASE_DELAY = 0.5
 """First wait after a failed write, in seconds; it doubles with every failure in a row."""
 
 TELEMETRY_MEASUREMENT = "qkdtel_collector"
+
+ACK_INTERVAL = 0.1
+"""Seconds between two commits of acknowledgements while a sink's batches stream out."""
+
+ENCODE_SLICE = 256
+"""Samples encoded between two hand-overs of the interpreter lock (about half a millisecond)."""
 
 
 @dataclass
@@ -125,13 +131,29 @@ class Delivery:
 
     @staticmethod
     def _encode_and_append(spool: Spool, samples: Sequence[Sample]) -> AppendResult:
-        lines = [line for line in (s.to_line() for s in samples) if line]
+        lines: list[str] = []
+        for start in range(0, len(samples), ENCODE_SLICE):
+            lines += encode_lines(samples[start : start + ENCODE_SLICE])
+            # Hand the interpreter lock over: a thread that needs it (a writer whose request
+            # has just been answered, the event loop) would otherwise wait for the
+            # interpreter's switch interval (5 ms) at every step while a large submit encodes.
+            time.sleep(0)
         if len(lines) < len(samples):
             log.warning(
                 "%d samples had no field InfluxDB can store (NaN or infinite only): not spooled",
                 len(samples) - len(lines),
             )
-        return spool.append(lines)
+        try:
+            return spool.append(lines)
+        except UnicodeEncodeError:
+            pass
+        # Rare: text that is not Unicode (lone surrogates) has no UTF-8, so no line protocol.
+        good = [line for line in lines if _encodable(line)]
+        log.warning(
+            "%d samples hold text that is not valid Unicode (lone surrogates): not spooled",
+            len(lines) - len(good),
+        )
+        return spool.append(good)
 
     async def stop(self, timeout: float) -> None:
         """Send what can be sent within `timeout`, then close; the rest stays in the spool."""
@@ -180,62 +202,101 @@ class Delivery:
     # -- one writer task per sink ------------------------------------------------------------
 
     async def _run(self, name: str, state: _SinkState) -> None:
-        """Write this sink's batches until `stop`; exits once its queue is empty while closing."""
+        """Write this sink's batches until `stop`; exits once its queue is empty while closing.
+
+        Pipelined: while one batch is in flight, the next is read from the spool, and the
+        acknowledgements of those before are committed (`_Acknowledger`), so none of these waits
+        for another. A batch is acknowledged only once the sink has answered for it.
+        """
         spool = self.spool
         batch_size = self.settings.batch_size
-        while True:
-            pending = spool.pending(name)
-            now = time.monotonic()
-            ready = pending >= batch_size or (
-                pending > 0 and (self._closing or (state.due is not None and now >= state.due))
-            )
-            if not ready:
-                if self._closing:
-                    return
-                timeout = self.settings.flush_interval
-                if pending and state.due is not None:
-                    timeout = max(0.0, state.due - now)
-                try:
-                    await asyncio.wait_for(state.wakeup.wait(), timeout)
-                except TimeoutError:
-                    # Nothing came in: look at the spool anyway, another process (the requeue
-                    # command) may have added points.
-                    await asyncio.to_thread(spool.refresh)
-                    if spool.pending(name) and state.due is None:
-                        state.due = time.monotonic()
-                state.wakeup.clear()
-                continue
-            batch = await asyncio.to_thread(spool.read, name, batch_size)
-            if batch is None:
-                state.due = None
-                continue
-            started = time.monotonic()
-            try:
-                refused = await asyncio.to_thread(write_isolating, state.writer, batch.lines)
-            except RetryableWriteError as exc:
-                await self._retry_later(name, state, exc)
-                continue
-            state.write_latency_s = time.monotonic() - started
-            written, rejected = await asyncio.to_thread(spool.ack, name, batch, refused)
+
+        def counted(written: int, rejected: int) -> None:
+            # In the acknowledging thread, before the spool shows the points as no longer pending.
             state.written += written
             state.rejected += rejected
-            if state.failures_in_a_row:
-                log.warning(
-                    "sink %s: writing again after %d failed attempts",
-                    name,
-                    state.failures_in_a_row,
+
+        acks = _Acknowledger(spool, name, counted)
+        # The last point the sink has answered for (its acknowledgement may not be committed
+        # yet), and the next batch to send (read while the previous one was in flight).
+        sent = spool.cursor(name)
+        batch: Batch | None = None
+        try:
+            while True:
+                # Overflow may have moved the cursor past what this writer has sent.
+                sent = max(sent, spool.cursor(name))
+                pending = max(0, spool.last_seq - sent)
+                now = time.monotonic()
+                ready = pending >= batch_size or (
+                    pending > 0 and (self._closing or (state.due is not None and now >= state.due))
                 )
-                state.failures_in_a_row = 0
-            if refused:
-                log.error(
-                    "sink %s rejected %d points as malformed (kept aside, see `qkdtel spool "
-                    "rejected`): %s",
-                    name,
-                    len(refused),
-                    refused[0][1],
+                if not ready:
+                    if acks.outstanding:
+                        # Nothing to send right now: commit what the sink has acknowledged.
+                        await acks.flush()
+                        continue
+                    if self._closing:
+                        return
+                    timeout = self.settings.flush_interval
+                    if pending and state.due is not None:
+                        timeout = max(0.0, state.due - now)
+                    try:
+                        await asyncio.wait_for(state.wakeup.wait(), timeout)
+                    except TimeoutError:
+                        # Nothing came in: look at the spool anyway, another process (the
+                        # requeue command) may have added points.
+                        await asyncio.to_thread(spool.refresh)
+                        if spool.pending(name) and state.due is None:
+                            state.due = time.monotonic()
+                    state.wakeup.clear()
+                    continue
+                if batch is None or batch.first_seq <= sent:
+                    batch = await asyncio.to_thread(spool.read, name, batch_size, sent)
+                    if batch is None:
+                        state.due = None
+                        continue
+                started = time.monotonic()
+                writing = asyncio.ensure_future(
+                    asyncio.to_thread(write_batch, state.writer, batch.body, _lines_of(batch))
                 )
-            # Whatever arrived during the write has waited long enough: send it right away.
-            state.due = started if spool.pending(name) else None
+                reading = None
+                if spool.last_seq > batch.last_seq:
+                    reading = asyncio.ensure_future(
+                        asyncio.to_thread(spool.read, name, batch_size, batch.last_seq)
+                    )
+                try:
+                    refused = await writing
+                except RetryableWriteError as exc:
+                    if reading is not None:
+                        await reading
+                    batch = None
+                    await self._retry_later(name, state, exc)
+                    continue
+                state.write_latency_s = time.monotonic() - started
+                acks.add(batch, refused)
+                sent = batch.last_seq
+                if state.failures_in_a_row:
+                    log.warning(
+                        "sink %s: writing again after %d failed attempts",
+                        name,
+                        state.failures_in_a_row,
+                    )
+                    state.failures_in_a_row = 0
+                if refused:
+                    log.error(
+                        "sink %s rejected %d points as malformed (kept aside, see `qkdtel spool "
+                        "rejected`): %s",
+                        name,
+                        len(refused),
+                        refused[0][1],
+                    )
+                batch = await reading if reading is not None else None
+                # Whatever arrived during the write has waited long enough: send it right away.
+                state.due = started if spool.last_seq > sent else None
+        finally:
+            # Also when cancelled by `stop`: commit what the sink has answered for, and never
+            # let the spool close under a commit.
+            await acks.flush()
 
     async def _retry_later(self, name: str, state: _SinkState, exc: RetryableWriteError) -> None:
         """Count a failed write and wait before the next attempt (back-off or Retry-After)."""
@@ -255,3 +316,86 @@ class Delivery:
             delay,
         )
         await asyncio.sleep(delay)
+
+
+class _Acknowledger:
+    """Commits the acknowledgements of one sink's batches to the spool, in order, off the
+    writer's path.
+
+    While batches stream out, one commit (an fsync) per batch would compete with the poller's
+    appends for the spool; so while one commit runs, or within ACK_INTERVAL of the last one,
+    acknowledgements are gathered and committed together (consecutive batches: one cursor move).
+    The writer calls `flush` as soon as it has nothing to send. A crash loses at most the
+    gathered acknowledgements, whose batches are then sent again: as after any crash between a
+    write and its acknowledgement, the sink stores them once (same series and timestamps).
+    """
+
+    def __init__(self, spool: Spool, sink: str, counted: Callable[[int, int], None]) -> None:
+        self._spool = spool
+        self._sink = sink
+        self._counted = counted
+        self._first: int | None = None
+        self._last = 0
+        self._refused: list[tuple[str, str]] = []
+        self._commit: asyncio.Future[tuple[int, int]] | None = None
+        self._started = -ACK_INTERVAL
+
+    @property
+    def outstanding(self) -> bool:
+        """Whether some acknowledgement is gathered or still committing."""
+        return self._first is not None or (self._commit is not None and not self._commit.done())
+
+    def add(self, batch: Batch, refused: list[tuple[str, str]]) -> None:
+        """The sink has answered for `batch` (written, `refused` set aside)."""
+        if self._first is None:
+            self._first = batch.first_seq
+        self._last = batch.last_seq
+        self._refused += refused
+        idle = self._commit is None or self._commit.done()
+        if idle and self._commit is not None:
+            self._commit.result()  # a failed commit (disk full...) stops the writer here
+        if idle and time.monotonic() - self._started >= ACK_INTERVAL:
+            self._start()
+
+    async def flush(self) -> None:
+        """Commit every acknowledgement added so far; returns once they are committed."""
+        if self._first is not None:
+            self._start()
+        if self._commit is not None:
+            await asyncio.shield(self._commit)
+
+    def _start(self) -> None:
+        assert self._first is not None
+        group = Batch(self._first, self._last, b"")
+        refused, self._first, self._refused = self._refused, None, []
+        self._started = time.monotonic()
+        self._commit = asyncio.ensure_future(
+            _ack_after(self._commit, self._spool, self._sink, group, refused, self._counted)
+        )
+
+
+async def _ack_after(
+    previous: asyncio.Future[tuple[int, int]] | None,
+    spool: Spool,
+    name: str,
+    batch: Batch,
+    refused: list[tuple[str, str]],
+    counted: Callable[[int, int], None],
+) -> tuple[int, int]:
+    """`spool.ack` in a worker thread, once the `previous` acknowledgement has committed."""
+    if previous is not None:
+        await previous
+    return await asyncio.to_thread(spool.ack, name, batch, refused, counted)
+
+
+def _lines_of(batch: Batch) -> Callable[[], list[str]]:
+    """The batch's lines, split only if asked for (a rejected batch)."""
+    return lambda: batch.lines
+
+
+def _encodable(line: str) -> bool:
+    try:
+        line.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -5,19 +5,30 @@ Why SQLite in WAL mode (from the standard library) rather than files of our own:
   `synchronous=FULL`, so fsync'ed) and survive a kill -9 or a power cut, and a half-written
   submit never becomes visible; a file format of our own would need its own framing, checksums
   and recovery code to get there;
-- rows keep their insertion order (`id`), so every sink replays in the order points came in;
+- rows keep their insertion order, so every sink replays in the order points came in;
 - WAL lets the writers read while the poller appends, and lets `qkdtel spool rejected` inspect
   and requeue while the daemon runs;
 - acknowledged points are deleted by a range delete on the primary key, so a long outage does not
   make the file slower to use.
 
-Layout: `points` holds every point not yet acknowledged by every sink; `cursors` holds, per sink,
-the id of the last point that sink acknowledged (so an outage of one sink never holds back
-another, and each sink receives every point); `rejected` keeps the lines a sink refused as
-malformed, with the reason, for an operator to inspect or requeue.
+Layout (`PRAGMA user_version` = LAYOUT_VERSION): `chunks` holds the points not yet acknowledged
+by every sink, one row per submit: its lines, UTF-8 and joined by newlines exactly as a write
+request carries them, with the sequence numbers of its first and last point. Points are numbered
+consecutively across chunks and never renumbered, so a point is addressed by its sequence number
+while its lines are stored, read and sent as one block: a batch of whole chunks becomes a request
+body by joining blobs, never by splitting and re-joining lines. A chunk is cut into lines only
+where lines matter: to isolate the lines a sink rejects, or to send part of a chunk when it does
+not fit in a batch. `cursors` holds, per sink, the sequence number of the last point that sink
+acknowledged (so an outage of one sink never holds back another, and each sink receives every
+point); `rejected` keeps the lines a sink refused as malformed, with the reason, for an operator
+to inspect or requeue.
 
-Only deletions at the front ever remove points (acknowledged by all, or dropped on overflow), so
-ids are consecutive and counting the spool is `max(id) - min(id) + 1`, with no table scan.
+Only deletions at the front ever remove chunks (acknowledged by all, or dropped on overflow), so
+sequence numbers are consecutive and counting the spool is `last - first + 1`, with no table
+scan. Overflow drops whole chunks, oldest first, and counts exactly the points they held.
+
+A spool file of another layout (the one-row-per-point layout of earlier versions, or a newer one)
+is refused with `SpoolLayoutError`, never read as if it were this one.
 """
 
 from __future__ import annotations
@@ -26,8 +37,8 @@ import logging
 import sqlite3
 import threading
 import time
-from bisect import bisect_right
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,16 +48,30 @@ log = logging.getLogger(__name__)
 SPOOL_FILE = "spool.sqlite3"
 """Name of the database inside `collector.spool_dir`."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS points (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    line TEXT NOT NULL
+LAYOUT_VERSION = 2
+"""`PRAGMA user_version` of this layout (the one-row-per-point layout had none, so 0)."""
+
+PAGE_SIZE = 16384
+"""Database page size of a new spool: a chunk of a few thousand lines spans tens of pages
+rather than hundreds, which makes writing, reading and freeing it cheaper."""
+
+WAL_AUTOCHECKPOINT_PAGES = 1024
+"""Pages (16 MiB) the write-ahead log may grow to before SQLite copies it into the database."""
+
+_SCHEMA = f"""
+PRAGMA user_version = {LAYOUT_VERSION};
+CREATE TABLE chunks (
+    last_seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    first_seq INTEGER NOT NULL,
+    points INTEGER NOT NULL CHECK (points >= 1 AND points = last_seq - first_seq + 1),
+    ends BLOB,
+    body BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS cursors (
+CREATE TABLE cursors (
     sink TEXT PRIMARY KEY,
-    acked_id INTEGER NOT NULL
+    acked_seq INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS rejected (
+CREATE TABLE rejected (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     sink TEXT NOT NULL,
     time_ns INTEGER NOT NULL,
@@ -54,20 +79,40 @@ CREATE TABLE IF NOT EXISTS rejected (
     line TEXT NOT NULL
 );
 """
-# AUTOINCREMENT: a plain rowid may be reused once the newest rows are deleted, and a reused id at
-# or below a sink's cursor would be skipped by that sink.
+# chunks.last_seq is the rowid, so reading from a cursor and deleting up to one are range
+# operations on the table's own b-tree. AUTOINCREMENT: inserts give it explicitly, but SQLite
+# still records the largest ever used (sqlite_sequence), so sequence numbers continue after the
+# spool empties instead of restarting at or below a sink's cursor.
+# chunks.ends is NULL when the body's lines are exactly its newline-separated parts; a string
+# field may hold a newline, and then `ends` lists where each line ends (native uint32 offsets).
+# body is last: reading the other columns never touches the blob's pages.
+
+
+class SpoolLayoutError(RuntimeError):
+    """The spool file was written by another version of qkdtel in another layout."""
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Points read for one sink, oldest first; `ids[i]` is the spool id of `lines[i]`."""
+    """Consecutive points read for one sink, oldest first: points `first_seq`..`last_seq`.
 
-    ids: list[int]
-    lines: list[str]
+    `body` is their line protocol, joined by newlines and UTF-8 encoded (a write request's body);
+    `ends`, when not None, gives the end offset of each line in `body` (some line holds a
+    newline inside a string field).
+    """
+
+    first_seq: int
+    last_seq: int
+    body: bytes
+    ends: array | None = None
+
+    def __len__(self) -> int:
+        return self.last_seq - self.first_seq + 1
 
     @property
-    def last_id(self) -> int:
-        return self.ids[-1]
+    def lines(self) -> list[str]:
+        """The points' lines (split only when asked: to isolate rejected lines, in tests)."""
+        return [line.decode() for line in _split(self.body, self.ends)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,39 +136,167 @@ class RejectedLine:
     line: str
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Autocommit mode: every transaction is an explicit BEGIN IMMEDIATE ... COMMIT below.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.executescript(_SCHEMA)
+# -- chunks: lines <-> one blob ----------------------------------------------------------------
+
+
+def _pack(lines: Sequence[str]) -> tuple[bytes, bytes | None]:
+    """(body, ends) of a chunk holding `lines` (see the schema for `ends`)."""
+    body = "\n".join(lines).encode()
+    if body.count(b"\n") == len(lines) - 1:
+        return body, None
+    ends, offset = array("I"), -1
+    for line in lines:
+        offset += 1 + len(line.encode())
+        ends.append(offset)
+    return body, ends.tobytes()
+
+
+def _unpack_ends(ends: bytes | None) -> array | None:
+    if ends is None:
+        return None
+    offsets = array("I")
+    offsets.frombytes(ends)
+    return offsets
+
+
+def _split(body: bytes, ends: array | None) -> list[bytes]:
+    """The lines of a chunk or batch body."""
+    if ends is None:
+        return body.split(b"\n")
+    lines, start = [], 0
+    for end in ends:
+        lines.append(body[start:end])
+        start = end + 1
+    return lines
+
+
+def _part(body: bytes, ends: array | None, skip: int, take: int) -> tuple[bytes, array | None]:
+    """(body, ends) of lines `skip` .. `skip + take - 1` of a chunk."""
+    if ends is None:
+        lines = body.split(b"\n", skip + take)
+        return b"\n".join(lines[skip : skip + take]), None
+    start = ends[skip - 1] + 1 if skip else 0
+    part = array("I", (end - start for end in ends[skip : skip + take]))
+    return body[start : ends[skip + take - 1]], part
+
+
+def _join(parts: list[tuple[bytes, array | None]]) -> tuple[bytes, array | None]:
+    """One body (and ends, when a part has them) of consecutive parts."""
+    body = b"\n".join(b for b, _ in parts)
+    if all(e is None for _, e in parts):
+        return body, None
+    ends, base = array("I"), 0
+    for part_body, part_ends in parts:
+        if part_ends is None:
+            offset = base - 1
+            for line in part_body.split(b"\n"):
+                offset += 1 + len(line)
+                ends.append(offset)
+        else:
+            ends.extend(base + end for end in part_ends)
+        base += len(part_body) + 1
+    return body, ends
+
+
+# -- the database --------------------------------------------------------------------------------
+
+
+def _connect(path: Path, create: bool = True) -> sqlite3.Connection:
+    """A connection to the spool at `path`, its layout checked; a missing spool is created when
+    `create`, else FileNotFoundError."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        target, uri = str(path), False
+    elif path.exists():
+        target, uri = f"{path.resolve().as_uri()}?mode=rw", True
+    else:
+        raise FileNotFoundError(f"no spool at {path}")
+    # Autocommit mode: every transaction is an explicit BEGIN ... COMMIT below.
+    conn = sqlite3.connect(
+        target, uri=uri, isolation_level=None, check_same_thread=False, timeout=30.0
+    )
+    try:
+        # page_size only takes effect on a database that has no page yet.
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        with _Transaction(conn):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            empty = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+            if version == 0 and empty and create:
+                # Statement by statement: executescript would commit the transaction first.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            elif version != LAYOUT_VERSION:
+                raise SpoolLayoutError(_layout_problem(path, version, empty))
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _layout_problem(path: Path, version: int, empty: bool) -> str:
+    if version == 0 and empty:
+        what = "is an empty database, not a qkdtel spool"
+    elif version == 0:
+        what = "was written by an earlier qkdtel, in the one-row-per-point layout"
+    elif version > LAYOUT_VERSION:
+        what = f"was written by a newer qkdtel, in spool layout {version}"
+    else:
+        what = f"is in spool layout {version}"
+    what += f" (this qkdtel reads layout {LAYOUT_VERSION} only)"
+    return (
+        f"spool file {path} {what}: deliver what it holds with the qkdtel version that wrote "
+        "it, or move it away to start with an empty spool"
+    )
 
 
 class _Transaction:
     """`with _Transaction(conn):` -- BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on error.
 
     IMMEDIATE takes the write lock at once, so a concurrent writer (the CLI in another process)
-    waits for the busy timeout instead of failing half-way through.
+    waits for the busy timeout instead of failing half-way through. `immediate=False` opens a
+    read transaction: one consistent snapshot for several SELECTs.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, immediate: bool = True) -> None:
         self.conn = conn
+        self.begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(self.begin)
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+def _last_seq(conn: sqlite3.Connection) -> int:
+    """Sequence number of the newest point ever stored (0 if none)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
+    return row[0] if row else 0
+
+
+def _insert_chunk(conn: sqlite3.Connection, after: int, lines: Sequence[str]) -> int:
+    """Store `lines` as the points after sequence number `after`; returns the last one's."""
+    body, ends = _pack(lines)
+    last = after + len(lines)
+    conn.execute(
+        "INSERT INTO chunks (last_seq, first_seq, points, ends, body) VALUES (?, ?, ?, ?, ?)",
+        (last, after + 1, len(lines), ends, body),
+    )
+    return last
+
+
 class Spool:
     """The on-disk queue of one collector, shared by all its sinks.
 
-    Thread-safe: the daemon calls it from worker threads (`asyncio.to_thread`), one at a time per
-    connection, guarded by a lock. Every method that changes anything is one transaction.
+    Thread-safe: the daemon calls it from worker threads (`asyncio.to_thread`). Changes go
+    through one connection, one transaction each, under `_lock`; reads go through a second
+    connection under a lock of their own, so a writer reading its next batch never waits for an
+    append's fsync.
     """
 
     def __init__(
@@ -137,12 +310,18 @@ class Spool:
         self.max_points = max_points
         self.overflow = overflow
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._conn = _connect(path)
+        try:
+            self._reader = _connect(path)
+        except BaseException:
+            self._conn.close()
+            raise
         with self._lock, _Transaction(self._conn) as conn:
-            stored = dict(conn.execute("SELECT sink, acked_id FROM cursors").fetchall())
-            self._min_id, self._max_id = self._bounds(conn)
+            stored = dict(conn.execute("SELECT sink, acked_seq FROM cursors").fetchall())
+            self._first, self._last = self._bounds(conn)
             for gone in sorted(set(stored) - set(sinks)):
-                lost = max(0, self._max_id - stored[gone])
+                lost = max(0, self._last - stored[gone])
                 conn.execute("DELETE FROM cursors WHERE sink = ?", (gone,))
                 if lost:
                     log.warning(
@@ -151,40 +330,43 @@ class Spool:
                         lost,
                     )
             # A new sink starts at the oldest point still spooled: it receives all of them.
-            self._cursors = {s: stored.get(s, self._min_id - 1) for s in sinks}
+            self._cursors = {s: stored.get(s, self._first - 1) for s in sinks}
             conn.executemany(
-                "INSERT OR REPLACE INTO cursors (sink, acked_id) VALUES (?, ?)",
+                "INSERT OR REPLACE INTO cursors (sink, acked_seq) VALUES (?, ?)",
                 list(self._cursors.items()),
             )
-            self._prune(conn)
+            first = self._prune(conn, self._cursors)
+        self._first = first
 
     @staticmethod
     def _bounds(conn: sqlite3.Connection) -> tuple[int, int]:
-        """(first id, last id) of the points table; (next id, next id - 1) when empty."""
-        # Two subqueries: SQLite answers a lone min() or max() from the index ends, but scans the
-        # whole table for both in one SELECT.
-        low, high = conn.execute(
-            "SELECT (SELECT min(id) FROM points), (SELECT max(id) FROM points)"
-        ).fetchone()
-        if high is None:
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'points'").fetchone()
-            last = row[0] if row else 0
+        """(first, last) sequence number spooled; (next, next - 1) when empty."""
+        # Two queries, each answered from one end of the primary key.
+        first = conn.execute("SELECT first_seq FROM chunks ORDER BY last_seq LIMIT 1").fetchone()
+        if first is None:
+            last = _last_seq(conn)
             return last + 1, last
-        return low, high
+        return first[0], conn.execute("SELECT max(last_seq) FROM chunks").fetchone()[0]
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._conn.close()
 
     # -- the poller's side -------------------------------------------------------------------
 
     def append(self, lines: Sequence[str]) -> AppendResult:
-        """Store `lines` durably, applying the overflow policy; returns what was kept and lost."""
+        """Store `lines` durably as one chunk, applying the overflow policy; returns what was
+        kept and what was lost.
+
+        drop_oldest drops whole chunks, the oldest first, as many as it takes to make room;
+        reject_new keeps as many of `lines` as fit, the first ones.
+        """
         if not lines:
             return AppendResult(0)
         with self._lock, _Transaction(self._conn) as conn:
-            self._min_id, self._max_id = self._bounds(conn)
-            held = self._max_id - self._min_id + 1
+            self._first, self._last = self._bounds(conn)
+            held = self._last - self._first + 1
             excess = held + len(lines) - self.max_points
             dropped = dict.fromkeys(self._cursors, 0)
             discarded = 0
@@ -198,81 +380,153 @@ class Spool:
                     discarded = len(lines) - self.max_points
                     lines = lines[discarded:]
                     dropped = dict.fromkeys(self._cursors, discarded)
-                cut = self._min_id + min(held, excess) - 1
+                    excess = held
+                cut, freed = self._first - 1, 0
+                rows = conn.execute("SELECT last_seq, points FROM chunks ORDER BY last_seq")
+                try:
+                    for last_seq, points in rows:
+                        if freed >= excess:
+                            break
+                        cut, freed = last_seq, freed + points
+                finally:
+                    rows.close()
                 for sink, acked in self._cursors.items():
                     dropped[sink] += max(0, cut - acked)
-                    self._cursors[sink] = max(acked, cut)
-                discarded += conn.execute("DELETE FROM points WHERE id <= ?", (cut,)).rowcount
+                conn.execute("DELETE FROM chunks WHERE last_seq <= ?", (cut,))
+                discarded += freed
                 conn.executemany(
-                    "UPDATE cursors SET acked_id = ? WHERE sink = ?",
-                    [(acked, sink) for sink, acked in self._cursors.items()],
+                    "UPDATE cursors SET acked_seq = ? WHERE sink = ?",
+                    [(max(acked, cut), sink) for sink, acked in self._cursors.items()],
                 )
-            if lines:
-                conn.executemany("INSERT INTO points (line) VALUES (?)", [(x,) for x in lines])
-            self._min_id, self._max_id = self._bounds(conn)
+            last = _insert_chunk(conn, self._last, lines) if lines else self._last
+        # Published once committed: no one sees points (or cursors) a rollback would take back.
+        if excess > 0 and self.overflow == "drop_oldest":
+            self._cursors = {s: max(a, cut) for s, a in self._cursors.items()}
+            self._first = cut + 1
+        self._last = last
         return AppendResult(len(lines), {s: n for s, n in dropped.items() if n}, discarded)
 
     # -- a writer's side ---------------------------------------------------------------------
 
-    def read(self, sink: str, limit: int) -> Batch | None:
-        """The oldest points `sink` has not acknowledged, at most `limit`; None if none."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, line FROM points WHERE id > ? ORDER BY id LIMIT ?",
-                (self._cursors[sink], limit),
+    def read(self, sink: str, limit: int, after: int | None = None) -> Batch | None:
+        """The oldest points `sink` has not acknowledged, at most `limit`; None if none.
+
+        `after`: start after this sequence number rather than after the sink's cursor (a writer
+        reading its next batch while the current one is in flight). Whole chunks are taken while
+        they fit; only a chunk that does not fit in an empty batch, or that the cursor has
+        entered, is cut.
+        """
+        start = self._cursors[sink] if after is None else max(self._cursors[sink], after)
+        plan: list[tuple[int, int, int]] = []  # (last_seq, skip, take) per chunk
+        taken = 0
+        with self._read_lock, _Transaction(self._reader, immediate=False) as conn:
+            rows = conn.execute(
+                "SELECT last_seq, first_seq FROM chunks WHERE last_seq > ? ORDER BY last_seq",
+                (start,),
+            )
+            try:
+                for last_seq, first_seq in rows:
+                    skip = max(0, start - first_seq + 1)
+                    take = last_seq - first_seq + 1 - skip
+                    if taken + take > limit:
+                        if taken:
+                            break
+                        take = limit
+                    plan.append((last_seq, skip, take))
+                    taken += take
+                    if taken >= limit or take < last_seq - first_seq + 1 - skip:
+                        break
+            finally:
+                rows.close()
+            if not plan:
+                return None
+            bodies = conn.execute(
+                "SELECT first_seq, ends, body FROM chunks WHERE last_seq BETWEEN ? AND ? "
+                "ORDER BY last_seq",
+                (plan[0][0], plan[-1][0]),
             ).fetchall()
-        if not rows:
-            return None
-        ids, lines = zip(*rows, strict=True)
-        return Batch(list(ids), list(lines))
+        parts: list[tuple[bytes, array | None]] = []
+        for (last_seq, skip, take), (first_seq, ends, body) in zip(plan, bodies, strict=True):
+            offsets = _unpack_ends(ends)
+            if skip or take < last_seq - first_seq + 1:
+                parts.append(_part(body, offsets, skip, take))
+            else:
+                parts.append((body, offsets))
+        body, offsets = parts[0] if len(parts) == 1 else _join(parts)
+        first = bodies[0][0] + plan[0][1]
+        return Batch(first, first + taken - 1, body, offsets)
 
     def refresh(self) -> None:
         """Take in points another process (`qkdtel spool rejected --requeue`) appended."""
         with self._lock:
-            self._min_id, self._max_id = self._bounds(self._conn)
+            self._first, self._last = self._bounds(self._conn)
 
     def ack(
-        self, sink: str, batch: Batch, rejected: Sequence[tuple[str, str]] = ()
+        self,
+        sink: str,
+        batch: Batch,
+        rejected: Sequence[tuple[str, str]] = (),
+        counted: Callable[[int, int], None] | None = None,
     ) -> tuple[int, int]:
         """Record that `sink` has dealt with `batch`: written, or refused as `(line, reason)`.
 
         Returns (points written, points rejected) that are still counted for this sink: points of
         the batch that overflow dropped while it was in flight were already counted as dropped.
+        `counted`, when given, receives the same two numbers once the acknowledgement is
+        committed and before `pending` shows it, so that whoever sees the points gone from
+        `pending` also sees them counted.
         """
         now = time.time_ns()
-        with self._lock, _Transaction(self._conn) as conn:
+        with self._lock:
             acked = self._cursors[sink]
-            fresh = len(batch.ids) - bisect_right(batch.ids, acked)
-            if rejected:
-                conn.executemany(
-                    "INSERT INTO rejected (sink, time_ns, reason, line) VALUES (?, ?, ?, ?)",
-                    [(sink, now, reason, line) for line, reason in rejected],
-                )
-            if batch.last_id > acked:
-                self._cursors[sink] = batch.last_id
-                conn.execute(
-                    "UPDATE cursors SET acked_id = ? WHERE sink = ?", (batch.last_id, sink)
-                )
-                self._prune(conn)
-        refused = min(len(rejected), fresh)
+            fresh = max(0, batch.last_seq - max(acked, batch.first_seq - 1))
+            with _Transaction(self._conn) as conn:
+                if rejected:
+                    conn.executemany(
+                        "INSERT INTO rejected (sink, time_ns, reason, line) VALUES (?, ?, ?, ?)",
+                        [(sink, now, reason, line) for line, reason in rejected],
+                    )
+                if batch.last_seq > acked:
+                    conn.execute(
+                        "UPDATE cursors SET acked_seq = ? WHERE sink = ?", (batch.last_seq, sink)
+                    )
+                    cursors = {**self._cursors, sink: batch.last_seq}
+                    first = self._prune(conn, cursors)
+            refused = min(len(rejected), fresh)
+            if counted is not None:
+                counted(fresh - refused, refused)
+            if batch.last_seq > acked:
+                self._cursors, self._first = cursors, first
         return fresh - refused, refused
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
-        """Delete the points every sink has acknowledged."""
-        done = min(self._cursors.values(), default=self._max_id)
-        if done >= self._min_id:
-            conn.execute("DELETE FROM points WHERE id <= ?", (done,))
-            self._min_id = done + 1
+    def _prune(self, conn: sqlite3.Connection, cursors: dict[str, int]) -> int:
+        """Delete the chunks every sink has acknowledged in full; returns the first sequence
+        number left (`self._first` is the caller's to update once committed)."""
+        done = min(cursors.values(), default=self._last)
+        if done < self._first:
+            return self._first
+        conn.execute("DELETE FROM chunks WHERE last_seq <= ?", (done,))
+        row = conn.execute("SELECT first_seq FROM chunks ORDER BY last_seq LIMIT 1").fetchone()
+        return row[0] if row else self._last + 1
 
     # -- accounting ----------------------------------------------------------------------------
 
+    def cursor(self, sink: str) -> int:
+        """Sequence number of the last point `sink` acknowledged."""
+        return self._cursors[sink]
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the newest point spooled (as of the last append or refresh)."""
+        return self._last
+
     def pending(self, sink: str) -> int:
         """Points waiting for `sink` (as of the last append or refresh)."""
-        return max(0, self._max_id - self._cursors[sink])
+        return max(0, self._last - self._cursors[sink])
 
     def size(self) -> int:
         """Points held in the spool (as of the last append or refresh)."""
-        return max(0, self._max_id - self._min_id + 1)
+        return max(0, self._last - self._first + 1)
 
 
 # -- the rejected lines, for the CLI (works while the daemon runs: WAL) ----------------------
@@ -280,7 +534,7 @@ class Spool:
 
 def list_rejected(path: Path, sink: str | None = None) -> list[RejectedLine]:
     """Every line kept aside as rejected, oldest first, optionally of one sink only."""
-    conn = _connect(path)
+    conn = _connect(path, create=False)
     try:
         query = "SELECT id, sink, time_ns, reason, line FROM rejected"
         args: tuple[str, ...] = ()
@@ -299,7 +553,7 @@ def requeue_rejected(path: Path, ids: Sequence[int] = (), sink: str | None = Non
     already stored it rewrites the same series and timestamp, which is idempotent. Returns the
     number of lines requeued.
     """
-    conn = _connect(path)
+    conn = _connect(path, create=False)
     try:
         with _Transaction(conn):
             clauses, args = [], []
@@ -312,7 +566,8 @@ def requeue_rejected(path: Path, ids: Sequence[int] = (), sink: str | None = Non
             where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
             rows = conn.execute(f"SELECT id, line FROM rejected{where} ORDER BY id", args)
             moved = rows.fetchall()
-            conn.executemany("INSERT INTO points (line) VALUES (?)", [(r[1],) for r in moved])
+            if moved:
+                _insert_chunk(conn, _last_seq(conn), [line for _, line in moved])
             conn.executemany("DELETE FROM rejected WHERE id = ?", [(r[0],) for r in moved])
         return len(moved)
     finally:

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import re
+import sqlite3
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -406,3 +407,19 @@ def test_spool_rejected_command_lists_and_requeues(tmp_path: Path, capsys) -> No
     again = spool.read("influx", 10)
     assert again is not None and again.lines == ["m v=2 2"]
     spool.close()
+
+
+def test_spool_rejected_command_refuses_a_spool_of_the_old_layout(tmp_path: Path, capsys) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    config = tmp_path / "qkdtel.yaml"
+    config.write_text(f"collector:\n  spool_dir: {spool_dir}\n")
+    old = sqlite3.connect(spool_dir / SPOOL_FILE)
+    old.execute("CREATE TABLE points (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL)")
+    old.close()
+    parser = argparse.ArgumentParser(prog="qkdtel")
+    add_subcommand(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["spool", "rejected", "-c", str(config)])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert str(spool_dir / SPOOL_FILE) in err.replace("\n", "") and "one-row-per-point" in err

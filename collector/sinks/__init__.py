@@ -11,6 +11,7 @@ from qkdtel.sinks.base import (
     RetryableWriteError,
     SinkWriter,
     WriteError,
+    write_batch,
     write_isolating,
 )
 from qkdtel.sinks.file import FileWriter
@@ -26,6 +27,7 @@ __all__ = [
     "SinkWriter",
     "WriteError",
     "make_writer",
+    "write_batch",
     "write_isolating",
 ]
 

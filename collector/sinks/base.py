@@ -11,7 +11,7 @@ import email.utils
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 
 MAX_REASON_CHARS = 500
@@ -157,8 +157,13 @@ def _named_lines(detail: str, lines: list[str]) -> dict[int, str]:
     return named
 
 
-def write_isolating(writer: SinkWriter, lines: list[str]) -> list[tuple[str, str]]:
+def write_isolating(
+    writer: SinkWriter, lines: Sequence[str], body: bytes | None = None
+) -> list[tuple[str, str]]:
     """Write `lines`; return those the sink refused, as (line, reason), having written the rest.
+
+    `body`, when given, is `lines` already joined by newlines and encoded (a batch read from the
+    spool): it is sent as it is, and `lines` is only looked at if the sink rejects it.
 
     When the sink rejects a batch, the good lines must not go down with the bad ones. InfluxDB
     1.x names the lines it could not parse: those are set aside and the rest is sent again.
@@ -168,15 +173,33 @@ def write_isolating(writer: SinkWriter, lines: list[str]) -> list[tuple[str, str
     the whole batch later.
     """
     try:
-        writer.write("\n".join(lines).encode())
+        writer.write("\n".join(lines).encode() if body is None else body)
         return []
     except RejectedWriteError as exc:
-        if len(lines) == 1:
-            return [(lines[0], str(exc))]
-        named = _named_lines(exc.detail, lines)
-        if named:
-            refused = [(lines[i], redact(f"HTTP 400: {why}")) for i, why in sorted(named.items())]
-            rest = [line for i, line in enumerate(lines) if i not in named]
-            return refused + (write_isolating(writer, rest) if rest else [])
+        return _isolate(writer, list(lines), exc)
+
+
+def write_batch(
+    writer: SinkWriter, body: bytes, lines: Callable[[], Sequence[str]]
+) -> list[tuple[str, str]]:
+    """`write_isolating` for a body already joined: `lines()` is called only on a rejection."""
+    try:
+        writer.write(body)
+        return []
+    except RejectedWriteError as exc:
+        return _isolate(writer, list(lines()), exc)
+
+
+def _isolate(
+    writer: SinkWriter, lines: list[str], exc: RejectedWriteError
+) -> list[tuple[str, str]]:
+    """The refused lines of `lines`, which the sink has just rejected as a whole with `exc`."""
+    if len(lines) == 1:
+        return [(lines[0], str(exc))]
+    named = _named_lines(exc.detail, lines)
+    if named:
+        refused = [(lines[i], redact(f"HTTP 400: {why}")) for i, why in sorted(named.items())]
+        rest = [line for i, line in enumerate(lines) if i not in named]
+        return refused + (write_isolating(writer, rest) if rest else [])
     middle = len(lines) // 2
     return write_isolating(writer, lines[:middle]) + write_isolating(writer, lines[middle:])
