@@ -33,10 +33,11 @@ from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
 from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
 
 from qkdtel.config import TrapListener, format_loc
-from qkdtel.drivers.qkd_snmp.client import add_usm_user
+from qkdtel.drivers.qkd_snmp.ber import BerError, from_pyasn1
 from qkdtel.drivers.qkd_snmp.options import TrapUser, split_address
 from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out
 from qkdtel.drivers.qkd_snmp.resolve import Notification, Resolved, resolve
+from qkdtel.drivers.qkd_snmp.usm import add_usm_user
 from qkdtel.errors import Malformed
 from qkdtel.sample import Sample, now_ns
 
@@ -256,9 +257,14 @@ class TrapReceiver:
         self, address: tuple[str, int], varbinds: Sequence[tuple[Any, Any]]
     ) -> Sample | None:
         """One notification -> its `qkd_event` point; None if it is not a QKD module's."""
-        values = {tuple(oid): value for oid, value in varbinds}
+        values = {}
+        for oid, value in varbinds:
+            try:
+                values[tuple(oid)] = from_pyasn1(value)
+            except BerError:
+                values[tuple(oid)] = value  # a type no QKD object has: decode() rejects it
         trap_oid = values.get(self._trap_oid)
-        kind = self._kinds.get(tuple(trap_oid)) if trap_oid is not None else None
+        kind = self._kinds.get(trap_oid) if isinstance(trap_oid, tuple) else None
         if kind is None:
             log.info("ignoring notification %s from %s: not a QKD module's", trap_oid, address[0])
             return None

@@ -14,7 +14,7 @@ import time
 from typing import Any, ClassVar
 
 from qkdtel.drivers.base import Driver
-from qkdtel.drivers.qkd_snmp.client import SnmpClient, is_missing
+from qkdtel.drivers.qkd_snmp.client import is_missing, make_client
 from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions
 from qkdtel.drivers.qkd_snmp.resolve import Resolved, resolve
 from qkdtel.errors import NoSuchObject
@@ -38,7 +38,7 @@ class QkdSnmpDriver(Driver):
         self.options: QkdSnmpOptions = options
         self._mib: Resolved = resolve(options.profile)  # MIB errors surface at start-up
         host, port = options.host_port
-        self._client = SnmpClient(host, port, options.snmp)
+        self._client = make_client(host, port, options.snmp)
         self._last_index: Index | None = None  # last row of the table at the previous poll
         self._rows_seen = 0
         self._counters: dict[tuple[str, Index], tuple[int, float]] = {}

@@ -30,33 +30,35 @@ class ObjectInfo:
     enum: Mapping[int, str] | None  # named values of an enumeration
 
     def decode(self, value: Any, where: str) -> int | str:
-        """Wire value -> int, str, or enumeration name; `Malformed` if it does not fit the MIB."""
+        """Plain wire value (see ber.py) -> int, str, or enumeration name.
+
+        `Malformed` if it does not fit the MIB: a string for an integer, an integer for a
+        string, text that is not UTF-8, a number outside the enumeration.
+        """
         if self.text:
-            if not isinstance(value, univ.OctetString):
+            if type(value) is not bytes:
                 raise Malformed(f"{where}: expected a string, got {_show(value)}")
             try:
-                return bytes(value).decode("utf-8")
+                return value.decode("utf-8")
             except UnicodeDecodeError:
                 raise Malformed(f"{where}: not UTF-8 text: {_show(value)}") from None
-        if not isinstance(value, univ.Integer):
+        if type(value) is not int:
             raise Malformed(f"{where}: expected an integer, got {_show(value)}")
-        number = int(value)
         if self.enum is None:
-            return number
+            return value
         try:
-            return self.enum[number]
+            return self.enum[value]
         except KeyError:
-            raise Malformed(f"{where}: {number} is not a value of the enumeration") from None
+            raise Malformed(f"{where}: {value} is not a value of the enumeration") from None
 
 
 def _show(value: Any) -> str:
-    """A device value for an error message: type and at most 40 characters."""
-    if isinstance(value, univ.OctetString):
-        shown = repr(bytes(value).decode("utf-8", "replace"))
+    """A device value for an error message: its kind and at most 40 characters."""
+    if isinstance(value, bytes):
+        kind, shown = "string", repr(value.decode("utf-8", "replace"))
     else:
-        shown = value.prettyPrint() if hasattr(value, "prettyPrint") else repr(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    return f"{type(value).__name__} {shown}"
+        kind, shown = type(value).__name__, repr(value)
+    return f"{kind} {shown if len(shown) <= 40 else shown[:37] + '...'}"
 
 
 @dataclass(frozen=True)
