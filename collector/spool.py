@@ -55,6 +55,10 @@ PAGE_SIZE = 16384
 """Database page size of a new spool: a chunk of a few thousand lines spans tens of pages
 rather than hundreds, which makes writing, reading and freeing it cheaper."""
 
+RECENT_MAX_BYTES = 64 << 20
+"""Bodies of the newest chunks this process appended that the spool keeps in memory as well,
+so that a writer keeping up with the poller sends them without reading them back."""
+
 WAL_AUTOCHECKPOINT_PAGES = 1024
 """Pages (16 MiB) the write-ahead log may grow to before SQLite copies it into the database."""
 
@@ -142,7 +146,7 @@ class RejectedLine:
 def _pack(lines: Sequence[str]) -> tuple[bytes, bytes | None]:
     """(body, ends) of a chunk holding `lines` (see the schema for `ends`)."""
     body = "\n".join(lines).encode()
-    if body.count(b"\n") == len(lines) - 1:
+    if not any("\n" in line for line in lines):  # 4x quicker than body.count(b"\n")
         return body, None
     ends, offset = array("I"), -1
     for line in lines:
@@ -279,13 +283,15 @@ def _last_seq(conn: sqlite3.Connection) -> int:
     return row[0] if row else 0
 
 
-def _insert_chunk(conn: sqlite3.Connection, after: int, lines: Sequence[str]) -> int:
-    """Store `lines` as the points after sequence number `after`; returns the last one's."""
-    body, ends = _pack(lines)
-    last = after + len(lines)
+def _insert_chunk(
+    conn: sqlite3.Connection, after: int, points: int, body: bytes, ends: bytes | None
+) -> int:
+    """Store a chunk of `points` lines (`_pack`) as the points after sequence number `after`;
+    returns the last one's."""
+    last = after + points
     conn.execute(
         "INSERT INTO chunks (last_seq, first_seq, points, ends, body) VALUES (?, ?, ?, ?, ?)",
-        (last, after + 1, len(lines), ends, body),
+        (last, after + 1, points, ends, body),
     )
     return last
 
@@ -311,6 +317,10 @@ class Spool:
         self.overflow = overflow
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        # last_seq -> (body, ends) of chunks appended by this process and still spooled, oldest
+        # first (RECENT_MAX_BYTES); changed under `_lock`, looked up without it.
+        self._recent: dict[int, tuple[bytes, bytes | None]] = {}
+        self._recent_bytes = 0
         self._conn = _connect(path)
         try:
             self._reader = _connect(path)
@@ -338,6 +348,23 @@ class Spool:
             first = self._prune(conn, self._cursors)
         self._first = first
 
+    def _remember(self, last_seq: int, body: bytes, ends: bytes | None) -> None:
+        """Keep a committed chunk's body in memory (caller holds `_lock`)."""
+        self._recent[last_seq] = (body, ends)
+        self._recent_bytes += len(body)
+        while self._recent_bytes > RECENT_MAX_BYTES:
+            self._forget(next(iter(self._recent)))
+
+    def _forget_before(self, first: int) -> None:
+        """Drop the remembered chunks that end before sequence number `first` (gone from the
+        spool); caller holds `_lock`."""
+        while self._recent and (oldest := next(iter(self._recent))) < first:
+            self._forget(oldest)
+
+    def _forget(self, last_seq: int) -> None:
+        body, _ = self._recent.pop(last_seq)
+        self._recent_bytes -= len(body)
+
     @staticmethod
     def _bounds(conn: sqlite3.Connection) -> tuple[int, int]:
         """(first, last) sequence number spooled; (next, next - 1) when empty."""
@@ -352,6 +379,8 @@ class Spool:
         with self._lock, self._read_lock:
             self._reader.close()
             self._conn.close()
+            self._recent.clear()
+            self._recent_bytes = 0
 
     # -- the poller's side -------------------------------------------------------------------
 
@@ -364,7 +393,11 @@ class Spool:
         """
         if not lines:
             return AppendResult(0)
-        with self._lock, _Transaction(self._conn) as conn:
+        with self._lock:
+            return self._append(lines)
+
+    def _append(self, lines: Sequence[str]) -> AppendResult:
+        with _Transaction(self._conn) as conn:
             self._first, self._last = self._bounds(conn)
             held = self._last - self._first + 1
             excess = held + len(lines) - self.max_points
@@ -398,11 +431,15 @@ class Spool:
                     "UPDATE cursors SET acked_seq = ? WHERE sink = ?",
                     [(max(acked, cut), sink) for sink, acked in self._cursors.items()],
                 )
-            last = _insert_chunk(conn, self._last, lines) if lines else self._last
+            body, ends = _pack(lines) if lines else (b"", None)
+            last = _insert_chunk(conn, self._last, len(lines), body, ends) if lines else self._last
         # Published once committed: no one sees points (or cursors) a rollback would take back.
         if excess > 0 and self.overflow == "drop_oldest":
             self._cursors = {s: max(a, cut) for s, a in self._cursors.items()}
             self._first = cut + 1
+            self._forget_before(self._first)
+        if lines:
+            self._remember(last, body, ends)
         self._last = last
         return AppendResult(len(lines), {s: n for s, n in dropped.items() if n}, discarded)
 
@@ -417,8 +454,9 @@ class Spool:
         entered, is cut.
         """
         start = self._cursors[sink] if after is None else max(self._cursors[sink], after)
-        plan: list[tuple[int, int, int]] = []  # (last_seq, skip, take) per chunk
+        plan: list[tuple[int, int, int, int]] = []  # (first_seq, last_seq, skip, take) per chunk
         taken = 0
+        chunks: dict[int, tuple[bytes, bytes | None]] = {}
         with self._read_lock, _Transaction(self._reader, immediate=False) as conn:
             rows = conn.execute(
                 "SELECT last_seq, first_seq FROM chunks WHERE last_seq > ? ORDER BY last_seq",
@@ -432,7 +470,7 @@ class Spool:
                         if taken:
                             break
                         take = limit
-                    plan.append((last_seq, skip, take))
+                    plan.append((first_seq, last_seq, skip, take))
                     taken += take
                     if taken >= limit or take < last_seq - first_seq + 1 - skip:
                         break
@@ -440,20 +478,29 @@ class Spool:
                 rows.close()
             if not plan:
                 return None
-            bodies = conn.execute(
-                "SELECT first_seq, ends, body FROM chunks WHERE last_seq BETWEEN ? AND ? "
-                "ORDER BY last_seq",
-                (plan[0][0], plan[-1][0]),
-            ).fetchall()
+            missing = []
+            for _, last_seq, _, _ in plan:
+                remembered = self._recent.get(last_seq)
+                if remembered is None:
+                    missing.append(last_seq)
+                else:
+                    chunks[last_seq] = remembered
+            if missing:
+                rows = conn.execute(
+                    "SELECT last_seq, body, ends FROM chunks WHERE last_seq BETWEEN ? AND ?",
+                    (missing[0], missing[-1]),
+                )
+                chunks.update((last_seq, (body, ends)) for last_seq, body, ends in rows)
         parts: list[tuple[bytes, array | None]] = []
-        for (last_seq, skip, take), (first_seq, ends, body) in zip(plan, bodies, strict=True):
+        for first_seq, last_seq, skip, take in plan:
+            body, ends = chunks[last_seq]
             offsets = _unpack_ends(ends)
             if skip or take < last_seq - first_seq + 1:
                 parts.append(_part(body, offsets, skip, take))
             else:
                 parts.append((body, offsets))
         body, offsets = parts[0] if len(parts) == 1 else _join(parts)
-        first = bodies[0][0] + plan[0][1]
+        first = plan[0][0] + plan[0][2]
         return Batch(first, first + taken - 1, body, offsets)
 
     def refresh(self) -> None:
@@ -497,6 +544,7 @@ class Spool:
                 counted(fresh - refused, refused)
             if batch.last_seq > acked:
                 self._cursors, self._first = cursors, first
+                self._forget_before(first)
         return fresh - refused, refused
 
     def _prune(self, conn: sqlite3.Connection, cursors: dict[str, int]) -> int:
@@ -567,7 +615,8 @@ def requeue_rejected(path: Path, ids: Sequence[int] = (), sink: str | None = Non
             rows = conn.execute(f"SELECT id, line FROM rejected{where} ORDER BY id", args)
             moved = rows.fetchall()
             if moved:
-                _insert_chunk(conn, _last_seq(conn), [line for _, line in moved])
+                body, ends = _pack([line for _, line in moved])
+                _insert_chunk(conn, _last_seq(conn), len(moved), body, ends)
             conn.executemany("DELETE FROM rejected WHERE id = ?", [(r[0],) for r in moved])
         return len(moved)
     finally:
