@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +25,7 @@ from pysnmp.proto import api
 from qkdtel.config import ConfigError, load_config_text
 from qkdtel.drivers.qkd_snmp import QkdSnmpDriver
 from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions
+from qkdtel.drivers.qkd_snmp.resolve import resolve
 from qkdtel.errors import AuthError, DeviceTimeout, Malformed, NoSuchObject, PollError, Refused
 from qkdtel.sample import Sample
 from qkdtel.sims.clock import ManualClock
@@ -267,15 +270,106 @@ def test_counter_reset_by_a_module_restart_gives_no_rate_that_poll(madqci_topolo
         assert later.fields["secret_key_rate_bps"] > 0
 
 
+# ---- interoperability: Net-SNMP's agent -------------------------------------------------------
+
+NETSNMP_USERS = {  # user: (auth_protocol, priv_protocol), as Net-SNMP's createUser spells them
+    "sha256-aes": ("sha256", "aes", "SHA-256", "AES"),
+    "md5-des": ("md5", "des", "MD5", "DES"),
+    "sha512-aes256": ("sha512", "aes256", "SHA-512", "AES256"),
+    "sha224-aes192": ("sha224", "aes192", "SHA-224", "AES192"),
+    "sha-nopriv": ("sha", "none", "SHA", ""),
+    "noauth": (None, "none", "", ""),
+}
+NETSNMP_ROW = {  # what snmpd serves for one Cerberis 3 link (MIB name: snmpd type, value)
+    "cerbDetectorTemperature": ("integer", "-5012"),
+    "cerbLaserTemperature": ("integer", "2534"),
+    "cerbLinkPeerName": ("octet_str", "Norte"),
+    "cerbLinkId": ("octet_str", "4"),
+    "cerbLinkRole": ("integer", "1"),
+    "cerbLinkBand": ("octet_str", "C34"),
+    "cerbLinkState": ("integer", "4"),
+    "cerbLinkQber": ("unsigned", "381"),
+    "cerbLinkVisibility": ("unsigned", "9341"),
+    "cerbLinkSecretKeyRate": ("unsigned", "1523"),
+    "cerbLinkRawKeyRate": ("unsigned", "5943"),
+    "cerbLinkKeyStoreFill": ("unsigned", "57"),
+    "cerbLinkKeyStoreKeys": ("unsigned", "9278"),
+}
+
+
+@pytest.fixture(scope="module")
+def netsnmp_agent(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Net-SNMP's snmpd serving one Cerberis 3 row (OIDs from the compiled MIB), a v2c
+    community and one SNMPv3 user per auth/priv combination."""
+    if not shutil.which("snmpd"):
+        pytest.skip("Net-SNMP snmpd is not installed")
+    folder = tmp_path_factory.mktemp("snmpd")
+    port = free_udp_port()
+    mib = resolve("cerberis3")
+    lines = [f"agentAddress udp:127.0.0.1:{port}", "rocommunity netsnmp-ro 127.0.0.1"]
+    for user, (_, _, auth, priv) in NETSNMP_USERS.items():
+        keys = (
+            f" {auth} netsnmp-auth {priv} netsnmp-priv"
+            if priv
+            else (f" {auth} netsnmp-auth" if auth else "")
+        )
+        level = "priv" if priv else "auth" if auth else "noauth"
+        lines += [f"createUser {user}{keys}", f"rouser {user} {level}"]
+    for name, (kind, value) in NETSNMP_ROW.items():
+        index = 0 if name in mib.profile.scalar_names else 1
+        dotted = ".".join(map(str, (*mib.objects[name].oid, index)))
+        lines.append(f"override .{dotted} {kind} {value}")
+    (folder / "snmpd.conf").write_text("\n".join(lines) + "\n")
+    agent = subprocess.Popen(
+        ["snmpd", "-f", "-C", "-c", str(folder / "snmpd.conf"), "-M", "/dev/null",
+         "-Lf", str(folder / "snmpd.log"), f"--persistentDir={folder}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        ready = QkdSnmpOptions(
+            address=f"127.0.0.1:{port}", profile="cerberis3", snmp={"community": "netsnmp-ro"}
+        )
+        deadline = time.monotonic() + 10
+        while True:  # snmpd takes a moment to bind its port
+            try:
+                poll(QkdSnmpDriver("ready", ready, timeout=10.0))
+                break
+            except (Refused, DeviceTimeout):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield port
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+@pytest.mark.parametrize("user", ["v2c", *NETSNMP_USERS])
+def test_netsnmp_agent_is_polled_over_every_security_combination(netsnmp_agent, user):
+    if user == "v2c":
+        snmp: dict[str, Any] = {"version": "2c", "community": "netsnmp-ro"}
+    else:
+        auth, priv = NETSNMP_USERS[user][:2]
+        snmp = {"version": "3", "user": user, "auth_protocol": auth, "priv_protocol": priv}
+        snmp |= {"auth_key": "netsnmp-auth"} if auth else {}
+        snmp |= {"priv_key": "netsnmp-priv"} if priv != "none" else {}
+    options = QkdSnmpOptions(address=f"127.0.0.1:{netsnmp_agent}", profile="cerberis3", snmp=snmp)
+    (samples,) = poll(QkdSnmpDriver(user, options, timeout=10.0))
+    (link,), module = split(samples)
+    assert link.tags["peer"] == "Norte" and (link.tags["band"], link.tags["channel"]) == ("C", "34")
+    assert link.fields["qber"] == 0.0381 and link.fields["key_store_bits"] == 9278 * 256
+    assert module.fields["detector_temperature_c"] == -50.12
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        ({"auth_key": "not-the-auth-key"}, "Wrong SNMP PDU digest"),
-        ({"priv_key": "not-the-priv-key"}, ""),
-        ({"user": "intruder"}, "Unknown USM user"),
+        ({"auth_key": "not-the-auth-key"}, "agent reports usmStatsWrongDigests"),
+        ({"priv_key": "not-the-priv-key"}, "agent reports usmStatsDecryptionErrors"),
+        ({"user": "intruder"}, "agent reports usmStatsUnknownUserNames"),
     ],
     ids=["wrong-auth-key", "wrong-priv-key", "unknown-user"],
 )

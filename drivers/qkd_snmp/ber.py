@@ -2,9 +2,10 @@
 
 Why not pyasn1 (what pysnmp uses): a poller spends most of its CPU decoding answers, and
 pyasn1's schema-driven decoder builds and clones a tree of objects per varbind, about 60 us
-each. SNMPv2c requests and responses are a fixed, tiny subset of BER (definite lengths,
-primitive values, one PDU layout), which this module reads and writes directly into Python
-ints, bytes and tuples. SNMPv3 (USM security) stays with pysnmp.
+each. SNMP requests and responses are a fixed, tiny subset of BER (definite lengths, primitive
+values, one PDU layout), which this module reads and writes directly into Python ints, bytes
+and tuples: the SNMPv2c message, and the SNMPv3 message, USM parameters and scoped PDU
+framing (the security itself is usm.py's).
 
 Values are plain Python: `int` for INTEGER and the unsigned application types, `bytes` for
 OCTET STRING, `IpAddress`/`Opaque` for those, a tuple for an OBJECT IDENTIFIER, None for
@@ -20,8 +21,10 @@ from typing import Any
 
 Oid = tuple[int, ...]
 
-VERSION_2C = 1
-GET, GET_NEXT, RESPONSE, GET_BULK = 0xA0, 0xA1, 0xA2, 0xA5
+VERSION_2C, VERSION_3 = 1, 3
+GET, GET_NEXT, RESPONSE, GET_BULK, REPORT = 0xA0, 0xA1, 0xA2, 0xA5, 0xA8
+USM = 3  # msgSecurityModel of the User-based Security Model
+FLAG_AUTH, FLAG_PRIV, FLAG_REPORTABLE = 0x01, 0x02, 0x04
 ERROR_STATUS = (
     "noError", "tooBig", "noSuchName", "badValue", "readOnly", "genErr", "noAccess",
     "wrongType", "wrongLength", "wrongEncoding", "wrongValue", "noCreation",
@@ -63,7 +66,7 @@ class Opaque(bytes):
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A decoded Response-PDU."""
+    """A decoded Response-PDU (or Report-PDU: same layout)."""
 
     request_id: int
     error_status: int
@@ -112,15 +115,45 @@ def null_varbind(oid: Oid) -> bytes:
     return _tlv(0x30, _tlv(0x06, encode_oid(oid)) + b"\x05\x00")
 
 
+def encode_pdu(pdu: int, request_id: int, oids: list[Oid], a: int = 0, b: int = 0) -> bytes:
+    """A request PDU; `a`, `b` are error-status/index, or for GETBULK non-repeaters and
+    max-repetitions."""
+    varbinds = _tlv(0x30, b"".join(null_varbind(oid) for oid in oids))
+    return _tlv(pdu, _integer(request_id) + _integer(a) + _integer(b) + varbinds)
+
+
 def encode_request(
     community: bytes, pdu: int, request_id: int, oids: list[Oid], a: int = 0, b: int = 0
 ) -> bytes:
-    """A v2c request message; `a`, `b` are error-status/index, or for GETBULK non-repeaters
-    and max-repetitions."""
-    varbinds = _tlv(0x30, b"".join(null_varbind(oid) for oid in oids))
-    body = _integer(request_id) + _integer(a) + _integer(b) + varbinds
-    message = _integer(VERSION_2C) + _tlv(0x04, community) + _tlv(pdu, body)
-    return _tlv(0x30, message)
+    """A v2c request message (see `encode_pdu`)."""
+    message = _integer(VERSION_2C) + _tlv(0x04, community)
+    return _tlv(0x30, message + encode_pdu(pdu, request_id, oids, a, b))
+
+
+def encode_scoped_pdu(context_engine_id: bytes, context_name: bytes, pdu: bytes) -> bytes:
+    """ScopedPDU ::= SEQUENCE { contextEngineID, contextName, data }."""
+    return _tlv(0x30, _tlv(0x04, context_engine_id) + _tlv(0x04, context_name) + pdu)
+
+
+def encode_usm_parameters(
+    engine_id: bytes, boots: int, time: int, user: bytes, auth: bytes, priv: bytes
+) -> bytes:
+    """UsmSecurityParameters (RFC 3414 2.4), BER-encoded."""
+    content = _tlv(0x04, engine_id) + _integer(boots) + _integer(time) + _tlv(0x04, user)
+    return _tlv(0x30, content + _tlv(0x04, auth) + _tlv(0x04, priv))
+
+
+def encode_v3(msg_id: int, max_size: int, flags: int, usm: bytes, data: bytes) -> bytes:
+    """SNMPv3Message; `data` is the encoded ScopedPDU, or the encryptedPDU OCTET STRING."""
+    header = _tlv(
+        0x30, _integer(msg_id) + _integer(max_size) + _tlv(0x04, bytes((flags,))) + _integer(USM)
+    )
+    return _tlv(0x30, _integer(VERSION_3) + header + _tlv(0x04, usm) + data)
+
+
+def octet_string(content: bytes) -> bytes:
+    """An OCTET STRING TLV (the encryptedPDU form of msgData)."""
+    return _tlv(0x04, content)
 
 
 # ---- decoding ---------------------------------------------------------------------------------
@@ -193,31 +226,121 @@ def _value(tag: int, content: bytes) -> Any:
     return exception
 
 
-def decode_response(data: bytes) -> Response:
-    """A v2c message carrying a Response-PDU -> `Response`; `BerError` for anything else."""
-    end = len(data)
-    pos, end = _expect(data, 0, end, 0x30)
+def _integer_at(data: bytes, pos: int, end: int) -> tuple[int, int]:
     start, stop = _expect(data, pos, end, 0x02)
-    if int.from_bytes(data[start:stop], "big", signed=True) != VERSION_2C:
-        raise BerError("not an SNMPv2c message")
-    _, pos = _expect(data, stop, end, 0x04)  # community: agents echo ours
-    pos, end = _expect(data, pos, end, RESPONSE)
+    return int.from_bytes(data[start:stop], "big", signed=True), stop
+
+
+def _octets_at(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """(start, end) of the OCTET STRING content at `pos`."""
+    return _expect(data, pos, end, 0x04)
+
+
+def decode_pdu(data: bytes, pos: int, end: int) -> tuple[int, Response]:
+    """The PDU at `pos` -> (PDU tag, its request-id, error fields and varbinds)."""
+    tag, pos, end = _header(data, pos, end)
     numbers = []
     for _ in range(3):
-        start, pos = _expect(data, pos, end, 0x02)
-        numbers.append(int.from_bytes(data[start:pos], "big", signed=True))
+        number, pos = _integer_at(data, pos, end)
+        numbers.append(number)
     pos, end = _expect(data, pos, end, 0x30)
     varbinds = []
     while pos < end:
         start, pos = _expect(data, pos, end, 0x30)
         oid_start, oid_end = _expect(data, start, pos, 0x06)
-        tag, value_start, value_end = _header(data, oid_end, pos)
+        value_tag, value_start, value_end = _header(data, oid_end, pos)
         if value_end != pos:
             raise BerError("junk after a varbind value")
         varbinds.append(
-            (decode_oid(data[oid_start:oid_end]), _value(tag, data[value_start:value_end]))
+            (decode_oid(data[oid_start:oid_end]), _value(value_tag, data[value_start:value_end]))
         )
-    return Response(numbers[0], numbers[1], numbers[2], varbinds)
+    return tag, Response(numbers[0], numbers[1], numbers[2], varbinds)
+
+
+def decode_response(data: bytes) -> Response:
+    """A v2c message carrying a Response-PDU -> `Response`; `BerError` for anything else."""
+    pos, end = _expect(data, 0, len(data), 0x30)
+    version, pos = _integer_at(data, pos, end)
+    if version != VERSION_2C:
+        raise BerError("not an SNMPv2c message")
+    _, pos = _octets_at(data, pos, end)  # community: agents echo ours
+    tag, response = decode_pdu(data, pos, end)
+    if tag != RESPONSE:
+        raise BerError(f"expected a Response-PDU, got tag 0x{tag:02x}")
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class V3Message:
+    """An SNMPv3 message, security parameters decoded, msgData still raw.
+
+    `auth_at` is the (start, end) of msgAuthenticationParameters within the message: to check
+    the digest, zero those octets and run the HMAC over the whole message.
+    """
+
+    msg_id: int
+    flags: int
+    engine_id: bytes
+    boots: int
+    time: int
+    user: bytes
+    auth: bytes
+    auth_at: tuple[int, int]
+    priv: bytes
+    encrypted: bool
+    data: bytes  # the ScopedPDU TLV, or the encryptedPDU content
+
+
+def decode_v3(data: bytes) -> V3Message:
+    """An SNMPv3 message with USM parameters -> `V3Message`; `BerError` for anything else."""
+    pos, end = _expect(data, 0, len(data), 0x30)
+    version, pos = _integer_at(data, pos, end)
+    if version != VERSION_3:
+        raise BerError("not an SNMPv3 message")
+    start, pos = _expect(data, pos, end, 0x30)
+    msg_id, start = _integer_at(data, start, pos)
+    _, start = _integer_at(data, start, pos)  # msgMaxSize
+    flags_start, flags_end = _octets_at(data, start, pos)
+    model, _ = _integer_at(data, flags_end, pos)
+    if model != USM or flags_end - flags_start != 1:
+        raise BerError("not a USM message")
+    usm_start, usm_end = _octets_at(data, pos, end)
+    at, usm_stop = _expect(data, usm_start, usm_end, 0x30)
+    fields: list[Any] = []
+    spans = []
+    for kind in (0x04, 0x02, 0x02, 0x04, 0x04, 0x04):
+        value_start, value_end = _expect(data, at, usm_stop, kind)
+        content = data[value_start:value_end]
+        fields.append(content if kind == 0x04 else int.from_bytes(content, "big", signed=True))
+        spans.append((value_start, value_end))
+        at = value_end
+    tag, data_start, data_end = _header(data, usm_end, end)
+    if tag not in (0x30, 0x04):
+        raise BerError("msgData is neither a ScopedPDU nor an encryptedPDU")
+    encrypted = tag == 0x04
+    return V3Message(
+        msg_id=msg_id,
+        flags=data[flags_start],
+        engine_id=fields[0],
+        boots=fields[1],
+        time=fields[2],
+        user=fields[3],
+        auth=fields[4],
+        auth_at=spans[4],
+        priv=fields[5],
+        encrypted=encrypted,
+        data=data[data_start:data_end] if encrypted else data[usm_end:data_end],
+    )
+
+
+def decode_scoped_pdu(data: bytes) -> tuple[bytes, int, Response]:
+    """A ScopedPDU TLV -> (contextEngineID, PDU tag, PDU); `BerError` for junk, including
+    the padding garbage a wrong privacy key decrypts to."""
+    pos, end = _expect(data, 0, len(data), 0x30)
+    engine_start, engine_end = _octets_at(data, pos, end)
+    _, pos = _octets_at(data, engine_end, end)  # contextName
+    tag, response = decode_pdu(data, pos, end)
+    return data[engine_start:engine_end], tag, response
 
 
 def from_pyasn1(value: Any) -> Any:

@@ -1,25 +1,54 @@
-"""SNMPv3 (USM) through pysnmp: one `SnmpEngine` and one connected socket per agent.
+"""SNMPv3 with the User-based Security Model (RFC 3414, 3826, 7860), for polling.
 
-The engine is configured once (user, target parameters, target address) and requests go
-straight to the RFC 3413 command generators with pre-built OIDs, skipping what pysnmp's
-high-level API redoes per request (local-configuration bookkeeping, MIB lookups).
+The message framing is ber.py's (no pyasn1: that is where pysnmp spends its time); the
+cryptography is pysnmp's own, reused as is: passphrase hashing and key localisation, and the
+privacy services (DES, AES-128, AES-192/256), so keys and ciphertexts are exactly those of
+pysnmp and Net-SNMP. Digests are HMACs from hashlib, truncated per protocol.
+
+What the client keeps per agent: its snmpEngineID (learnt by discovery, RFC 3414 section 4),
+the keys localised to it, and its boots/time clock (to stay inside the 150 s window). A
+`notInTimeWindow` report resynchronises the clock and the request is sent again once; an
+`unknownEngineID` report (the agent was replaced) starts discovery again.
+
+`add_usm_user` and the protocol tables also serve the trap receiver, which runs on pysnmp.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
+import hashlib
+import hmac
+import random
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from pyasn1.type import univ
-from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.entity import config
 from pysnmp.entity.engine import SnmpEngine
-from pysnmp.entity.rfc3413 import cmdgen
-from pysnmp.proto import errind
+from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel
 
-from qkdtel.drivers.qkd_snmp.ber import BerError, from_pyasn1
+from qkdtel.drivers.qkd_snmp.ber import (
+    FLAG_AUTH,
+    FLAG_PRIV,
+    FLAG_REPORTABLE,
+    GET,
+    GET_BULK,
+    REPORT,
+    RESPONSE,
+    BerError,
+    Response,
+    V3Message,
+    decode_scoped_pdu,
+    decode_v3,
+    encode_pdu,
+    encode_scoped_pdu,
+    encode_usm_parameters,
+    encode_v3,
+    octet_string,
+)
 from qkdtel.drivers.qkd_snmp.client import Oid, SnmpClient, VarBind, connect_udp, socket_error
 from qkdtel.drivers.qkd_snmp.options import SnmpSettings
 from qkdtel.errors import AuthError, DeviceTimeout, Malformed, PollError
@@ -37,27 +66,26 @@ PRIV_PROTOCOLS = {
     "none": config.USM_PRIV_NONE,
     "des": config.USM_PRIV_CBC56_DES,
     "aes": config.USM_PRIV_CFB128_AES,
-    "aes192": config.USM_PRIV_CFB192_AES,
+    "aes192": config.USM_PRIV_CFB192_AES,  # the Reeder key extension, as Net-SNMP and Cisco
     "aes256": config.USM_PRIV_CFB256_AES,
 }
-
-# What the agent (or our own USM) says when credentials do not match. None of them carries a key.
-_AUTH_INDICATIONS = (
-    errind.UnknownUserName,
-    errind.UnknownSecurityName,
-    errind.WrongDigest,
-    errind.AuthenticationFailure,
-    errind.AuthenticationError,
-    errind.DecryptionError,
-    errind.UnsupportedSecurityLevel,
-    errind.NotInTimeWindow,
-)
+HASHES = {
+    "md5": hashlib.md5,
+    "sha": hashlib.sha1,
+    "sha224": hashlib.sha224,
+    "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+}
+MAX_MESSAGE = 65507
+TIME_WINDOW = 150  # seconds, RFC 3414 section 2.2.3
+MAX_BOOTS = 2147483647
 
 
 def add_usm_user(
     engine: SnmpEngine, settings: SnmpSettings, engine_id: bytes | None = None
 ) -> None:
-    """Register the settings' SNMPv3 user on `engine` (for the agent `engine_id`, if given)."""
+    """Register the settings' SNMPv3 user on a pysnmp engine (for `engine_id`, if given)."""
     assert settings.user is not None
     config.add_v3_user(
         engine,
@@ -70,154 +98,283 @@ def add_usm_user(
     )
 
 
-class _AgentSocket:
-    """Mixin for pysnmp's asyncio UDP transports: the socket is connected to the agent.
+@cache
+def _mib_view() -> Any:
+    """Names for the OIDs agents put in Report-PDUs (usmStats*, snmpUnknownContexts...)."""
+    from pysnmp.smi.builder import MibBuilder
+    from pysnmp.smi.view import MibViewController
 
-    `error_received` is the asyncio hook through which a connected datagram socket reports
-    ICMP errors (ECONNREFUSED, EHOSTUNREACH...); it is forwarded to the client.
-    """
+    builder = MibBuilder()
+    builder.load_modules("SNMP-USER-BASED-SM-MIB", "SNMP-MPD-MIB", "SNMP-TARGET-MIB")
+    return MibViewController(builder)
 
-    def __init__(self, on_error: Any):
-        super().__init__()  # type: ignore[call-arg]
-        self._on_error = on_error
 
-    def send_message(self, outgoingMessage: bytes, transportAddress: Any) -> None:
-        """Send to the connected peer (the address is implied by the socket)."""
-        transport = self.transport  # type: ignore[attr-defined]
-        if transport is not None:
-            transport.sendto(outgoingMessage)
+def report_name(response: Response) -> str:
+    """The MIB name of the counter a Report-PDU carries, e.g. `usmStatsWrongDigests`."""
+    if not response.varbinds:
+        return "an empty report"
+    oid = response.varbinds[0][0]
+    try:
+        _, label, _ = _mib_view().get_node_name(oid)
+    except Exception:  # pysnmp raises several kinds for an OID no loaded MIB names
+        return ".".join(map(str, oid))
+    return str(label[-1])
+
+
+class _Resync(Exception):
+    """The agent reported its clock or engine ID changed: send the request again."""
+
+
+@dataclass
+class _Peer:
+    """What the client knows of the agent's engine."""
+
+    engine_id: bytes
+    boots: int = 0
+    time: int = 0
+    at: float = 0.0  # monotonic time at which `time` was learnt
+    auth_key: bytes = b""
+    priv_key: Any = None  # univ.OctetString, as pysnmp's privacy services take it
+
+    def now(self) -> int:
+        """The agent's snmpEngineTime now, as estimated from the last one learnt."""
+        return min(self.time + int(time.monotonic() - self.at), MAX_BOOTS)
+
+    def learn(self, boots: int, engine_time: int) -> None:
+        self.boots, self.time, self.at = boots, engine_time, time.monotonic()
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, client: UsmClient):
+        self.client = client
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.client._answer(data)
 
     def error_received(self, exc: Exception) -> None:
-        self._on_error(exc)
-
-
-class _AgentUdp(_AgentSocket, udp.UdpAsyncioTransport):
-    """IPv4 socket connected to the agent."""
-
-
-class _AgentUdp6(_AgentSocket, udp6.Udp6AsyncioTransport):
-    """IPv6 socket connected to the agent."""
+        self.client._fail_all(socket_error(self.client.where, exc))
 
 
 class UsmClient(SnmpClient):
-    """SNMPv3 requests through one pysnmp engine reused for every poll."""
-
-    _TARGET = "agent"
+    """SNMPv3 requests (noAuthNoPriv, authNoPriv, authPriv) over one connected UDP socket."""
 
     def __init__(self, host: str, port: int, settings: SnmpSettings):
         super().__init__(host, port, settings)
-        self._engine = SnmpEngine()  # ~50 ms of MIB loading: here, not inside a poll
-        add_usm_user(self._engine, settings)
-        config.add_target_parameters(
-            self._engine, "params", settings.user, settings.security_level, 3
-        )
-        self._transport: _AgentSocket | None = None
-        self._open_lock = asyncio.Lock()
-        self._pending: set[asyncio.Future] = set()
-        self._get = cmdgen.GetCommandGenerator()
-        self._bulk = cmdgen.BulkCommandGeneratorSingleRun()
+        assert settings.user is not None
+        self._user = settings.user.encode()
         self._context = settings.context.encode()
-        # The last line of defence against a request pysnmp never completes: its own timer
-        # normally fires after request_timeout * (retries + 1); engine discovery may double it.
-        self._deadline = 2 * settings.request_timeout * (settings.retries + 1) + 1.0
-
-    async def _open(self) -> None:
-        """Connect the socket and give it to the engine (first request only)."""
-        async with self._open_lock:
-            if self._transport is not None:
-                return
-            transport, sockaddr = await connect_udp(
-                self.where, self.host, self.port, self._make_socket
+        self._auth = None
+        self._hash: Any = None
+        self._digest = 0
+        self._priv = None
+        self._flags = FLAG_REPORTABLE
+        if settings.auth_protocol is not None and settings.auth_key is not None:
+            self._auth = SnmpUSMSecurityModel.AUTH_SERVICES[AUTH_PROTOCOLS[settings.auth_protocol]]
+            self._hash = HASHES[settings.auth_protocol]
+            self._digest = self._auth.digest_length
+            # Hashing the passphrase is 1 MB of hashing: once, here, not in a poll.
+            self._auth_ku = self._auth.hash_passphrase(settings.auth_key.get_secret_value())
+            self._flags |= FLAG_AUTH
+        if settings.priv_protocol != "none" and settings.priv_key is not None:
+            self._priv = SnmpUSMSecurityModel.PRIV_SERVICES[PRIV_PROTOCOLS[settings.priv_protocol]]
+            self._priv_ku = self._priv.hash_passphrase(
+                AUTH_PROTOCOLS[settings.auth_protocol], settings.priv_key.get_secret_value()
             )
-            domain = udp6.DOMAIN_NAME if isinstance(transport, _AgentUdp6) else udp.DOMAIN_NAME
-            config.add_transport(self._engine, domain, transport)
-            config.add_target_address(
-                self._engine,
-                self._TARGET,
-                domain,
-                sockaddr[:2],
-                "params",
-                # RFC 3413 TimeInterval: hundredths of a second
-                timeout=self.settings.request_timeout * 100,
-                retryCount=self.settings.retries,
-            )
-            self._transport = transport
+            self._flags |= FLAG_PRIV
+        self._peer: _Peer | None = None
+        self._socket: _Socket | None = None
+        self._lock = asyncio.Lock()
+        self._pending: dict[int, asyncio.Future[tuple[V3Message, int, Response]]] = {}
+        self._next_id = random.randrange(1, 1 << 30)
 
-    def _make_socket(self, family: int) -> Any:
-        return (_AgentUdp6 if family == socket.AF_INET6 else _AgentUdp)(self._fail_pending)
+    # ---- the wire ----------------------------------------------------------------------------
 
-    def _fail_pending(self, exc: Exception) -> None:
-        error = socket_error(self.where, exc)
-        for future in self._pending:
+    def _answer(self, data: bytes) -> None:
+        """A datagram from the agent: authenticate, decrypt, hand it to its request."""
+        try:
+            message = decode_v3(data)
+        except BerError as exc:
+            self._fail_all(Malformed(f"{self.where}: undecodable answer: {exc}"))
+            return
+        future = self._pending.get(message.msg_id)
+        if future is None or future.done():
+            return  # a late duplicate of an answer already taken
+        try:
+            future.set_result(self._open_message(data, message))
+        except PollError as exc:
+            future.set_exception(exc)
+
+    def _open_message(self, data: bytes, message: V3Message) -> tuple[V3Message, int, Response]:
+        peer = self._peer
+        authentic = bool(message.flags & FLAG_AUTH)
+        if authentic:
+            if peer is None or message.engine_id != peer.engine_id or self._auth is None:
+                raise AuthError(f"{self.where}: authenticated answer from an unknown engine")
+            start, end = message.auth_at
+            blank = data[:start] + bytes(end - start) + data[end:]
+            digest = hmac.new(peer.auth_key, blank, self._hash).digest()[: self._digest]
+            if not hmac.compare_digest(digest, message.auth):
+                raise AuthError(f"{self.where}: answer failed authentication (wrong auth_key?)")
+            if message.boots > peer.boots or (
+                message.boots == peer.boots and message.time > peer.time
+            ):
+                peer.learn(message.boots, message.time)
+        scoped = message.data
+        if message.encrypted:
+            if not (authentic and message.flags & FLAG_PRIV and self._priv is not None):
+                raise Malformed(f"{self.where}: encrypted answer without authentication")
+            assert peer is not None
+            try:
+                scoped = self._priv.decrypt_data(
+                    peer.priv_key,
+                    (message.boots, message.time, univ.OctetString(message.priv)),
+                    univ.OctetString(message.data),
+                )
+            except Exception:  # pysnmp raises its StatusInformation or a cipher error
+                raise AuthError(f"{self.where}: cannot decrypt the answer") from None
+        try:
+            _, tag, response = decode_scoped_pdu(scoped)
+        except BerError as exc:
+            hint = " (wrong priv_key?)" if message.encrypted else ""
+            raise Malformed(f"{self.where}: unreadable scoped PDU{hint}: {exc}") from None
+        if tag == RESPONSE and not authentic and self._auth is not None:
+            raise AuthError(f"{self.where}: unauthenticated answer to an authenticated request")
+        return message, tag, response
+
+    def _fail_all(self, error: PollError) -> None:
+        for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
 
-    def _on_response(
-        self,
-        engine: SnmpEngine,
-        handle: int,
-        indication: errind.ErrorIndication | None,
-        status: Any,
-        index: Any,
-        varbinds: Sequence[Any],
-        future: asyncio.Future,
-    ) -> None:
-        if future.done():  # already failed (ICMP error, deadline); pysnmp finished late
-            return
-        if indication:
-            future.set_exception(self._indication_error(indication))
-            return
-        try:
-            answer = [(tuple(oid), from_pyasn1(value)) for oid, value in varbinds]
-        except BerError as exc:
-            future.set_exception(Malformed(f"{self.where}: {exc}"))
-            return
-        if status:
-            future.set_exception(self.status_error(int(status), int(index), answer))
-        else:
-            future.set_result(answer)
-
-    def _indication_error(self, indication: errind.ErrorIndication) -> PollError:
-        if isinstance(indication, errind.RequestTimedOut):
-            return DeviceTimeout(
-                f"{self.where}: no answer within {self.settings.request_timeout:g}s "
-                f"x {self.settings.retries + 1} attempt(s)"
+    async def _round_trip(self, build: Any) -> tuple[V3Message, int, Response]:
+        """Send `build(msg_id)` and resend it on timeout; the answer to that message id."""
+        if self._socket is None:
+            self._socket, _ = await connect_udp(
+                self.where, self.host, self.port, lambda _family: _Socket(self)
             )
-        if isinstance(indication, _AUTH_INDICATIONS):
-            return AuthError(f"{self.where}: SNMPv3 authentication failed: {indication}")
-        return PollError(f"{self.where}: SNMP error: {indication}")
+        msg_id = self._next_id
+        self._next_id = msg_id % 0x7FFFFFFF + 1
+        wire = build(msg_id)
+        future: asyncio.Future[tuple[V3Message, int, Response]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[msg_id] = future
+        settings = self.settings
+        try:
+            for _ in range(settings.retries + 1):
+                assert self._socket.transport is not None
+                self._socket.transport.sendto(wire)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), settings.request_timeout)
+                except TimeoutError:
+                    continue
+            raise DeviceTimeout(
+                f"{self.where}: no answer within {settings.request_timeout:g}s "
+                f"x {settings.retries + 1} attempt(s)"
+            )
+        finally:
+            del self._pending[msg_id]
+            if not future.done():
+                future.cancel()
+
+    # ---- engine discovery and requests -------------------------------------------------------
+
+    async def _discover(self) -> _Peer:
+        """Learn the agent's engine ID (and clock) from the report to an empty request."""
+        async with self._lock:
+            if self._peer is not None:
+                return self._peer
+
+            def build(msg_id: int) -> bytes:
+                usm = encode_usm_parameters(b"", 0, 0, b"", b"", b"")
+                scoped = encode_scoped_pdu(b"", b"", encode_pdu(GET, msg_id, []))
+                return encode_v3(msg_id, MAX_MESSAGE, FLAG_REPORTABLE, usm, scoped)
+
+            message, tag, _ = await self._round_trip(build)
+            if tag != REPORT or not message.engine_id:
+                raise Malformed(f"{self.where}: no engine ID in the answer to discovery")
+            peer = _Peer(message.engine_id)
+            peer.learn(message.boots, message.time)
+            engine_id = univ.OctetString(message.engine_id)
+            if self._auth is not None:
+                peer.auth_key = self._auth.localize_key(self._auth_ku, engine_id).asOctets()
+            if self._priv is not None:
+                auth = AUTH_PROTOCOLS[self.settings.auth_protocol]
+                peer.priv_key = self._priv.localize_key(auth, self._priv_ku, engine_id)
+            self._peer = peer
+            return peer
+
+    def _message(self, peer: _Peer, msg_id: int, pdu: bytes) -> bytes:
+        """An outgoing request: scoped PDU, encrypted and/or authenticated as configured."""
+        scoped = encode_scoped_pdu(peer.engine_id, self._context, pdu)
+        engine_time = peer.now()
+        priv = b""
+        if self._priv is not None:
+            cipher, salt = self._priv.encrypt_data(
+                peer.priv_key, (peer.boots, engine_time, None), scoped
+            )
+            scoped, priv = octet_string(bytes(cipher)), bytes(salt)
+        placeholder = bytes(self._digest)
+        usm = encode_usm_parameters(
+            peer.engine_id, peer.boots, engine_time, self._user, placeholder, priv
+        )
+        wire = encode_v3(msg_id, MAX_MESSAGE, self._flags, usm, scoped)
+        if self._auth is None:
+            return wire
+        # msgAuthenticationParameters is the next-to-last field of the USM parameters, which
+        # end where msgData begins: its place follows from the lengths, no search needed.
+        end = len(wire) - len(scoped) - len(octet_string(priv))
+        digest = hmac.new(peer.auth_key, wire, self._hash).digest()[: self._digest]
+        return wire[: end - self._digest] + digest + wire[end:]
 
     async def _exchange(
         self, oids: Sequence[Oid], max_repetitions: int | None, non_repeaters: int
     ) -> list[VarBind]:
-        if self._transport is None:
-            await self._open()
-        varbinds = [(univ.ObjectIdentifier(oid), univ.Null("")) for oid in oids]
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.add(future)
-        engine, target, context = self._engine, self._TARGET, self._context
-        try:
-            if max_repetitions is None:
-                self._get.send_varbinds(
-                    engine, target, None, context, varbinds, self._on_response, future
+        pdu_type = GET if max_repetitions is None else GET_BULK
+        a, b = (0, 0) if max_repetitions is None else (non_repeaters, max_repetitions)
+        for attempt in range(2):
+            peer = self._peer or await self._discover()
+            message, tag, response = await self._round_trip(
+                lambda msg_id, peer=peer: self._message(
+                    peer, msg_id, encode_pdu(pdu_type, msg_id, list(oids), a, b)
                 )
-            else:
-                self._bulk.send_varbinds(
-                    engine, target, None, context, non_repeaters, max_repetitions, varbinds,
-                    self._on_response, future,
-                )  # fmt: skip
-            return await asyncio.wait_for(future, self._deadline)
-        except TimeoutError:
-            raise DeviceTimeout(f"{self.where}: no answer within {self._deadline:g}s") from None
-        finally:
-            self._pending.discard(future)
+            )
+            try:
+                return self._result(message, tag, response, retry=attempt == 0)
+            except _Resync:
+                continue
+        raise AuthError(f"{self.where}: cannot synchronise with the agent's engine")
+
+    def _result(
+        self, message: V3Message, tag: int, response: Response, retry: bool
+    ) -> list[VarBind]:
+        if tag == RESPONSE:
+            if response.error_status:
+                raise self.status_error(
+                    response.error_status, response.error_index, response.varbinds
+                )
+            return response.varbinds
+        if tag != REPORT:
+            raise Malformed(f"{self.where}: answer is PDU type 0x{tag:02x}")
+        name = report_name(response)
+        if retry and name == "usmStatsNotInTimeWindows" and message.flags & FLAG_AUTH:
+            assert self._peer is not None
+            self._peer.learn(message.boots, message.time)  # authenticated: trust its clock
+            raise _Resync
+        if retry and name == "usmStatsUnknownEngineIDs":
+            self._peer = None  # another engine answers there now: discover it
+            raise _Resync
+        if name.startswith("usmStats"):
+            raise AuthError(f"{self.where}: SNMPv3 authentication failed: agent reports {name}")
+        raise PollError(f"{self.where}: agent reports {name}")
 
     async def aclose(self) -> None:
-        """Close the socket and stop the engine's timer."""
-        for future in self._pending:
-            future.cancel()
-        if self._transport is not None:
-            self._engine.close_dispatcher()
-            self._transport.close_transport()  # type: ignore[attr-defined]
-            config.delete_target_address(self._engine, self._TARGET)
-            self._transport = None
+        """Close the socket."""
+        self._fail_all(PollError(f"{self.where}: client closed"))
+        if self._socket is not None and self._socket.transport is not None:
+            self._socket.transport.close()
+        self._socket = None
