@@ -67,6 +67,7 @@ from qkdtel.sims.topology import load_topology
 EXPORTER = "/usr/bin/prometheus-snmp-exporter"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 VERSIONS = ("2c", "3")
+MIN_EXPORTER_CPU_S = 0.5  # below this, /proc's clock ticks make the exporter's figure coarse
 
 # Driver defaults (drivers/qkd_snmp/options.py), given to the exporter too.
 REQUEST_TIMEOUT_S = 1
@@ -214,7 +215,7 @@ class Run:
 
     @property
     def per_cpu_s(self) -> float:
-        return self.ok / self.cpu_s if self.cpu_s else float("inf")
+        return self.ok / self.cpu_s if self.cpu_s else float("nan")
 
     @property
     def agents_busy(self) -> float:
@@ -850,6 +851,12 @@ def report(runs: Sequence[Run]) -> str:
                 f"ratio qkdtel/exporter v{version}: polls/s {ours.per_s / theirs.per_s:.2f}x, "
                 f"polls per CPU-s {ours.per_cpu_s / theirs.per_cpu_s:.2f}x (target 1.00x)"
             )
+    coarse = [r for r in runs if r.side == "exporter" and r.cpu_s < MIN_EXPORTER_CPU_S]
+    if coarse:
+        lines.append(
+            f"warning: the exporter's CPU comes in {1000 / CLOCK_TICK:g} ms clock ticks and it"
+            f" used under {MIN_EXPORTER_CPU_S:g} s: its polls per CPU-s are coarse; raise --rounds"
+        )
     return "\n".join(lines)
 
 
