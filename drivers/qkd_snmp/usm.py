@@ -344,14 +344,15 @@ class UsmClient(SnmpClient):
                 )
             )
             try:
-                return self._result(message, tag, response, retry=attempt == 0)
+                return self._result(peer, message, tag, response, retry=attempt == 0)
             except _Resync:
                 continue
         raise AuthError(f"{self.where}: cannot synchronise with the agent's engine")
 
     def _result(
-        self, message: V3Message, tag: int, response: Response, retry: bool
+        self, peer: _Peer, message: V3Message, tag: int, response: Response, retry: bool
     ) -> list[VarBind]:
+        """The varbinds of an answer to a request sent to `peer`; errors for reports."""
         if tag == RESPONSE:
             if response.error_status:
                 raise self.status_error(
@@ -362,11 +363,15 @@ class UsmClient(SnmpClient):
             raise Malformed(f"{self.where}: answer is PDU type 0x{tag:02x}")
         name = report_name(response)
         if retry and name == "usmStatsNotInTimeWindows" and message.flags & FLAG_AUTH:
-            assert self._peer is not None
-            self._peer.learn(message.boots, message.time)  # authenticated: trust its clock
+            peer.learn(message.boots, message.time)  # authenticated: trust its clock
             raise _Resync
-        if retry and name == "usmStatsUnknownEngineIDs":
-            self._peer = None  # another engine answers there now: discover it
+        replaced = message.engine_id not in (b"", peer.engine_id)
+        if retry and (name == "usmStatsUnknownEngineIDs" or replaced):
+            # Another engine answers there now (some agents then report an unknown user, not
+            # an unknown engine ID, but their report names their own engine): discover it,
+            # unless a concurrent request already has.
+            if self._peer is peer:
+                self._peer = None
             raise _Resync
         if name.startswith("usmStats"):
             raise AuthError(f"{self.where}: SNMPv3 authentication failed: agent reports {name}")
