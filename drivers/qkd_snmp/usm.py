@@ -241,8 +241,11 @@ class UsmClient(SnmpClient):
         except BerError as exc:
             hint = " (wrong priv_key?)" if message.encrypted else ""
             raise Malformed(f"{self.where}: unreadable scoped PDU{hint}: {exc}") from None
-        if tag == RESPONSE and not authentic and self._auth is not None:
-            raise AuthError(f"{self.where}: unauthenticated answer to an authenticated request")
+        if tag == RESPONSE and (
+            (self._auth is not None and not authentic)
+            or (self._priv is not None and not message.encrypted)
+        ):  # RFC 3412 7.2.10: an answer comes at the security level of its request
+            raise AuthError(f"{self.where}: answer below the request's security level")
         return message, tag, response
 
     def _fail_all(self, error: PollError) -> None:
