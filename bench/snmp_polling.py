@@ -1,15 +1,16 @@
 """SNMP polling: qkdtel's qkd_snmp driver beside prometheus-snmp-exporter, same agents, same run.
 
     python bench/snmp_polling.py [--modules 28] [--rounds 40] [--concurrency 28]
-                                 [--agent-procs 2] [--no-v3] [--profile]
+                                 [--agent-procs N] [--no-v3] [--profile] [--snmp-yml FILE]
 
 Starts the simulated QKD modules (`qkdtel sims up --only ...`) in `--agent-procs` child
-processes, so their CPU is counted against neither poller, then measures in turn:
+processes (default: one per CPU, at least 2), so their CPU is counted against neither poller,
+then measures in turn:
 
 - qkdtel: `DevicePoller` + `QkdSnmpDriver` polling the N modules, at most `--concurrency`
   polls in flight, for `--rounds` rounds (a round polls every module once), in this process,
-  CPU = `time.process_time()` around the rounds only (engines built and one warm-up round
-  done before: v3 discovery, table size learnt);
+  CPU = `time.process_time()` around the rounds only (drivers built and two warm-up rounds
+  done before: sockets, v3 discovery, table size learnt);
 - exporter: Debian's `prometheus-snmp-exporter` with a generated snmp.yml (one module per
   profile: `get` of the scalars the driver reads, `walk` of the link table, whose every column
   the driver reads; OIDs resolved by name through pysnmp's MibBuilder; the driver's
@@ -21,8 +22,10 @@ processes, so their CPU is counted against neither poller, then measures in turn
 
 Both in SNMPv2c, then both in SNMPv3 authPriv (SHA-256 + AES-128, the simulators' user).
 Prints polls, wall seconds, polls/s, CPU seconds and polls per CPU-second of each, and the
-ratios qkdtel/exporter. `--profile` adds a cProfile of extra qkdtel rounds (run apart from
-the timed ones). Not a unit test: the figures depend on the machine.
+ratios qkdtel/exporter. `--profile` adds, for extra qkdtel rounds run apart from the timed
+ones, the real CPU per poll by stage (receive, pysnmp send, pyasn1 BER codec, rest) and a
+cProfile (own time by package, top functions). Not a unit test: the figures depend on the
+machine, and wall-clock polls/s on the agents and whatever else runs; compare CPU.
 """
 
 from __future__ import annotations
