@@ -221,6 +221,7 @@ class Delivery:
         # yet), and the next batch to send (read while the previous one was in flight).
         sent = spool.cursor(name)
         batch: Batch | None = None
+        reading: asyncio.Future[Batch | None] | None = None
         try:
             while True:
                 # Overflow may have moved the cursor past what this writer has sent.
@@ -269,6 +270,7 @@ class Delivery:
                 except RetryableWriteError as exc:
                     if reading is not None:
                         await reading
+                        reading = None
                     batch = None
                     await self._retry_later(name, state, exc)
                     continue
@@ -291,11 +293,14 @@ class Delivery:
                         refused[0][1],
                     )
                 batch = await reading if reading is not None else None
+                reading = None
                 # Whatever arrived during the write has waited long enough: send it right away.
                 state.due = started if spool.last_seq > sent else None
         finally:
             # Also when cancelled by `stop`: commit what the sink has answered for, and never
-            # let the spool close under a commit.
+            # let the spool close under a commit or a read.
+            if reading is not None:
+                await asyncio.wait([reading])
             await acks.flush()
 
     async def _retry_later(self, name: str, state: _SinkState, exc: RetryableWriteError) -> None:
