@@ -117,7 +117,12 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    drivers = {name: load_driver(name).options_model for name in driver_entry_points()}
+    drivers = {}
+    for name in driver_entry_points():
+        try:
+            drivers[name] = load_driver(name).options_model
+        except DriverNotFound as exc:  # one broken plugin must not hide the others' schema
+            stderr.print(f"warning: {exc}; its devices are not in the schema", markup=False)
     stdout.out(json.dumps(json_schema(drivers), indent=2), highlight=False)
     return EXIT_OK
 

@@ -323,6 +323,16 @@ def load_config_text(text: str, source: str = "<config>") -> LoadedConfig:
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, where))
 
+    raw_traps = raw.get("traps")
+    if isinstance(raw_traps, dict) and isinstance(raw_traps.get("users"), list):
+        from qkdtel.drivers.qkd_snmp.options import TrapUser
+
+        for index, raw_user in enumerate(raw_traps["users"]):
+            try:
+                TrapUser.model_validate(raw_user)
+            except ValidationError as exc:
+                problems.extend(_pydantic_problems(exc, ("traps", "users", index)))
+
     config: Config | None = None
     if not problems:  # cross-checks (unique names) need every part valid
         try:

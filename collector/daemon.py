@@ -13,8 +13,9 @@ import contextlib
 import logging
 import signal
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -65,7 +66,15 @@ class Collector:
         if self._stopping.is_set() or not poller.due():
             return
         poller.running = True  # not due again until this poll ends
-        task = asyncio.create_task(self._poll(poller), name=f"poll:{poller.name}")
+        self._spawn(self._poll(poller), f"poll:{poller.name}")
+
+    async def _fire_self_telemetry(self) -> None:
+        """Scheduled job: spool the collector's own health (in a task of ours, as polls)."""
+        if not self._stopping.is_set():
+            self._spawn(self._self_telemetry(), "self-telemetry")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
@@ -76,7 +85,7 @@ class Collector:
 
     async def _self_telemetry(self) -> None:
         points = self.delivery.telemetry()
-        running = len(self._in_flight)
+        running = sum(t.get_name().startswith("poll:") for t in self._in_flight)
         points = [
             Sample(p.measurement, p.tags, {**p.fields, "polls_running": running}, p.time_ns)
             for p in points
@@ -102,7 +111,7 @@ class Collector:
             )
         period = self.config.collector.self_telemetry_interval
         self._scheduler.add_job(
-            self._self_telemetry,
+            self._fire_self_telemetry,
             IntervalTrigger(seconds=period),
             id="self-telemetry",
             next_run_time=now + timedelta(seconds=period),
@@ -115,12 +124,13 @@ class Collector:
             return
         from qkdtel.traps import TrapReceiver
 
-        sources = []
-        for poller in self.pollers:
-            address = getattr(poller.device.options, "address", None)
-            if isinstance(address, str):
-                host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-                sources.append((poller.name, host, dict(poller.device.config.tags)))
+        # The full host:port lets the receiver tell apart devices sharing one address (agents
+        # send traps from their agent port); it also matches a bare host.
+        sources = [
+            (poller.name, address, dict(poller.device.config.tags))
+            for poller in self.pollers
+            if isinstance(address := getattr(poller.device.options, "address", None), str)
+        ]
         self._traps = TrapReceiver(self.config.traps, sources, self.submit)
         await self._traps.start()
 

@@ -181,3 +181,56 @@ def test_sigterm_stops_within_grace_and_flushes(tmp_path, tcp_probe_driver, tcp_
     good_points = [ln for ln in lines.splitlines() if ln.startswith("tcp_probe,")]
     assert len(good_points) >= 5
     assert 'error_class="timeout"' not in lines  # never timed out: abandoned, not failed
+
+
+def test_traps_become_events_of_the_right_device(tmp_path, single_agent):
+    """The daemon's trap listener names the sending device even when every simulated module
+    sits on 127.0.0.1 (told apart by agent port), and the event is spooled like a poll."""
+    from qkdtel.sims.influxd import free_port
+    from qkdtel.sims.snmp.profiles import Event
+
+    sims = [single_agent("cerberis3"), single_agent("hwdu_cv")]
+    listen = ("127.0.0.1", free_port())
+    document = yaml.safe_load(collector_config(tmp_path, [s.device for s in sims]))
+    document["traps"] = {
+        "listen": f"{listen[0]}:{listen[1]}",
+        "communities": [sims[0].credentials.community],
+    }
+    loaded = load_config_text(yaml.safe_dump(document))
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        collector = Collector(loaded, observers=[recorder])
+        run = asyncio.create_task(collector.run(duration=3.0))
+        await asyncio.sleep(1.0)
+        for sim in sims:
+            row = sim.agent.rows[0]
+            sim.background.call(
+                lambda s=sim, r=row: asyncio.ensure_future(
+                    s.agent.notify(Event.LINK_DOWN, r, listen)
+                )
+            )
+        await run
+
+    asyncio.run(scenario())
+    events = [s for s in recorder.samples if s.measurement == "qkd_event"]
+    assert {e.tags["device"] for e in events} == {s.agent.name for s in sims}
+    assert {e.fields["notification"] for e in events} == {"cerbLinkDown", "hwcvChannelDown"}
+    # The state-change notification carries the link's current state, which is still active.
+    assert all(e.tags["event"] == "link_up" for e in events), [dict(e.tags) for e in events]
+    assert {e.tags["node"] for e in events} == {s.agent.site for s in sims}
+    lines = "".join(p.read_text() for p in (tmp_path / "lp").rglob("*") if p.is_file())
+    assert lines.count("qkd_event,") == 2
+
+
+def test_invalid_trap_user_reported_at_load_with_its_path():
+    from qkdtel.config import ConfigError
+
+    text = "traps:\n  users:\n    - {user: noc, auth_protocol: sha256, auth_key: short}\n"
+    try:
+        load_config_text(text)
+    except ConfigError as exc:
+        assert any(p.startswith("traps.users[0]") and "line 3" in p for p in exc.problems), exc
+        assert "short" not in str(exc.problems)
+    else:
+        raise AssertionError("an invalid trap user was accepted")
