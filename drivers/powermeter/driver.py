@@ -1,0 +1,130 @@
+"""Optical power meter driver: a Keysight 8163B-style lightwave multimeter on a serial line.
+
+Why this shape: bench meters hang off RS-232 (or a USB-serial adapter), reached here as a VISA
+ASRL resource through pyvisa-py, which drives pyserial, so the shared SCPI layer does the
+talking: one job per instrument at a time, the error queue read after every setting, and a
+pulled cable (EIO on the tty, the adapter gone) turned into an error naming the port, after
+which the layer reopens the port before the next poll. The wavelength correction is set at
+every poll: a meter power-cycled or touched at the bench between polls still reads right.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from qkdtel.config import Duration, Model
+from qkdtel.drivers.base import BlockingDriver
+from qkdtel.drivers.scpi import (
+    ScpiInstrument,
+    VisaSettings,
+    control,
+    ieee488_table,
+    in_range,
+    measurement,
+    scaled,
+    setting,
+)
+from qkdtel.errors import Malformed, Refused
+from qkdtel.sample import Sample, now_ns
+
+_HEAD = ":SENSe{slot}:CHANnel{channel}:POWer"
+
+POWER_METER_TABLE = ieee488_table(
+    "Keysight 8163B / 8164B lightwave multimeter (programming guide, SENSe and READ subsystems)",
+    wavelength_nm=control(
+        f"{_HEAD}:WAVelength?",
+        f"{_HEAD}:WAVelength {{value:g}}NM",
+        parse=scaled(1e9),
+        validate=in_range(800, 1700, "nm"),
+        doc="wavelength the head's responsivity is corrected for",
+    ),
+    unit=setting(f"{_HEAD}:UNIT {{value}}", doc="0: dBm, 1: W"),
+    averaging_s=setting(f"{_HEAD}:ATIMe {{value:g}}S", doc="averaging time of one reading"),
+    power=measurement(":READ{slot}:CHANnel{channel}:POWer?", parse=float, doc="one reading"),
+)
+
+NO_LIGHT_DBM = -200.0
+"""Readings below this are not light (some heads answer -inf or -999 dBm with the port dark)."""
+
+
+class Head(Model):
+    """One optical head of the meter."""
+
+    slot: int = Field(1, ge=1, le=4, description="mainframe slot of the module")
+    channel: int = Field(1, ge=1, le=2, description="head of a dual module")
+    wavelength_nm: float = Field(1550.0, ge=800, le=1700, description="wavelength corrected for")
+    averaging: Duration = Field(0.1, le=10, description="averaging time of one reading")
+    link: str | None = Field(None, description="link whose light the head sees (tag `link`)")
+
+
+class PowerMeterOptions(Model):
+    """The meter: its serial line and the heads to read."""
+
+    visa: VisaSettings
+    heads: list[Head] = Field(default_factory=lambda: [Head()], min_length=1)
+
+    @field_validator("heads")
+    @classmethod
+    def _distinct(cls, heads: list[Head]) -> list[Head]:
+        seen = [(h.slot, h.channel) for h in heads]
+        if len(set(seen)) != len(seen):
+            raise ValueError("each slot/channel once")
+        return heads
+
+
+class PowerMeterDriver(BlockingDriver):
+    """One `optical_power` point per head per poll."""
+
+    options_model: ClassVar[type[PowerMeterOptions]] = PowerMeterOptions
+    description: ClassVar[str] = "optical power meter (Keysight 816x SCPI) over RS-232"
+    options: PowerMeterOptions
+
+    def __init__(self, name: str, options: PowerMeterOptions, timeout: float):
+        super().__init__(name, options, timeout)
+        self.instrument = ScpiInstrument(options.visa, POWER_METER_TABLE)
+
+    def poll_blocking(self) -> list[Sample]:
+        try:
+            return self._read_heads()
+        except OSError as exc:
+            # pyserial's SerialException when the tty is gone (EIO): the shared layer lets it
+            # through while re-applying port settings at the start of a job, and keeps the dead
+            # port. Drop the instrument so the next poll opens the port afresh.
+            self.instrument.close()
+            self.instrument = ScpiInstrument(self.options.visa, POWER_METER_TABLE)
+            raise Refused(
+                f"{self.options.visa.resource}: serial line lost ({exc}): cable pulled or "
+                "adapter unplugged? The port is reopened at the next poll"
+            ) from None
+
+    def _read_heads(self) -> list[Sample]:
+        samples = []
+        with self.instrument.job(max(self.timeout * 0.9, 0.1)) as job:
+            for head in self.options.heads:
+                where = {"slot": head.slot, "channel": head.channel}
+                job.set("wavelength_nm", head.wavelength_nm, **where)
+                job.set("unit", 0, **where)
+                job.set("averaging_s", head.averaging, **where)
+                dbm = job.get("power", **where)
+                if not math.isfinite(dbm) or dbm > 40:
+                    raise Malformed(
+                        f"{job.where}: slot {head.slot} head {head.channel} read {dbm!r} dBm"
+                    )
+                tags = {
+                    "slot": str(head.slot),
+                    "channel": str(head.channel),
+                    "wavelength": f"{head.wavelength_nm:g}",
+                }
+                if head.link:
+                    tags["link"] = head.link
+                fields = {"light": dbm > NO_LIGHT_DBM}
+                if dbm > NO_LIGHT_DBM:
+                    fields["power_dbm"] = round(dbm, 4)
+                samples.append(Sample("optical_power", tags, fields, now_ns()))
+        return samples
+
+    async def aclose(self) -> None:
+        self.instrument.close()
