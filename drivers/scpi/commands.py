@@ -38,7 +38,8 @@ class Command:
     turns the answer text into a value and raises ValueError on nonsense; `validate` checks a
     value before it is sent and may translate it (our name -> the instrument's token). `check`:
     read the instrument's error queue after sending it (every command that can fail). `slow`:
-    a long operation (a sweep): wait for completion after it instead of sleeping.
+    it starts a long operation (a sweep, an acquisition) that the caller then waits for with
+    `Job.wait_complete` or `Job.wait_until` (never a sleep); their timeouts name it.
     """
 
     write: str | None = None

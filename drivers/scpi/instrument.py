@@ -223,6 +223,7 @@ class Job:
         self.deadline = deadline
         self.where = instrument.where
         self.commands = instrument.commands
+        self.operation: str | None = None  # the last slow command sent, for timeout messages
 
     @property
     def resource(self) -> Any:
@@ -247,10 +248,12 @@ class Job:
     # -- table-driven API ----------------------------------------------------------------------
 
     def set(self, name: str, value: Any = None, **params: Any) -> None:
-        """Send command `name` with `value`, check the error queue, wait if it is slow."""
+        """Send command `name` with `value`, then check the error queue (if the table says so)."""
         command = self.commands[name]
         text = command.render_write(name, value, **params)
         self.send(text)
+        if command.slow:
+            self.operation = text
         if command.check:
             self.check_errors(text)
 
@@ -286,8 +289,14 @@ class Job:
                 count += len(ascii_values(parts[-1], where))
         return ascii_values(",".join(parts), where, expected)
 
-    def wait_complete(self, limit: float, what: str = "the operation") -> None:
+    def _operation(self, what: str | None) -> str:
+        if what is not None:
+            return what
+        return repr(self.operation) if self.operation else "the operation"
+
+    def wait_complete(self, limit: float, what: str | None = None) -> None:
         """Block on the table's `complete` query (`*OPC?`) for up to `limit` seconds."""
+        what = self._operation(what)
         text = self.commands["complete"].render_query("complete")
         self.send(text)
         seconds = self._limit(what, limit)
@@ -302,9 +311,10 @@ class Job:
         done: Callable[[Any], bool],
         limit: float,
         interval: float = 0.05,
-        what: str = "the operation",
+        what: str | None = None,
     ) -> Any:
         """Poll status query `name` until `done(value)`; DeviceTimeout after `limit` seconds."""
+        what = self._operation(what)
         give_up = min(time.monotonic() + limit, self.deadline)
         while True:
             value = self.get(name)

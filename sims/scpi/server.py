@@ -390,6 +390,10 @@ class ScpiServer:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # stop() ends open connections; asyncio's stream callback would log a cancelled
+            # connection task as an error, so it ends normally instead.
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()
