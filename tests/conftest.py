@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures_snmp",
     "tests.fixtures_hil",
     "tests.fixtures_plugin",
+    "tests.fixtures_otdr",
 ]
 
 

@@ -56,7 +56,7 @@ OTDR_TABLE = ieee488_table(
     ),
     data_format=setting(":FORMat:DATA {value}", doc="REAL,32 or ASCii"),
     byte_order=setting(":FORMat:BORDer {value}", doc="NORMal (big-endian) or SWAPped"),
-    start=action(":INITiate:IMMediate", slow=True, doc="start one acquisition"),
+    start=action(":INITiate:IMMediate", doc="start one acquisition"),
     abort=action(":ABORt", check=False, doc="stop the acquisition (sent on recovery too)"),
     condition=measurement(":STATus:OPERation:CONDition?", parse=integer, doc="bit 4: measuring"),
     progress=measurement(":SENSe:AVERage:PROGress?", parse=float, doc="percent done"),
