@@ -128,8 +128,23 @@ def open_resource(settings: VisaSettings) -> Any:
     return resource
 
 
+def _no_delay(resource: Any) -> None:
+    """Switch Nagle's algorithm off on a raw-socket session, as NI-VISA does by default.
+
+    With it on, a command followed at once by `SYSTem:ERRor?` waits for the instrument's
+    delayed ACK (40 ms on Linux) every time. pyvisa-py 0.8 refuses VI_ATTR_TCPIP_NODELAY on
+    SOCKET sessions (its setter is not wired), so the option is set on its socket directly.
+    """
+    session = getattr(resource.visalib, "sessions", {}).get(resource.session)
+    sock = getattr(session, "interface", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def apply_settings(resource: Any, settings: VisaSettings) -> None:
     """Terminations, timeout, chunk size and serial line settings onto an open resource."""
+    if settings.resource.endswith("::SOCKET"):
+        _no_delay(resource)
     resource.read_termination = settings.read_termination or None
     resource.write_termination = settings.write_termination
     resource.timeout = settings.timeout * 1000

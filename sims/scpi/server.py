@@ -33,6 +33,7 @@ import itertools
 import logging
 import os
 import re
+import socket
 import threading
 import tty
 from collections import deque
@@ -386,6 +387,9 @@ class ScpiServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # answer at once, as instruments do (no Nagle delay)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
