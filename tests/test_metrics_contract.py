@@ -200,3 +200,69 @@ def test_one_notification_of_every_kind_gives_documented_events(single_agent, co
         "excess_noise_threshold",
         "key_store_empty",
     }
+
+
+# -- the SCPI/serial instruments: OTDR and bench power meter ----------------------------------
+
+OTDR_MEASUREMENTS = ("otdr_trace", "otdr_event", "otdr_alarm", "optical_power")
+
+
+def test_otdr_and_power_meter_points_are_documented(otdr_sim, power_meter, tmp_path, contract):
+    """Both drivers through the collector's poller; the OTDR with a baseline, then a bend,
+    a new connector, a worse splice and a cut, so every kind of alarm is raised."""
+    import yaml
+
+    from qkdtel.config import load_config_text
+
+    bench = otdr_sim("8", speed=300)
+    otdr = bench.options(baseline_dir=str(tmp_path / "baselines"))
+    document = {
+        "devices": [
+            {
+                "name": "otdr-l8",
+                "driver": "otdr",
+                "timeout": 10,
+                "tags": {"node": "Quevedo", "domain": "RM"},
+                **otdr.model_dump(mode="json", exclude_none=True),
+            },
+            {
+                "name": "bench-pm",
+                "driver": "powermeter",
+                "tags": {"node": "Quijano"},
+                **power_meter.options().model_dump(mode="json", exclude_none=True),
+            },
+        ]
+    }
+    loaded = load_config_text(yaml.safe_dump(document))
+    faults = [
+        lambda: None,
+        lambda: bench.sim.add_loss(17_500, 1.0),
+        lambda: bench.sim.add_reflection(9_000, -45.0, 0.4),
+        lambda: bench.sim.add_loss(bench.route.events[0].distance_m, 0.5),  # a splice grows
+        lambda: bench.sim.cut(30_000),
+    ]
+
+    async def main() -> list[Sample]:
+        pollers = [DevicePoller.create(device, max_backoff=60.0) for device in loaded.devices]
+        samples: list[Sample] = []
+        try:
+            for fault in faults:
+                bench.thread.call(fault)
+                results = [await p.poll() for p in pollers]
+                failed = [f"{r.device}: {r.error_class} {r.error}" for r in results if not r.ok]
+                assert not failed, failed
+                samples += [s for r in results for s in r.samples]
+        finally:
+            await asyncio.gather(*(p.driver.aclose() for p in pollers))
+        return samples
+
+    samples = asyncio.run(main())
+    assert violations(samples, contract) == []
+    emitted: dict[str, set[str]] = defaultdict(set)
+    for sample in samples:
+        emitted[sample.measurement] |= set(sample.tags) | set(sample.fields)
+    alarm_kinds = {s.tags["alarm"] for s in samples if s.measurement == "otdr_alarm"}
+    assert alarm_kinds == contract["otdr_alarm"]["alarm"].values
+    for measurement in OTDR_MEASUREMENTS:
+        never = set(contract[measurement]) - emitted[measurement]
+        assert never == set(), f"{measurement}: documented but never emitted {sorted(never)}"

@@ -228,3 +228,22 @@ def test_trace_values_reach_the_driver_intact(otdr_sim):
     served = bench.thread.call(lambda: bench.sim._result)
     assert np.array_equal(trace.values_db, served.values_db.astype(np.float32))
     assert trace.events == served.events
+
+
+def test_a_cut_fibre_gives_length_missing_event_and_loss_alarms(otdr_sim, tmp_path):
+    bench = otdr_sim("8", speed=300)
+    otdr = driver(bench, baseline_dir=str(tmp_path))
+    try:
+        otdr.poll_blocking()
+        bench.thread.call(lambda: bench.sim.cut(20_000))
+        samples = otdr.poll_blocking()
+    finally:
+        asyncio.run(otdr.aclose())
+    alarms = by(samples, "otdr_alarm")
+    kinds = [a.tags["alarm"] for a in alarms]
+    past_the_cut = [e for e in bench.route.events if e.distance_m > 20_000]
+    assert kinds.count("missing_event") == len(past_the_cut) == 4
+    length = next(a for a in alarms if a.tags["alarm"] == "fibre_length_change")
+    assert length.fields["distance_m"] == pytest.approx(20_000, abs=2)
+    assert length.fields["length_change_m"] == pytest.approx(-13_100, abs=2)
+    assert "total_loss_change" in kinds

@@ -9,8 +9,8 @@ than their length explains). The OTDR's own front connector is at 0 m; the far e
 connector (a Fresnel reflection). With `loopback` the far site patches the fibre pair back, as
 in the published Almagro-Norte capture: the trace runs out and back, twice the length.
 
-Faults (`FibreRoute.with_added_loss`, `with_reflection`) add an event at a distance, as a bend,
-a crushed cable or a bad new connector would.
+Faults (`FibreRoute.with_added_loss`, `with_reflection`, `with_break`) add an event at a
+distance, as a bend, a crushed cable or a bad new connector would, or cut the fibre there.
 
 The trace is built in linear power: backscatter falling with attenuation and event losses,
 reflections as spikes whose height follows from their reflectance, everything smeared by the
@@ -76,6 +76,17 @@ class FibreRoute:
     ) -> FibreRoute:
         """The route with a new reflective event (a connector, a crack) at a distance."""
         return self._with(FibreEvent(distance_m, loss_db, reflectance_db, kind))
+
+    def with_break(self, distance_m: float, reflectance_db: float = -30.0) -> FibreRoute:
+        """The route cut at a distance (a dig-up): the fibre now ends there, with a rough,
+        weakly reflective break."""
+        if not 0 < distance_m < self.length_m:
+            raise ValueError(
+                f"link {self.link}: a break at {distance_m:g} m is outside the fibre "
+                f"(0..{self.length_m:g} m)"
+            )
+        events = tuple(e for e in self.events if e.distance_m < distance_m)
+        return replace(self, length_m=distance_m, events=events, end_reflectance_db=reflectance_db)
 
     def _with(self, event: FibreEvent) -> FibreRoute:
         if not 0 < event.distance_m < self.length_m:

@@ -12,7 +12,7 @@ detection an instrument's firmware would run (`qkdtel.drivers.otdr.analysis`), s
 table is measured, not copied from the model: tests compare it with the model's ground truth.
 
 Fault knobs beyond the base's (`faults.stall`, `faults.errors`, `faults.truncate_blocks`):
-`add_loss` / `add_reflection` change the fibre; `hang_acquisition` makes acquisitions stop
+`add_loss` / `add_reflection` / `cut` change the fibre; `hang_acquisition` makes acquisitions stop
 progressing (at 40 %) until `:ABORt`, like a laser or detector fault.
 """
 
@@ -116,6 +116,10 @@ class OtdrSim(ScpiServer):
     def add_reflection(self, distance_m: float, reflectance_db: float, loss_db: float) -> None:
         """A new reflective event (a connector, a crack) on the fibre from now on."""
         self.route = self.route.with_reflection(distance_m, reflectance_db, loss_db)
+
+    def cut(self, distance_m: float) -> None:
+        """The fibre is broken at a distance from now on."""
+        self.route = self.route.with_break(distance_m)
 
     # -- state ---------------------------------------------------------------------------------
 
