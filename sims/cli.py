@@ -22,6 +22,8 @@ from rich.table import Table
 
 from qkdtel.sims import collector_config
 from qkdtel.sims.clock import AcceleratedClock
+from qkdtel.sims.otdr.cli import add_commands as otdr_commands
+from qkdtel.sims.serial_meter import add_commands as powermeter_commands
 from qkdtel.sims.snmp.agent import Credentials, Faults
 from qkdtel.sims.snmp.network import SimNetwork
 from qkdtel.sims.topology import TopologyError, load_topology
@@ -96,6 +98,8 @@ def add_sims_commands(subparsers: argparse._SubParsersAction) -> None:
         help="agent lacks these MIB objects (noSuchObject)",
     )
     up.set_defaults(func=cmd_up)
+    otdr_commands(subparsers)
+    powermeter_commands(subparsers)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -15,16 +15,18 @@ pulled cable or an unplugged USB adapter; `replug()` gives a new pty behind the 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import random
+import signal
 import threading
 import tty
 from pathlib import Path
 
 from qkdtel.sims.scpi import ScpiFailure, ScpiServer
-from qkdtel.sims.topology import Link
+from qkdtel.sims.topology import Link, TopologyError, load_topology
 
 SLOT, CHANNEL = 1, 1
 WAVELENGTH_NM = (800.0, 1700.0)
@@ -213,3 +215,35 @@ class SerialLine:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `powermeter` on the `qkdtel sims` subcommands."""
+    p = subparsers.add_parser(
+        "powermeter",
+        help="a simulated bench power meter on a pty, until interrupted",
+        description="Serve a simulated Keysight 8163B-style power meter on a pseudo-terminal "
+        "reached through PATH (a symlink); it reads a link's loss (default: link 8).",
+    )
+    p.add_argument("--path", type=Path, required=True, help="symlink to create for the tty")
+    p.add_argument("-t", "--topology", help="topology YAML (default: the MadQCI twin)")
+    p.add_argument("--link", default="8", help="link whose loss the meter reads")
+    p.set_defaults(func=cmd_powermeter)
+
+
+def cmd_powermeter(args: argparse.Namespace) -> int:
+    try:
+        link = next((x for x in load_topology(args.topology).links if x.id == args.link), None)
+    except TopologyError as exc:
+        print(f"sims powermeter: {exc}")
+        return 2
+    if link is None:
+        print(f"sims powermeter: no link {args.link}")
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with SerialLine(PowerMeterSim.for_link(link), args.path) as line:
+        print(f"power meter reading link {link.id} ({link.loss_db} dB) at {line.resource}")
+        stop.wait()
+    return 0
