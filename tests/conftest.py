@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures_hil",
     "tests.fixtures_plugin",
     "tests.fixtures_otdr",
+    "tests.fixtures_scpi",
 ]
 
 

@@ -375,6 +375,7 @@ class Job:
         digits = header_digits(head, where)
         length = payload_length(self._read_exact(digits, after), where)
         payload = bytearray()
+        serial = is_serial(self.where)
         ended = False  # the last chunk stopped at a terminator byte
         while len(payload) < length:
             seconds = self._limit(f"the rest of the block answering {after!r}")
@@ -388,9 +389,13 @@ class Job:
                 with visa_errors(self.where, repr(after), seconds):
                     raise
             payload += chunk
-            if status == constants.StatusCode.success and len(payload) < length:
+            end = status == constants.StatusCode.success
+            if end and not serial and len(payload) < length:
                 raise self._truncated(where, length, payload)  # END came before the data
-            ended = status == constants.StatusCode.success_termination_character_read
+            # pyvisa-py reports a serial terminator byte as END: only a hint, like a termchar
+            ended = status == constants.StatusCode.success_termination_character_read or (
+                end and serial
+            )
         terminator = self.instrument.settings.read_termination.encode("ascii")
         if terminator:
             tail = self._read_exact(len(terminator), after)

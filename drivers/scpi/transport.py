@@ -179,7 +179,7 @@ def visa_errors(where: str, what: str, timeout: float | None = None) -> Iterator
         raise
     except VisaIOError as exc:
         if exc.error_code in _TIMEOUT_CODES:
-            limit = f" within {timeout:g} s" if timeout is not None else ""
+            limit = f" within {round(timeout, 2):g} s" if timeout is not None else ""
             raise DeviceTimeout(f"{where}: no answer to {what}{limit}") from None
         if exc.error_code in _REFUSED_CODES:
             raise Refused(f"{where}: {what}: {exc.description}") from None

@@ -1,0 +1,373 @@
+"""The shared SCPI layer against a real simulated instrument, over TCP and over a serial pty.
+
+The bench instrument below is a `ScpiServer` with a handful of commands; the client side is a
+`CommandTable` written independently. Covered: set/get/blocks/ASCII on both transports, the
+error queue turned into `ScpiError`, timeouts naming the command, recovery (abort, clear) after a
+stall, truncated blocks, the time budget, one job at a time per resource across instances,
+connection failures, configuration validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from qkdtel.drivers.scpi import (
+    CommandTable,
+    ScpiError,
+    ScpiInstrument,
+    VisaSettings,
+    action,
+    ascii_values,
+    canonical_resource,
+    control,
+    decode_block,
+    encode_block,
+    ieee488_table,
+    in_range,
+    integer,
+    measurement,
+    setting,
+)
+from qkdtel.errors import DeviceTimeout, Malformed, Refused
+from qkdtel.sims.scpi import ScpiFailure, ScpiServer
+from qkdtel.sims.scpi.server import header_pattern, normal_header
+from tests.fixtures_scpi import free_tcp_port
+
+TRACE = np.linspace(-70.0, -10.0, 5000).astype("<f4")
+
+
+class BenchSim(ScpiServer):
+    """A small instrument: a wavelength setting, a power reading, traces, a 0.2 s operation."""
+
+    identity = "QKDTEL,BENCH,0001,1.0"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wavelength = 1550.0
+        self.operation: asyncio.Task | None = None
+        self.add(":SOURce:WAVelength", write=self._set_wavelength, query=self._wavelength)
+        self.add(":MEASure:POWer", query=lambda args: "-12.340")
+        self.add(":TRACe[:DATA]", query=lambda args: self.block(TRACE.tobytes(), itemsize=4))
+        self.add(":TRACe:ASCii", query=lambda args: ",".join(f"{v:.3f}" for v in TRACE[:50]))
+        self.add(":TRACe:LINes", query=lambda args: "\n".join(f"{v:.3f}" for v in TRACE[:20]))
+        self.add(":INITiate", write=lambda args: self._start())
+        self.add(":ABORt", write=lambda args: self._abort())
+        self.add(":STATus:OPERation:CONDition", query=lambda args: str(int(self.running)))
+
+    def _set_wavelength(self, args: list[str]) -> None:
+        value = float(args[0])
+        if not 1260 <= value <= 1650:
+            raise ScpiFailure(-222, "Data out of range")
+        self.wavelength = value
+
+    def _wavelength(self, args: list[str]) -> str:
+        return f"{self.wavelength:.3f}"
+
+    @property
+    def running(self) -> bool:
+        return self.operation is not None and not self.operation.done()
+
+    def _start(self) -> None:
+        self.operation = asyncio.ensure_future(asyncio.sleep(0.2))
+
+    def _abort(self) -> None:
+        if self.operation is not None:
+            self.operation.cancel()
+
+    def pending(self):
+        if not self.running:
+            return None
+        return asyncio.wait([self.operation])
+
+
+TABLE = ieee488_table(
+    "bench",
+    wavelength_nm=control(
+        ":SOUR:WAV?", ":SOUR:WAV {value:.3f}", validate=in_range(1000, 1700, "nm")
+    ),
+    power_dbm=measurement(":MEAS:POW?", parse=float),
+    trace=measurement(":TRAC?"),
+    trace_ascii=measurement(":TRAC:ASC?"),
+    trace_lines=measurement(":TRAC:LIN?"),
+    start=action(":INIT", slow=True),
+    running=measurement(":STAT:OPER:COND?", parse=integer),
+    abort=action(":ABOR", check=False),
+    unknown=setting(":NOPE {value}"),
+)
+
+
+@pytest.fixture(params=["tcp", "serial"])
+def bench(request, scpi_sim):
+    """The bench instrument and an ScpiInstrument on it, over TCP or a serial pty."""
+    sim = BenchSim()
+    scpi_sim(sim, pty=request.param == "serial")
+    resource = sim.resource if request.param == "tcp" else sim.serial_resource
+    settings = VisaSettings(resource=resource, timeout=0.3)
+    instrument = ScpiInstrument(settings, TABLE, recovery_timeout=1.0)
+    yield sim, instrument
+    instrument.close()
+
+
+def texts(sim: ScpiServer) -> list[str]:
+    return [r.text for r in sim.received()]
+
+
+# -- blocks and values (pure) ----------------------------------------------------------------
+
+
+def test_blocks_round_trip_and_every_malformed_header_is_named():
+    payload = bytes(range(256)) * 5
+    block = encode_block(payload)
+    assert block.startswith(b"#41280")
+    assert decode_block(block + b"\n", "osa") == payload
+    for raw, why in [
+        (b"12,34\n", "expected a binary block"),
+        (b"#0abc\n", "indefinite-length block (#0) is not supported"),
+        (b"#x12\n", "no digit count"),
+        (b"#3a12xyz", "is not a decimal number"),
+        (b"#210abc\n", "truncated block: header declares 10 bytes, got 4"),
+        (b"#13abcjunk", "4 unexpected bytes after the block"),
+    ]:
+        with pytest.raises(Malformed, match="osa: .*" + re.escape(why)):
+            decode_block(raw, "osa")
+
+
+def test_ascii_values_accept_commas_and_lines_and_name_the_bad_item():
+    values = ascii_values("+1.5E+00, -2\r\n3.25\n", "dev: Q?", expected=3)
+    assert values.tolist() == [1.5, -2.0, 3.25]
+    with pytest.raises(Malformed, match=r"dev: Q\?: 'ERR' is not a number"):
+        ascii_values("1,ERR,3", "dev: Q?")
+    with pytest.raises(Malformed, match="expected 4 values, got 3"):
+        ascii_values("1,2,3", "dev: Q?", expected=4)
+    with pytest.raises(Malformed, match="NaN or infinity"):
+        ascii_values("1,nan", "dev: Q?")
+
+
+def test_simulator_headers_take_short_long_and_optional_forms():
+    pattern = header_pattern("[:SENSe]:WAVelength:CENTer")
+    for header in (":SENS:WAV:CENT", "sense:wavelength:center", "WAV:CENT", ":SENSe:WAVelength"):
+        matched = bool(pattern.match(normal_header(header)))
+        assert matched == (header != ":SENSe:WAVelength"), header
+    assert not pattern.match(normal_header(":SENSE:WAV:CENTE"))  # neither short nor long
+    sim = BenchSim()
+    answer = asyncio.run(sim.execute(1, ":sour:wav 1310;:SOURCE:WAVELENGTH?;:BOGUS 1;*IDN?"))
+    assert answer == b"1310.000;QKDTEL,BENCH,0001,1.0\n"
+    assert sim.errors() == [(-113, "Undefined header")]
+
+
+# -- the instrument over both transports -----------------------------------------------------
+
+
+def test_set_get_blocks_and_ascii_values(bench):
+    sim, instrument = bench
+    with instrument.job(5) as job:
+        assert job.get("identify") == "QKDTEL,BENCH,0001,1.0"
+        job.set("wavelength_nm", 1310)
+        assert job.get("wavelength_nm") == 1310.0
+        assert job.get("power_dbm") == -12.34
+        trace = job.query_block("trace", "<f4", expected=len(TRACE))
+        np.testing.assert_array_equal(trace, TRACE.astype(np.float64))
+        np.testing.assert_allclose(job.query_values("trace_ascii"), TRACE[:50], atol=5e-4)
+        lines = job.query_values("trace_lines", expected=20)  # one value per message
+        np.testing.assert_allclose(lines, TRACE[:20], atol=5e-4)
+    assert sim.wavelength == 1310.0
+    sent = texts(sim)
+    assert sent[0] == "*CLS"  # every job starts with a clean status
+    assert sent[sent.index(":SOUR:WAV 1310.000") + 1] == ":SYSTem:ERRor?"
+
+
+def test_instrument_errors_name_the_command_and_the_message(bench):
+    sim, instrument = bench
+    with pytest.raises(ScpiError) as caught, instrument.job(5) as job:
+        job.set("wavelength_nm", 1100)  # allowed by the table, refused by the instrument
+    error = caught.value
+    assert error.kind == "error"
+    assert error.command == ":SOUR:WAV 1100.000"
+    assert error.errors == [(-222, "Data out of range")]
+    assert str(error) == (
+        f"{instrument.where}: ':SOUR:WAV 1100.000' failed: -222,\"Data out of range\""
+    )
+    assert sim.errors() == []  # the queue was read to its end
+    assert not instrument.needs_recovery  # an error is an answer: the state is known
+
+    sim.faults.errors[":SOURce:WAVelength"] = (-221, "Settings conflict")
+    with (
+        pytest.raises(ScpiError, match=r"':SOUR:WAV 1310.000' failed: -221,\"Settings"),
+        instrument.job(5) as job,
+    ):
+        job.set("wavelength_nm", 1310)
+    sim.faults.errors.clear()
+    with (
+        pytest.raises(ScpiError, match=r"':NOPE 1' failed: -113,\"Undefined header\""),
+        instrument.job(5) as job,
+    ):
+        job.set("unknown", 1)
+    with instrument.job(5) as job:
+        job.set("wavelength_nm", 1310)
+        assert job.get("wavelength_nm") == 1310.0
+
+
+def test_bad_values_are_refused_before_anything_is_sent(bench):
+    sim, instrument = bench
+    with instrument.job(5) as job:
+        with pytest.raises(ValueError, match=r"wavelength_nm: 1800 nm is outside 1000..1700 nm"):
+            job.set("wavelength_nm", 1800)
+        with pytest.raises(KeyError, match=r"bench has no command 'colour' \(it has: abort,"):
+            job.get("colour")
+    assert not any("1800" in t for t in texts(sim))
+
+
+def test_a_stalled_instrument_times_out_then_is_aborted_and_cleared(bench):
+    sim, instrument = bench
+    sim.faults.stall = True
+    started = time.monotonic()
+    with (
+        pytest.raises(DeviceTimeout, match=r"no answer to ':MEAS:POW\?' within 0.3 s"),
+        instrument.job(5) as job,
+    ):
+        job.get("power_dbm")
+    assert time.monotonic() - started < 3  # 0.3 s + one recovery attempt (1 s at most)
+    assert instrument.needs_recovery  # the attempt right away found it still stalled
+
+    sim.faults.stall = False
+    sim.clear_log()
+    with instrument.job(5) as job:
+        assert job.get("power_dbm") == -12.34
+    assert not instrument.needs_recovery
+    sent = texts(sim)
+    # recovery first, on a fresh connection (serial: the same line), before the next query
+    assert sent[:3] == [":ABOR", "*CLS", "*OPC?"], sent
+    assert sent[-1] == ":MEAS:POW?"
+
+
+def test_long_operations_wait_on_opc_or_status_within_limits(bench):
+    sim, instrument = bench
+    with instrument.job(5) as job:
+        started = time.monotonic()
+        job.run("start")
+        job.wait_complete(limit=2)
+        assert time.monotonic() - started >= 0.19
+        job.run("start")
+        assert job.wait_until("running", lambda v: v == 0, limit=2, interval=0.02) == 0
+    with (
+        pytest.raises(DeviceTimeout, match=r"':INIT' did not complete within 0.05 s"),
+        instrument.job(5) as job,
+    ):
+        job.run("start")
+        job.wait_until("running", lambda v: v == 0, limit=0.05, interval=0.02)
+    assert ":ABOR" in texts(sim)  # the unfinished operation was aborted by the recovery
+    assert not instrument.needs_recovery
+
+
+def test_the_job_budget_bounds_every_wait(bench):
+    _, instrument = bench
+    started = time.monotonic()
+    with (
+        pytest.raises(DeviceTimeout, match=r"no answer to ':INIT' \(\*OPC\?\) within 0.1"),
+        instrument.job(0.1) as job,
+    ):
+        job.run("start")
+        job.wait_complete(limit=30)
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("mode", ["cut", "short"])
+def test_truncated_blocks_are_malformed(bench, mode):
+    sim, instrument = bench
+    sim.faults.truncate_blocks = mode
+    why = (
+        r"truncated block: header declares 20000 bytes, the message ended after 10000"
+        if mode == "cut"
+        else r"expected 5000 values, got 2500"
+    )
+    with pytest.raises(Malformed, match=r":TRAC\?: " + why), instrument.job(5) as job:
+        job.query_block("trace", "<f4", expected=len(TRACE))
+    sim.faults.truncate_blocks = None
+    with instrument.job(5) as job:
+        assert len(job.query_block("trace", "<f4", expected=len(TRACE))) == len(TRACE)
+
+
+# -- locking, connections, configuration ------------------------------------------------------
+
+
+def test_one_job_at_a_time_per_resource_across_instances(scpi_sim):
+    sim = BenchSim()
+    scpi_sim(sim)
+    first = ScpiInstrument(VisaSettings(resource=sim.resource), TABLE)
+    other_spelling = sim.resource.replace("TCPIP::", "TCPIP0::")
+    second = ScpiInstrument(VisaSettings(resource=other_spelling), TABLE)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with first.job(5) as job:
+            job.get("identify")
+            holding.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    try:
+        assert holding.wait(5)
+        with (
+            pytest.raises(DeviceTimeout, match=r"busy: another job held it for all of 0\.2 s"),
+            second.job(0.2),
+        ):
+            pass
+    finally:
+        release.set()
+        worker.join(5)
+    with second.job(5) as job:
+        assert job.get("power_dbm") == -12.34
+    assert {r.connection for r in sim.received()} == {1}  # one shared connection
+    first.close()
+    second.close()
+
+
+def test_unreachable_instruments_are_refused(tmp_path):
+    port = free_tcp_port()
+    closed = ScpiInstrument(VisaSettings(resource=f"TCPIP::127.0.0.1::{port}::SOCKET"), TABLE)
+    with (
+        pytest.raises(Refused, match=r"TCPIP0::127.0.0.1::\d+::SOCKET: sending '\*CLS'"),
+        closed.job(2),
+    ):
+        pass
+    closed.close()
+    missing = ScpiInstrument(VisaSettings(resource=f"ASRL{tmp_path}/ttyNONE::INSTR"), TABLE)
+    with pytest.raises(Refused, match=r"ttyNONE::INSTR: .*No such file"), missing.job(2):
+        pass
+    missing.close()
+
+
+def test_visa_settings_are_validated_with_the_key_named():
+    assert canonical_resource("TCPIP::10.0.0.5::10001::SOCKET") == "TCPIP0::10.0.0.5::10001::SOCKET"
+    settings = VisaSettings(resource="ASRL/dev/ttyUSB0::INSTR", baud_rate=9600, parity="even")
+    assert settings.resource == "ASRL/dev/ttyUSB0::INSTR"
+    for document, where, why in [
+        ({"resource": "osa.lab:10001"}, "resource", "Could not parse"),
+        ({"resource": "TCPIP::h::5025::SOCKET", "baud_rate": 9600}, "baud_rate", "serial (ASRL)"),
+        ({"resource": "TCPIP::h::INSTR", "read_termination": ";"}, "read_termination", "use "),
+        ({"resource": "USB0::0x0957::0x1234::MY1::RAW"}, "resource", "only ::SOCKET and ::INSTR"),
+    ]:
+        with pytest.raises(ValidationError) as caught:
+            VisaSettings.model_validate(document)
+        (error,) = caught.value.errors()
+        assert error["loc"] == (where,)
+        assert why in error["msg"], error["msg"]
+
+
+def test_command_templates_say_what_is_missing():
+    table = CommandTable("t", {"trace": measurement(":TRAC:Y? {trace}")})
+    with pytest.raises(ValueError, match=r"trace: command ':TRAC:Y\? \{trace\}' needs trace"):
+        table["trace"].render_query("trace")
+    assert table["trace"].render_query("trace", trace="TRA") == ":TRAC:Y? TRA"
+    with pytest.raises(ValueError, match="trace cannot be set, only queried"):
+        table["trace"].render_write("trace", 1)
+    extended = table.extend("t2", abort=action(":ABOR"))
+    assert set(extended) == {"trace", "abort"} and set(table) == {"trace"}
