@@ -266,3 +266,48 @@ def test_otdr_and_power_meter_points_are_documented(otdr_sim, power_meter, tmp_p
     for measurement in OTDR_MEASUREMENTS:
         never = set(contract[measurement]) - emitted[measurement]
         assert never == set(), f"{measurement}: documented but never emitted {sorted(never)}"
+
+
+OSA_MEASUREMENTS = ("osa_sweep", "osa_channel", "osa_quantum_channel")
+
+
+def test_osa_points_are_documented(osa_sim, tmp_path, contract):
+    """Both OSA dialects through the collector's poller: link 4 (with its CV notch) on the
+    Yokogawa class, link 8 on the Anritsu class, a 50 GHz grid, traces written to files."""
+    import yaml
+
+    from qkdtel.config import load_config_text
+
+    link4, link8 = osa_sim("yokogawa", "4"), osa_sim("anritsu", "8")
+    document = {
+        "devices": [
+            link4.device(
+                "osa-l4",
+                timeout=10,
+                tags={"node": "Norte", "domain": "TID"},
+                trace_dir=str(tmp_path / "traces"),
+            ),
+            link8.device("osa-l8", timeout=10, tags={"node": "Quevedo"}, grid_ghz=50),
+        ]
+    }
+    loaded = load_config_text(yaml.safe_dump(document))
+
+    async def main() -> list[Sample]:
+        pollers = [DevicePoller.create(device, max_backoff=60.0) for device in loaded.devices]
+        try:
+            results = [await p.poll() for p in pollers]
+        finally:
+            await asyncio.gather(*(p.driver.aclose() for p in pollers))
+        failed = [f"{r.device}: {r.error_class} {r.error}" for r in results if not r.ok]
+        assert not failed, failed
+        return [s for r in results for s in r.samples]
+
+    samples = asyncio.run(main())
+    assert violations(samples, contract) == []
+    emitted: dict[str, set[str]] = defaultdict(set)
+    for sample in samples:
+        emitted[sample.measurement] |= set(sample.tags) | set(sample.fields)
+    assert {s.tags["grid"] for s in samples if s.measurement == "osa_channel"} == {"100", "50"}
+    for measurement in OSA_MEASUREMENTS:
+        never = set(contract[measurement]) - emitted[measurement]
+        assert never == set(), f"{measurement}: documented but never emitted {sorted(never)}"
