@@ -73,7 +73,7 @@ def _runs(mask: np.ndarray, bridge: int = 0) -> list[tuple[int, int]]:
     return runs
 
 
-def _noise_start(y: np.ndarray, smooth_over: int) -> int | None:
+def _noise_start(y: np.ndarray, smooth_over: int, end_threshold_db: float) -> int | None:
     """First sample of the noise after the far end, or None if the trace ends on backscatter.
 
     Noise is told from backscatter by its jitter: consecutive samples of backscatter differ by
@@ -87,7 +87,7 @@ def _noise_start(y: np.ndarray, smooth_over: int) -> int | None:
     kernel = np.ones(width) / width
     smooth = np.convolve(y, kernel, mode="same")
     ceiling = float(np.max(smooth[-tail.size + kernel.size :]))
-    signal = np.flatnonzero(smooth > ceiling + DEFAULT_END_THRESHOLD_DB)
+    signal = np.flatnonzero(smooth > ceiling + end_threshold_db)
     return int(signal[-1]) + 1 if signal.size else 0
 
 
@@ -128,7 +128,7 @@ def analyse(
     window = min(max(4 * w, 24), 4000)
 
     dead = 3 * w  # a spike, and the receiver's recovery from it (attenuation dead zone)
-    noise_at = _noise_start(y, w)
+    noise_at = _noise_start(y, w, end_threshold_db)
     stop = n if noise_at is None else noise_at
     edge = max(1, min(w // 10, 8))
     # Thresholds rise with the noise, so a fibre sinking into it yields no phantom events.

@@ -131,7 +131,6 @@ class OtdrDriver(BlockingDriver):
         `*OPC?` confirms it. DeviceTimeout (the layer then aborts it) when the budget ends."""
         started = time.monotonic()
         interval = self.options.progress_interval
-        percent = 0.0
         while True:
             measuring = job.get("condition") & MEASURING
             percent = 100.0 if not measuring else job.get("progress")

@@ -96,11 +96,3 @@ class Trace:
     @property
     def pulse_length_m(self) -> float:
         return pulse_length_m(self.pulse_width_ns, self.group_index)
-
-    def distances_m(self) -> np.ndarray:
-        return self.offset_m + self.spacing_m * np.arange(self.points)
-
-    def index_of(self, distance_m: float) -> int:
-        """Sample nearest to `distance_m`, clipped to the trace."""
-        index = round((distance_m - self.offset_m) / self.spacing_m)
-        return min(max(index, 0), self.points - 1)

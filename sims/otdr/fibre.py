@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -235,9 +234,3 @@ def synthesize(route: FibreRoute, acquisition: Acquisition, rng: np.random.Gener
     power = power + rng.normal(0.0, noise, points)
     power = np.clip(power, noise * 0.05, 10.0 ** (SATURATION_DB / 5.0))
     return (5.0 * np.log10(power)).astype(np.float32)
-
-
-def ground_truth(route: FibreRoute) -> Iterable[FibreEvent]:
-    """The route's events as an OTDR should list them (the end included, the launch not)."""
-    yield from route.events
-    yield FibreEvent(route.length_m, 0.0, route.end_reflectance_db, "end")

@@ -80,7 +80,6 @@ class OtdrSim(ScpiServer):
         self.route = route
         self.speed = speed
         self.hang_acquisition = False
-        self.acquisitions = 0
         self._rng = np.random.default_rng(seed)
         self._task: asyncio.Task | None = None
         self._started = 0.0
@@ -236,7 +235,6 @@ class OtdrSim(ScpiServer):
             range_m=settings.range_m,
         )
         self._result = analyse(trace)
-        self.acquisitions += 1
 
     def _abort(self) -> None:
         if self._task is not None and not self._task.done():
