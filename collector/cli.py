@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from qkdtel import __version__
@@ -48,7 +47,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qkdtel.daemon import Collector
-    from qkdtel.live import LiveLinkTable
+    from qkdtel.live import LiveLinkTable, run_with_live_table
 
     loaded = _load_or_exit(args.config)
     if not args.live:
@@ -57,17 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     view = LiveLinkTable()
     collector = Collector(loaded, observers=[view])
-
-    async def run_live() -> None:
-        with Live(view.render(), console=stdout, refresh_per_second=2) as live:
-            task = asyncio.create_task(collector.run(duration=args.duration))
-            while not task.done():
-                live.update(view.render())
-                await asyncio.wait({task}, timeout=0.5)
-            live.update(view.render())
-            task.result()
-
-    asyncio.run(run_live())
+    asyncio.run(run_with_live_table(collector, view, stdout, args.duration))
     return EXIT_OK
 
 

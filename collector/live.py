@@ -6,12 +6,19 @@ is exactly what is being collected.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from qkdtel.sample import Sample
+
+if TYPE_CHECKING:
+    from qkdtel.daemon import Collector
 
 
 @dataclass
@@ -95,3 +102,16 @@ class LiveLinkTable:
                 f"{now - row.seen:.0f} s",
             )
         return table
+
+
+async def run_with_live_table(
+    collector: Collector, view: LiveLinkTable, console: Console, duration: float | None
+) -> None:
+    """Run the daemon while redrawing `view` (an observer of `collector`) twice a second."""
+    with Live(view.render(), console=console, refresh_per_second=2) as live:
+        task = asyncio.create_task(collector.run(duration=duration))
+        while not task.done():
+            live.update(view.render())
+            await asyncio.wait({task}, timeout=0.5)
+        live.update(view.render())
+        task.result()

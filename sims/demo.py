@@ -18,12 +18,11 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from qkdtel.config import load_config_text
 from qkdtel.daemon import Collector
-from qkdtel.live import LiveLinkTable
+from qkdtel.live import LiveLinkTable, run_with_live_table
 from qkdtel.sims.influxd import InfluxServer, free_port, temporary_influxd
 from qkdtel.sims.process import SimsProcess
 from qkdtel.sims.topology import load_topology
@@ -143,16 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         view = LiveLinkTable()
         collector = Collector(loaded, observers=[view])
 
-        async def run() -> None:
-            with Live(view.render(), console=console, refresh_per_second=2) as live:
-                task = asyncio.create_task(collector.run(duration=args.seconds))
-                while not task.done():
-                    live.update(view.render())
-                    await asyncio.wait({task}, timeout=0.5)
-                live.update(view.render())
-                task.result()
-
-        asyncio.run(run())
+        asyncio.run(run_with_live_table(collector, view, console, args.seconds))
         if influx is not None:
             console.print(summary_table(influx))
             total = sum(
