@@ -22,6 +22,7 @@ from rich.table import Table
 
 from qkdtel.sims import collector_config
 from qkdtel.sims.clock import AcceleratedClock
+from qkdtel.sims.osa.cli import add_commands as osa_commands
 from qkdtel.sims.otdr.cli import add_commands as otdr_commands
 from qkdtel.sims.serial_meter import add_commands as powermeter_commands
 from qkdtel.sims.snmp.agent import Credentials, Faults
@@ -99,6 +100,7 @@ def add_sims_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     up.set_defaults(func=cmd_up)
     otdr_commands(subparsers)
+    osa_commands(subparsers)
     powermeter_commands(subparsers)
 
 
