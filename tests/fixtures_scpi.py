@@ -3,14 +3,17 @@
 Fixtures
 --------
 ``scpi_sim`` (function scope, a factory)
-    ``scpi_sim(server, *, pty=False)`` serves any `ScpiServer` (a subclass from `sims/`, or
-    one a test defines) on a free loopback TCP port -- and, with ``pty=True``, on a
-    pseudo-terminal too (``server.serial_resource``, an ``ASRL/dev/pts/N::INSTR`` resource that
-    pyvisa-py opens through pyserial like a real serial port). Returns the `ServerThread`
-    (``.servers``, ``.call(fn)``). Stopped after the test.
+    ``scpi_sim(server, *, pty=False, vxi11=False)`` serves any `ScpiServer` (a subclass from
+    `sims/`, or one a test defines) on a free loopback TCP port (``server.resource``) -- with
+    ``pty=True`` on a pseudo-terminal too (``server.serial_resource``, an
+    ``ASRL/dev/pts/N::INSTR`` resource that pyvisa-py opens through pyserial like a real serial
+    port), with ``vxi11=True`` over VXI-11 too (``server.instr_resource``,
+    ``TCPIP::127.0.0.1,<port>::INSTR``). Returns the `ServerThread` (``.servers``,
+    ``.call(fn)``). Stopped after the test.
 
 ``osa_sim`` (function scope, a factory)
-    ``osa_sim(dialect="yokogawa", link="4", *, sweep_time_s=0.02, seed=0, pty=False)``
+    ``osa_sim(dialect="yokogawa", link="4", *, sweep_time_s=0.02, seed=0, pty=False,
+    vxi11=False)``
     starts an `OsaSimulator` (``yokogawa``: AQ6370 class, binary traces; ``anritsu``: MS9740A
     class, ASCII traces) showing that link of the MadQCI twin (``4`` or ``8``: the published
     channel plans) and returns an `OsaBench`:
@@ -78,8 +81,8 @@ class OsaBench:
 def scpi_sim() -> Iterator[Callable[..., ServerThread]]:
     started: list[ServerThread] = []
 
-    def start(server: ScpiServer, *, pty: bool = False) -> ServerThread:
-        thread = ServerThread([server], pty=pty).start()
+    def start(server: ScpiServer, *, pty: bool = False, vxi11: bool = False) -> ServerThread:
+        thread = ServerThread([server], pty=pty, vxi11=vxi11).start()
         started.append(thread)
         return thread
 
@@ -97,8 +100,9 @@ def osa_sim(scpi_sim: Callable[..., ServerThread]) -> Callable[..., OsaBench]:
         sweep_time_s: float = 0.02,
         seed: int = 0,
         pty: bool = False,
+        vxi11: bool = False,
     ) -> OsaBench:
         sim = OsaSimulator(dialect, link, sweep_time_s=sweep_time_s, seed=seed)  # type: ignore[arg-type]
-        return OsaBench(sim, scpi_sim(sim, pty=pty))
+        return OsaBench(sim, scpi_sim(sim, pty=pty, vxi11=vxi11))
 
     return start

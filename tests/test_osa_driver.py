@@ -189,11 +189,33 @@ def test_a_truncated_trace_block_is_malformed(osa_sim, drivers, mode, why):
     assert by(driver.poll_blocking(), "osa_sweep")[""].fields["occupied_count"] == 4
 
 
-def test_the_osa_works_over_a_serial_line(osa_sim, drivers):
-    bench = osa_sim("yokogawa", "8", pty=True)
-    options = bench.options(visa={"resource": bench.sim.serial_resource, "baud_rate": 115200})
-    samples = drivers(options).poll_blocking()
+@pytest.mark.parametrize(
+    ("dialect", "transport"),
+    [("yokogawa", "serial"), ("yokogawa", "vxi11"), ("anritsu", "vxi11")],
+)
+def test_the_osa_works_over_serial_and_vxi11(osa_sim, drivers, dialect, transport):
+    bench = osa_sim(dialect, "8", pty=transport == "serial", vxi11=transport == "vxi11")
+    if transport == "serial":
+        visa = {"resource": bench.sim.serial_resource, "baud_rate": 115200}
+    else:
+        visa = {"resource": bench.sim.instr_resource}
+    samples = drivers(bench.options(visa=visa)).poll_blocking()
     assert by(samples, "osa_sweep")[""].fields["occupied_channels"] == PUBLISHED["8"]
+
+
+def test_a_stalled_vxi11_osa_gets_a_device_clear(osa_sim, drivers):
+    bench = osa_sim("yokogawa", "4", vxi11=True)
+    visa = {"resource": bench.sim.instr_resource, "timeout": 0.3}
+    driver = drivers(bench.options(visa=visa, recovery_timeout=0.5), timeout=3)
+    bench.sim.faults.stall = True
+    with pytest.raises(DeviceTimeout, match=r"INSTR: no answer to ':SYSTem:ERRor\?' within"):
+        driver.poll_blocking()
+    assert bench.sim.device_clears == 1  # the recovery at once: cleared, then still stalled
+    bench.sim.faults.stall = False
+    bench.sim.clear_log()
+    assert by(driver.poll_blocking(), "osa_sweep")[""].fields["occupied_count"] == 4
+    assert bench.sim.device_clears == 2  # the recovery before the next poll
+    assert sent(bench)[:3] == [":ABORt", "*CLS", "*OPC?"]
 
 
 def test_traces_go_to_files_on_request(osa_sim, drivers, tmp_path):

@@ -1,4 +1,4 @@
-"""The shared SCPI layer against a real simulated instrument, over TCP and over a serial pty.
+"""The shared SCPI layer against a real simulated instrument: raw TCP socket, serial pty, VXI-11.
 
 The bench instrument below is a `ScpiServer` with a handful of commands; the client side is a
 `CommandTable` written independently. Covered: set/get/blocks/ASCII on both transports, the
@@ -103,12 +103,16 @@ TABLE = ieee488_table(
 )
 
 
-@pytest.fixture(params=["tcp", "serial"])
+@pytest.fixture(params=["tcp", "serial", "vxi11"])
 def bench(request, scpi_sim):
-    """The bench instrument and an ScpiInstrument on it, over TCP or a serial pty."""
+    """The bench instrument and an ScpiInstrument on it: raw socket, serial pty, VXI-11."""
     sim = BenchSim()
-    scpi_sim(sim, pty=request.param == "serial")
-    resource = sim.resource if request.param == "tcp" else sim.serial_resource
+    scpi_sim(sim, pty=request.param == "serial", vxi11=request.param == "vxi11")
+    resource = {
+        "tcp": lambda: sim.resource,
+        "serial": lambda: sim.serial_resource,
+        "vxi11": lambda: sim.instr_resource,
+    }[request.param]()
     settings = VisaSettings(resource=resource, timeout=0.3)
     instrument = ScpiInstrument(settings, TABLE, recovery_timeout=1.0)
     yield sim, instrument

@@ -366,6 +366,19 @@ class Job:
         length is a truncated block: Malformed, not a timeout. Silence in mid-payload that did
         not follow a terminator byte is a stalled instrument: DeviceTimeout.
         """
+        if self.where.endswith("::INSTR") and not is_serial(self.where):
+            # VXI-11/HiSLIP mark the end of a message (END): no terminator byte needed, and
+            # pyvisa-py would stop a read at any terminator byte inside the binary payload.
+            resource = self.resource
+            termination = resource.read_termination
+            resource.read_termination = None
+            try:
+                return self._read_block(after)
+            finally:
+                resource.read_termination = termination
+        return self._read_block(after)
+
+    def _read_block(self, after: str) -> bytes:
         where = f"{self.where}: {after}"
         seconds = self._limit(f"the answer to {after!r}")
         with visa_errors(self.where, repr(after), seconds):

@@ -3,8 +3,9 @@
 A real protocol server, not a mock: the driver under test talks to it through pyvisa-py like to
 the instrument. What the base does, so a simulated instrument only declares its commands:
 
-- transports: a TCP listener (`TCPIP::127.0.0.1::<port>::SOCKET`) and, for RS-232 instruments,
-  a pseudo-terminal whose slave side is a real serial device (`ASRL/dev/pts/N::INSTR`);
+- transports: a TCP listener (`TCPIP::127.0.0.1::<port>::SOCKET`); VXI-11 on a port of its own
+  (`TCPIP::127.0.0.1,<port>::INSTR`, see `vxi11.py`); and, for RS-232 instruments, a
+  pseudo-terminal whose slave side is a real serial device (`ASRL/dev/pts/N::INSTR`);
 - parsing of program messages: `;`-separated units, a header and comma-separated arguments,
   SCPI short/long keyword forms (`:SENS:WAV:CENT` = `:SENSe:WAVelength:CENTer`), optional
   nodes in brackets (`[:SENSe]`), case-insensitive, leading colon optional;
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qkdtel.drivers.scpi.blocks import encode_block
+from qkdtel.sims.scpi.vxi11 import Vxi11Service
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,7 @@ class ScpiServer:
         self._table: list[_Entry] = []
         self._errors: deque[tuple[int, str]] = deque()
         self.esr = 0
+        self.device_clears = 0
         self._log: list[Received] = []
         self._log_lock = threading.Lock()
         self._connections = itertools.count(1)
@@ -193,6 +196,7 @@ class ScpiServer:
         self._tasks: set[asyncio.Task] = set()
         self._pty: tuple[int, int] | None = None
         self.pty_path: str | None = None
+        self._vxi11: Vxi11Service | None = None
         self._add_common()
 
     # -- the table -----------------------------------------------------------------------------
@@ -248,6 +252,11 @@ class ScpiServer:
 
     def reset(self) -> None:
         """`*RST`: factory settings; subclasses restore theirs."""
+
+    def device_clear(self) -> None:
+        """A device clear (VXI-11 `device_clear`) arrived; the transport already discarded the
+        link's input and output. Counted in `device_clears`; subclasses may extend it."""
+        self.device_clears += 1
 
     def pending(self) -> Awaitable[None] | None:
         """An awaitable that completes with the running operations (None when idle)."""
@@ -307,6 +316,10 @@ class ScpiServer:
         with self._log_lock:
             self._log.clear()
 
+    def new_connection(self) -> int:
+        """A number for a new client connection (TCP, VXI-11 link), as logged in `received`."""
+        return next(self._connections)
+
     async def execute(self, connection: int, message: str) -> bytes | None:
         """Run one program message; the response message, or None when nothing is to be sent."""
         answers: list[bytes] = []
@@ -354,23 +367,35 @@ class ScpiServer:
         return f"TCPIP::{self.host}::{self.port}::SOCKET"
 
     @property
+    def instr_resource(self) -> str:
+        """VISA resource name of the VXI-11 service (after `start(vxi11=True)`)."""
+        if self._vxi11 is None:
+            raise RuntimeError("the server was started without VXI-11")
+        return f"TCPIP::{self.host},{self._vxi11.port}::INSTR"
+
+    @property
     def serial_resource(self) -> str:
         """VISA resource name of the pseudo-terminal (after `start(pty=True)`)."""
         if self.pty_path is None:
             raise RuntimeError("the server was started without a pty")
         return f"ASRL{self.pty_path}::INSTR"
 
-    async def start(self, pty: bool = False) -> None:
-        """Listen on TCP (and serve a pty when `pty`)."""
+    async def start(self, pty: bool = False, vxi11: bool = False) -> None:
+        """Listen on TCP (and serve a pty when `pty`, VXI-11 on a port of its own when `vxi11`)."""
         self._server = await asyncio.start_server(self._on_tcp, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         if pty:
             await self._start_pty()
+        if vxi11:
+            self._vxi11 = Vxi11Service(self)
+            await self._vxi11.start(self.host)
 
     async def stop(self) -> None:
         """Close the listener, every connection and the pty."""
         if self._server is not None:
             self._server.close()
+        if self._vxi11 is not None:
+            await self._vxi11.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -424,7 +449,7 @@ class ScpiServer:
         self._tasks.add(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = next(self._connections)
+        connection = self.new_connection()
         while True:
             try:
                 line = await reader.readuntil(self.read_termination)
@@ -446,9 +471,16 @@ class ServerThread:
     `thread.call(fn)` runs `fn()` on their loop (to touch state that handlers also touch).
     """
 
-    def __init__(self, servers: Iterable[ScpiServer], pty: bool = False, start_timeout: float = 10):
+    def __init__(
+        self,
+        servers: Iterable[ScpiServer],
+        pty: bool = False,
+        vxi11: bool = False,
+        start_timeout: float = 10,
+    ):
         self.servers = list(servers)
         self.pty = pty
+        self.vxi11 = vxi11
         self._start_timeout = start_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -471,7 +503,7 @@ class ServerThread:
         self._stop = asyncio.Event()
         try:
             for server in self.servers:
-                await server.start(pty=self.pty)
+                await server.start(pty=self.pty, vxi11=self.vxi11)
         except Exception as exc:
             self._error = exc
             self._ready.set()
