@@ -4,6 +4,7 @@ faults, polled through the configuration it writes; bad arguments are refused by
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def test_sims_osa_serves_links_with_faults(tmp_path):
             "8:3",
             "--error",
             "4:RES:-221:Settings conflict",
+            "--vxi11",
             "--config-out",
             str(config),
         ],
@@ -81,6 +83,7 @@ def test_sims_osa_serves_links_with_faults(tmp_path):
     assert powers == pytest.approx([-24.8] * 3, abs=0.2)
     shown = (tmp_path / "osa.log").read_text()
     assert "TCPIP::127.0.0.1::" in shown and "+3 dB" in shown
+    assert re.search(r"TCPIP::127\.0\.0\.1,\d+::INSTR", shown)  # the VXI-11 resource
 
 
 @pytest.mark.parametrize(

@@ -155,19 +155,6 @@ def integer(text: str) -> int:
     return int(value)
 
 
-def mapped(answers: Mapping[str, Any]) -> Parser:
-    """An enumerated answer: the instrument's token -> our value (case-insensitive)."""
-    table = {k.upper(): v for k, v in answers.items()}
-
-    def parse(text: str) -> Any:
-        token = text.strip().strip('"').upper()
-        if token not in table:
-            raise ValueError(f"not one of {', '.join(answers)}")
-        return table[token]
-
-    return parse
-
-
 def error_entry(text: str) -> tuple[int, str]:
     """A `SYSTem:ERRor?` answer `<code>,"<message>"` -> (code, message)."""
     code, _, message = text.strip().partition(",")

@@ -1,17 +1,17 @@
 """`qkdtel sims osa`: simulated optical spectrum analysers, one per link, until interrupted.
 
     qkdtel sims osa [--dialect yokogawa|anritsu] [--link 4] [--link 8] [--base-port N]
-                    [--sweep-time S] [--pty] [--added-loss ID:DB ...] [--stall ID ...]
+                    [--sweep-time S] [--pty] [--vxi11] [--added-loss ID:DB ...] [--stall ID ...]
                     [--truncate ID:cut|short ...] [--error ID:HEADER:CODE:MESSAGE ...]
                     [--config-out FILE]
 
 Each analyser listens on 127.0.0.1 (raw SCPI socket; with `--pty` also on a pseudo-terminal,
-a serial resource) and shows its link of the topology (default: the MadQCI twin; links with a
-published channel plan: 4 and 8). Fault options apply from the start: extra fibre loss, an
-analyser that never answers, truncated binary trace blocks, a command that puts an error in the
-error queue (HEADER as the simulator registers it, e.g. `RES` or
-`[:SENSe]:BANDwidth[:RESolution]`). `--config-out` writes a collector configuration polling
-every analyser (`qkdtel poll -c FILE`).
+a serial resource; with `--vxi11` also over VXI-11) and shows its link of the topology
+(default: the MadQCI twin; links with a published channel plan: 4 and 8). Fault options apply
+from the start: extra fibre loss, an analyser that never answers, truncated binary trace
+blocks, a command that puts an error in the error queue (HEADER as the simulator registers it,
+e.g. `RES` or `[:SENSe]:BANDwidth[:RESolution]`). `--config-out` writes a collector
+configuration polling every analyser (`qkdtel poll -c FILE`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep-time", type=_positive, default=0.5, help="seconds per sweep")
     p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
     p.add_argument("--pty", action="store_true", help="also serve each on a pseudo-terminal")
+    p.add_argument("--vxi11", action="store_true", help="also serve each over VXI-11")
     p.add_argument("--added-loss", type=_per_link, action="append", default=[], metavar="ID:DB")
     p.add_argument("--stall", action="append", default=[], metavar="ID", help="never answers")
     p.add_argument(
@@ -152,7 +153,7 @@ def cmd_osa(args: argparse.Namespace) -> int:
         console.print(f"sims osa: {exc}", markup=False, highlight=False)
         return EXIT_USAGE
     try:
-        thread = ServerThread(sims, pty=args.pty).start()
+        thread = ServerThread(sims, pty=args.pty, vxi11=args.vxi11).start()
     except (RuntimeError, TimeoutError) as exc:
         console.print(f"sims osa: {exc}", markup=False, highlight=False)
         return EXIT_USAGE
@@ -161,7 +162,9 @@ def cmd_osa(args: argparse.Namespace) -> int:
         for column in ("link", "resource", "classical channels", "notch", "faults"):
             table.add_column(column)
         for sim in sims:
-            resources = [sim.resource, *([sim.serial_resource] if args.pty else [])]
+            resources = [sim.resource]
+            resources += [sim.serial_resource] if args.pty else []
+            resources += [sim.instr_resource] if args.vxi11 else []
             faults = [
                 name
                 for name, on in (

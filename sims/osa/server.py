@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from qkdtel.sims.osa.spectrum import LinkSpectrum, link_spectrum
+from qkdtel.sims.osa.spectrum import link_spectrum
 from qkdtel.sims.scpi.server import Block, Faults, ScpiFailure, ScpiServer
 from qkdtel.sims.topology import Topology, load_topology
 
@@ -72,13 +72,10 @@ class OsaFaults(Faults):
 
 @dataclass(frozen=True)
 class Sweep:
-    """What the last completed sweep measured, with the truth it was drawn from."""
+    """What the last completed sweep measured (trace A)."""
 
     wavelength_nm: np.ndarray  # as the instrument reports them (air or vacuum)
     power_dbm: np.ndarray
-    rbw_nm: float
-    floor_dbm: float
-    spectrum: LinkSpectrum  # the link as it was (added loss included)
 
 
 def _failure_out_of_range() -> ScpiFailure:
@@ -216,8 +213,7 @@ class OsaSimulator(ScpiServer):
             # The instrument's axis is in air; the light is where it is (on the vacuum grid).
             vacuum = vacuum * N_AIR
         power = spectrum.trace_dbm(vacuum, self.rbw_nm, self.floor_dbm(), self._rng)
-        shown = vacuum if self.vacuum else vacuum / N_AIR
-        return Sweep(shown, power, self.rbw_nm, self.floor_dbm(), spectrum)
+        return Sweep(vacuum if self.vacuum else vacuum / N_AIR, power)
 
     def _span(self, center: float | None = None, span: float | None = None) -> None:
         center = (self.start_nm + self.stop_nm) / 2 if center is None else center
