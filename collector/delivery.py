@@ -13,15 +13,23 @@ Failures:
   server's Retry-After on 429/503 (which may exceed `retry_max_delay`: the server knows best);
 - 400 (malformed lines, type conflicts): the refused lines are found (`write_isolating`), the good
   ones are written, the refused ones kept in the spool's `rejected` table and logged as errors;
-- spool full: the overflow policy drops the oldest points or refuses new ones; every point lost
-  is counted (`points_dropped`) and logged as an error.
+- spool full: the overflow policy drops the oldest points (whole earlier submits, oldest first)
+  or refuses new ones; every point lost is counted (`points_dropped`) and logged as an error.
+
+Throughput (bench/delivery.py): a submit is encoded by `encode_lines` and committed as one chunk
+(one row, one fsync); a writer sends whole chunks joined into a request body, one request in
+flight per sink and in order, reading the next batch while a request is in flight, and commits
+acknowledgements on the side, grouped while batches stream out (ACK_INTERVAL): a crash may then
+send the last ~0.1 s of batches again, which the sink stores once, as above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +68,8 @@ class _SinkState:
     failures_in_a_row: int = 0
     write_latency_s: float = 0.0
     task: asyncio.Task[None] | None = None
+    stopped: threading.Event = field(default_factory=threading.Event)
+    """Set when the writer task ends: a write chain still running sends nothing more."""
 
 
 class Delivery:
@@ -77,6 +87,7 @@ class Delivery:
         self._collected = 0
         self._closing = False
         self._host = socket.gethostname()
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def spool(self) -> Spool:
@@ -93,6 +104,10 @@ class Delivery:
             Spool, path, names, self.settings.spool_max_points, self.settings.overflow
         )
         self._closing = False
+        # Reads of a writer's next batch, while its current one is in flight.
+        self._reader = concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(self._sink_configs), thread_name_prefix="qkdtel-spool-read"
+        )
         for config in self._sink_configs:
             writer = await asyncio.to_thread(make_writer, config)
             self._sinks[config.name] = _SinkState(writer)
@@ -175,6 +190,8 @@ class Delivery:
             await asyncio.to_thread(state.writer.close)
         spool, self._spool = self._spool, None
         self._sinks = {}
+        if self._reader is not None:
+            self._reader.shutdown(wait=False)
         await asyncio.to_thread(spool.close)
 
     def telemetry(self) -> list[Sample]:
@@ -204,9 +221,10 @@ class Delivery:
     async def _run(self, name: str, state: _SinkState) -> None:
         """Write this sink's batches until `stop`; exits once its queue is empty while closing.
 
-        Pipelined: while one batch is in flight, the next is read from the spool, and the
-        acknowledgements of those before are committed (`_Acknowledger`), so none of these waits
-        for another. A batch is acknowledged only once the sink has answered for it.
+        The writes themselves run in a worker thread, several in a row (`_write_chain`), the
+        acknowledgements are committed on the side (`_Acknowledger`): neither the spool's
+        commits nor a round trip through the event loop sit between two requests. A batch is
+        acknowledged only once the sink has answered for it.
         """
         spool = self.spool
         batch_size = self.settings.batch_size
@@ -221,7 +239,6 @@ class Delivery:
         # yet), and the next batch to send (read while the previous one was in flight).
         sent = spool.cursor(name)
         batch: Batch | None = None
-        reading: asyncio.Future[Batch | None] | None = None
         try:
             while True:
                 # Overflow may have moved the cursor past what this writer has sent.
@@ -256,52 +273,68 @@ class Delivery:
                     if batch is None:
                         state.due = None
                         continue
-                started = time.monotonic()
-                writing = asyncio.ensure_future(
-                    asyncio.to_thread(write_batch, state.writer, batch.body, _lines_of(batch))
-                )
-                reading = None
-                if spool.last_seq > batch.last_seq:
-                    reading = asyncio.ensure_future(
-                        asyncio.to_thread(spool.read, name, batch_size, batch.last_seq)
-                    )
-                try:
-                    refused = await writing
-                except RetryableWriteError as exc:
-                    if reading is not None:
-                        await reading
-                        reading = None
-                    batch = None
-                    await self._retry_later(name, state, exc)
-                    continue
-                state.write_latency_s = time.monotonic() - started
-                acks.add(batch, refused)
-                sent = batch.last_seq
-                if state.failures_in_a_row:
+                chain = await asyncio.to_thread(self._write_chain, name, state, batch)
+                if chain.written:
+                    acks.add(chain.written)
+                    sent = chain.written[-1][0].last_seq
+                for _, refused in chain.written:
+                    if refused:
+                        log.error(
+                            "sink %s rejected %d points as malformed (kept aside, see `qkdtel "
+                            "spool rejected`): %s",
+                            name,
+                            len(refused),
+                            refused[0][1],
+                        )
+                if chain.written and state.failures_in_a_row:
                     log.warning(
                         "sink %s: writing again after %d failed attempts",
                         name,
                         state.failures_in_a_row,
                     )
                     state.failures_in_a_row = 0
-                if refused:
-                    log.error(
-                        "sink %s rejected %d points as malformed (kept aside, see `qkdtel spool "
-                        "rejected`): %s",
-                        name,
-                        len(refused),
-                        refused[0][1],
-                    )
-                batch = await reading if reading is not None else None
-                reading = None
-                # Whatever arrived during the write has waited long enough: send it right away.
-                state.due = started if spool.last_seq > sent else None
+                if chain.failed is not None:
+                    batch = None
+                    await self._retry_later(name, state, chain.failed)
+                    continue
+                batch = chain.ahead
+                # Whatever arrived during the last write has waited long enough: send it now.
+                state.due = chain.last_started if spool.last_seq > sent else None
         finally:
             # Also when cancelled by `stop`: commit what the sink has answered for, and never
-            # let the spool close under a commit or a read.
-            if reading is not None:
-                await asyncio.wait([reading])
+            # let the spool close under a commit; a chain still writing stops after its request.
+            state.stopped.set()
             await acks.flush()
+
+    def _write_chain(self, name: str, state: _SinkState, batch: Batch) -> _Chain:
+        """In a worker thread: write `batch`, then the batches after it for as long as there
+        are some and for at most ACK_INTERVAL, one request at a time, in order; stops at the
+        first failure. Each next batch is read from the spool while the request before it is
+        in flight."""
+        spool, reader = self.spool, self._reader
+        assert reader is not None
+        batch_size = self.settings.batch_size
+        deadline = time.monotonic() + ACK_INTERVAL
+        chain = _Chain()
+        while True:
+            ahead = None
+            if spool.last_seq > batch.last_seq and not state.stopped.is_set():
+                ahead = reader.submit(spool.read, name, batch_size, batch.last_seq)
+            chain.last_started = time.monotonic()
+            try:
+                refused = write_batch(state.writer, batch.body, _lines_of(batch))
+            except RetryableWriteError as exc:
+                chain.failed = exc
+                if ahead is not None:
+                    concurrent.futures.wait([ahead])
+                return chain
+            state.write_latency_s = time.monotonic() - chain.last_started
+            chain.written.append((batch, refused))
+            following = ahead.result() if ahead is not None else None
+            if following is None or state.stopped.is_set() or time.monotonic() >= deadline:
+                chain.ahead = following
+                return chain
+            batch = following
 
     async def _retry_later(self, name: str, state: _SinkState, exc: RetryableWriteError) -> None:
         """Count a failed write and wait before the next attempt (back-off or Retry-After)."""
@@ -321,6 +354,17 @@ class Delivery:
             delay,
         )
         await asyncio.sleep(delay)
+
+
+@dataclass
+class _Chain:
+    """What `Delivery._write_chain` did: the batches written (with the lines the sink
+    refused), the failure that stopped it, the next batch it read but did not send."""
+
+    written: list[tuple[Batch, list[tuple[str, str]]]] = field(default_factory=list)
+    failed: RetryableWriteError | None = None
+    ahead: Batch | None = None
+    last_started: float = 0.0
 
 
 class _Acknowledger:
@@ -350,12 +394,14 @@ class _Acknowledger:
         """Whether some acknowledgement is gathered or still committing."""
         return self._first is not None or (self._commit is not None and not self._commit.done())
 
-    def add(self, batch: Batch, refused: list[tuple[str, str]]) -> None:
-        """The sink has answered for `batch` (written, `refused` set aside)."""
-        if self._first is None:
-            self._first = batch.first_seq
-        self._last = batch.last_seq
-        self._refused += refused
+    def add(self, written: list[tuple[Batch, list[tuple[str, str]]]]) -> None:
+        """The sink has answered for these consecutive batches (each written, its refused
+        lines set aside)."""
+        for batch, refused in written:
+            if self._first is None:
+                self._first = batch.first_seq
+            self._last = batch.last_seq
+            self._refused += refused
         idle = self._commit is None or self._commit.done()
         if idle and self._commit is not None:
             self._commit.result()  # a failed commit (disk full...) stops the writer here
