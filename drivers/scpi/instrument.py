@@ -191,7 +191,7 @@ class ScpiInstrument:
         try:
             self._recover(time.monotonic() + self.recovery_timeout)
         except PollError as again:
-            log.warning("%s: recovery failed (%s); retrying before the next job", self.where, again)
+            log.warning("recovery failed: %s; retrying before the next job", again)
 
     def _recover(self, deadline: float) -> None:
         """Fresh connection, device clear, abort, clear status, and proof that it answers."""
@@ -207,7 +207,7 @@ class ScpiInstrument:
             for name in ("abort", "clear_status"):
                 if name in self.commands:
                     job.send(self.commands[name].render_write(name))
-            job.wait_complete(deadline - time.monotonic(), what="recovery (*OPC? after abort)")
+            job.wait_complete(deadline - time.monotonic(), what="the recovery (abort, *CLS)")
         except PollError:
             self._drop(self._shared)
             raise
