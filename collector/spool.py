@@ -55,7 +55,7 @@ PAGE_SIZE = 16384
 """Database page size of a new spool: a chunk of a few thousand lines spans tens of pages
 rather than hundreds, which makes writing, reading and freeing it cheaper."""
 
-RECENT_MAX_BYTES = 64 << 20
+RECENT_MAX_BYTES = 32 << 20
 """Bodies of the newest chunks this process appended that the spool keeps in memory as well,
 so that a writer keeping up with the poller sends them without reading them back."""
 
