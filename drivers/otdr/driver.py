@@ -15,43 +15,21 @@ Why it is built like this:
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 from qkdtel.drivers.base import BlockingDriver
 from qkdtel.drivers.otdr.baseline import Alarm, BaselineStore, Thresholds, compare
-from qkdtel.drivers.otdr.commands import EVENT_TYPES, MEASURING, OTDR_TABLE, SCPI_NAN
+from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
-from qkdtel.drivers.otdr.trace import Event, EventType, Trace
+from qkdtel.drivers.otdr.otdr import AcquisitionSettings, Otdr, Progress
+from qkdtel.drivers.otdr.trace import EventType, Trace
 from qkdtel.drivers.scpi import Job, ScpiInstrument
-from qkdtel.errors import DeviceTimeout, Malformed, PollError
+from qkdtel.errors import PollError
 from qkdtel.sample import Sample, now_ns
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far a running acquisition is, as reported to `OtdrDriver.on_progress`."""
-
-    device: str
-    wavelength_nm: int
-    percent: float
-    elapsed_s: float
-
-
-def _number(text: str, where: str) -> float | None:
-    """One field of an event row; None for SCPI's not-a-number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise Malformed(f"{where}: {text.strip()[:30]!r} is not a number") from None
-    if not math.isfinite(value) or value >= SCPI_NAN * 0.99:
-        return None
-    return value
 
 
 class OtdrDriver(BlockingDriver):
@@ -64,6 +42,7 @@ class OtdrDriver(BlockingDriver):
     def __init__(self, name: str, options: OtdrOptions, timeout: float):
         super().__init__(name, options, timeout)
         self.instrument = ScpiInstrument(options.visa, OTDR_TABLE)
+        self.otdr = Otdr(self.instrument, name)
         self.baselines = BaselineStore(options.baseline_dir) if options.baseline_dir else None
         self.thresholds = Thresholds(
             options.alarm_loss_db,
@@ -91,61 +70,15 @@ class OtdrDriver(BlockingDriver):
 
     def _acquire(self, job: Job, wavelength: int) -> Trace:
         opts = self.options
-        job.set("wavelength_nm", wavelength)
-        job.set("pulse_width_ns", opts.pulse_width_ns)
-        job.set("range_m", opts.range_m)
-        job.set("averaging_s", opts.averaging)
-        binary = opts.data_format == "binary"
-        job.set("data_format", "REAL,32" if binary else "ASCii")
-        if binary:
-            job.set("byte_order", "SWAPped")
-        job.run("start")
-        self._wait(job, wavelength)
-
-        points = job.get("points")
-        if points < 2:
-            raise Malformed(f"{job.where}: the trace has {points} points")
-        values = (
-            job.query_block("trace", "<f4", expected=points)
-            if binary
-            else job.query_values("trace", expected=points)
-        )
-        events = tuple(self._event(job, i) for i in range(1, job.get("event_count") + 1))
-        length = job.get("fibre_length_m")
-        loss = job.get("total_loss_db")
-        return Trace(
-            values,
-            job.get("spacing_m"),
-            wavelength,
-            opts.pulse_width_ns,
-            offset_m=job.get("offset_m"),
-            averaging_s=opts.averaging,
+        settings = AcquisitionSettings(
+            wavelength_nm=wavelength,
+            pulse_width_ns=opts.pulse_width_ns,
             range_m=opts.range_m,
-            events=events,
-            fibre_length_m=None if length >= SCPI_NAN * 0.99 else length,
-            total_loss_db=None if loss >= SCPI_NAN * 0.99 else loss,
+            averaging_s=opts.averaging,
+            binary=opts.data_format == "binary",
+            progress_interval=opts.progress_interval,
         )
-
-    def _wait(self, job: Job, wavelength: int) -> None:
-        """Poll the status register until the acquisition is over, reporting progress; then
-        `*OPC?` confirms it. DeviceTimeout (the layer then aborts it) when the budget ends."""
-        started = time.monotonic()
-        interval = self.options.progress_interval
-        while True:
-            measuring = job.get("condition") & MEASURING
-            percent = 100.0 if not measuring else job.get("progress")
-            self._report(Progress(self.name, wavelength, percent, time.monotonic() - started))
-            if not measuring:
-                break
-            if job.remaining() < interval:
-                raise DeviceTimeout(
-                    f"{job.where}: acquisition at {wavelength} nm only {percent:.0f} % done "
-                    f"after {time.monotonic() - started:.1f} s; aborted (the device timeout "
-                    f"must exceed the averaging time, {self.options.averaging:g} s, plus the "
-                    "trace transfer)"
-                )
-            time.sleep(interval)
-        job.wait_complete(job.remaining(), what=f"the acquisition at {wavelength} nm")
+        return self.otdr.acquire(job, settings, self._report)
 
     def _report(self, progress: Progress) -> None:
         log.debug(
@@ -153,24 +86,6 @@ class OtdrDriver(BlockingDriver):
         )
         if self.on_progress is not None:
             self.on_progress(progress)
-
-    def _event(self, job: Job, index: int) -> Event:
-        answer = job.get("event", index=index)
-        where = f"{job.where}: event {index}"
-        fields = answer.split(",")
-        if len(fields) != 5:
-            raise Malformed(f"{where}: expected 5 comma-separated fields, got {answer[:80]!r}")
-        distance = _number(fields[0], where)
-        code = _number(fields[1], where)
-        if distance is None or code is None or int(code) not in EVENT_TYPES:
-            raise Malformed(f"{where}: no distance or unknown type in {answer[:80]!r}")
-        return Event(
-            distance,
-            EVENT_TYPES[int(code)],
-            _number(fields[2], where),
-            _number(fields[3], where),
-            _number(fields[4], where),
-        )
 
     # -- samples -------------------------------------------------------------------------------
 
