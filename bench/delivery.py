@@ -11,10 +11,13 @@ Starts its own `influxd` (as the tests do), then, in the same run and for each r
   and written by the v1 writer -- timed from the first submit until the spool has recorded the
   last point as acknowledged.
 Each side writes into a database of its own, each goes first in every other round, and each
-round checks that the server holds every point. Prints the best round of each, their ratio (target: delivery >= 0.9x curl) and the median
-of the per-round ratios; the CPU time influxd and the client side used; and, from one more
-delivery round with timers around each stage (not counted above), where the time goes.
-Not a unit test: the figures depend on the machine.
+round checks that the server holds every point.
+
+Prints the best round of each side and their ratio (target: delivery >= 0.9x curl), then every
+round: both times, their ratio, and the CPU time influxd, the client side and the rest of the
+machine used meanwhile (on a shared machine, other users' work slows the CPU-heavier side more);
+then, from one more delivery run with timers around each stage (not counted above), where the
+time goes. Not a unit test: the figures depend on the machine.
 """
 
 from __future__ import annotations
@@ -78,6 +81,14 @@ def _cpu_seconds(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_busy_seconds() -> float:
+    """CPU time every process of the machine has used so far (all cores, Linux /proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Run:
     """One timed run of one side."""
@@ -87,6 +98,8 @@ class Run:
     """CPU seconds influxd used during the run."""
     client_cpu: float
     """CPU seconds the client side used: curl, or this Python process for the delivery."""
+    others_cpu: float
+    """CPU seconds the rest of the machine used meanwhile (other users' work shares the cores)."""
 
 
 def bench_curl(server: InfluxServer, samples: list[Sample], batch: int, work: Path) -> Run:
@@ -104,10 +117,11 @@ def bench_curl(server: InfluxServer, samples: list[Sample], batch: int, work: Pa
     for i, path in enumerate(files):
         argv += (["--next"] if i else []) + ["--fail", "--data-binary", f"@{path}", url]
     influxd = server_pid(server)
-    server_cpu, children = _cpu_seconds(influxd), os.times()
+    server_cpu, children, busy = _cpu_seconds(influxd), os.times(), _machine_busy_seconds()
     started = time.perf_counter()
     subprocess.run(argv, check=True)
     elapsed = time.perf_counter() - started
+    busy = _machine_busy_seconds() - busy
     server_cpu = _cpu_seconds(influxd) - server_cpu
     after = os.times()
     curl_cpu = after.children_user + after.children_system
@@ -115,7 +129,7 @@ def bench_curl(server: InfluxServer, samples: list[Sample], batch: int, work: Pa
     stored = server.count(db, "qkd_link", "qber")
     if stored != len(samples):
         raise SystemExit(f"curl: {stored} points stored of {len(samples)}")
-    return Run(elapsed, server_cpu, curl_cpu)
+    return Run(elapsed, server_cpu, curl_cpu, max(0.0, busy - server_cpu - curl_cpu))
 
 
 def bench_delivery(server: InfluxServer, samples: list[Sample], batch: int, work: Path) -> Run:
@@ -132,16 +146,18 @@ def bench_delivery(server: InfluxServer, samples: list[Sample], batch: int, work
         delivery = Delivery(settings, [sink])
         await delivery.start()
         server_cpu, client_cpu = _cpu_seconds(influxd), _cpu_seconds()
+        busy = _machine_busy_seconds()
         started = time.perf_counter()
         for start in range(0, len(samples), batch):
             await delivery.submit(samples[start : start + batch])
         while delivery.spool.pending("influx"):
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - started
+        busy = _machine_busy_seconds() - busy
         server_cpu = _cpu_seconds(influxd) - server_cpu
         client_cpu = _cpu_seconds() - client_cpu
         await delivery.stop(10)
-        return Run(elapsed, server_cpu, client_cpu)
+        return Run(elapsed, server_cpu, client_cpu, max(0.0, busy - server_cpu - client_cpu))
 
     result = asyncio.run(run())
     stored = server.count(db, "qkd_link", "qber")
@@ -245,15 +261,21 @@ def main() -> None:
     delivery = min(delivery_runs, key=lambda r: r.seconds)
     ratios = [c.seconds / d.seconds for c, d in zip(curl_runs, delivery_runs, strict=True)]
     print(f"points: {n}, batch size: {args.batch_size}, rounds: {args.rounds} (best of each)")
-    print(f"curl --data-binary:         {n / curl.seconds:>10,.0f} points/s")
-    print(f"Delivery (encode+spool+write): {n / delivery.seconds:>7,.0f} points/s")
+    print(f"curl --data-binary:            {n / curl.seconds:>10,.0f} points/s")
+    print(f"Delivery (encode+spool+write): {n / delivery.seconds:>10,.0f} points/s")
+    ratio = curl.seconds / delivery.seconds
+    print(f"ratio Delivery/curl:           {ratio:>10.2f}x (target >= 0.90x)")
+    print(f"median of the rounds' ratios:  {statistics.median(ratios):>10.2f}x")
     print(
-        f"ratio Delivery/curl:        {curl.seconds / delivery.seconds:>10.2f}x (target >= 0.90x); "
-        f"median of the rounds' ratios {statistics.median(ratios):.2f}x"
+        f"rounds ({os.cpu_count()} cores; CPU seconds of influxd / the client / all other "
+        "processes during each run):"
     )
-    print("CPU seconds in the best rounds (2 cores shared by influxd and the client):")
-    print(f"  curl:     influxd {curl.server_cpu:5.2f}  curl   {curl.client_cpu:5.2f}")
-    print(f"  Delivery: influxd {delivery.server_cpu:5.2f}  Python {delivery.client_cpu:5.2f}")
+    for i, (c, d) in enumerate(zip(curl_runs, delivery_runs, strict=True)):
+        print(
+            f"  {i + 1}: curl {c.seconds:5.2f} s ({c.server_cpu:4.2f}/{c.client_cpu:4.2f}/"
+            f"{c.others_cpu:4.2f})  Delivery {d.seconds:5.2f} s ({d.server_cpu:4.2f}/"
+            f"{d.client_cpu:4.2f}/{d.others_cpu:4.2f})  ratio {c.seconds / d.seconds:4.2f}"
+        )
     print(
         f"encoding alone (encode_lines, one thread, no I/O): {min(encode_times):.2f} s, "
         f"{min(encode_times) / n * 1e6:.2f} us/point"
