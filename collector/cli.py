@@ -1,4 +1,4 @@
-"""The `qkdtel` command: check, run, poll, drivers, config schema, sims, spool."""
+"""The `qkdtel` command: check, run, poll, drivers, config schema, sims, spool, osa, otdr."""
 
 from __future__ import annotations
 
@@ -117,6 +117,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qkdtel.cli_bench import add_subcommand as add_bench
     from qkdtel.cli_spool import add_subcommand as add_spool
     from qkdtel.sims.cli import add_subcommand as add_sims
     from qkdtel.sims.demo import add_subcommand as add_demo
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(sub)
     add_sims(sub)
     add_spool(sub)
+    add_bench(sub)
     return parser
 
 
