@@ -65,7 +65,7 @@ def test_a_pulled_line_is_a_clear_error_and_the_port_is_reopened(power_meter):
     try:
         assert pm.poll_blocking()[0].fields["light"]
         power_meter.line.pull()
-        with pytest.raises(Refused, match=r"ttyPM::INSTR: serial line lost .*Input/output error"):
+        with pytest.raises(Refused, match=r"ttyPM::INSTR: .*Input/output error"):
             pm.poll_blocking()
         with pytest.raises(Refused, match=r"ttyPM.*No such file or directory"):
             pm.poll_blocking()  # still unplugged: the port itself is gone now

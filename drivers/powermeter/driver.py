@@ -27,7 +27,7 @@ from qkdtel.drivers.scpi import (
     scaled,
     setting,
 )
-from qkdtel.errors import Malformed, Refused
+from qkdtel.errors import Malformed
 from qkdtel.sample import Sample, now_ns
 
 _HEAD = ":SENSe{slot}:CHANnel{channel}:POWer"
@@ -87,18 +87,9 @@ class PowerMeterDriver(BlockingDriver):
         self.instrument = ScpiInstrument(options.visa, POWER_METER_TABLE)
 
     def poll_blocking(self) -> list[Sample]:
-        try:
-            return self._read_heads()
-        except OSError as exc:
-            # pyserial's SerialException when the tty is gone (EIO): the shared layer lets it
-            # through while re-applying port settings at the start of a job, and keeps the dead
-            # port. Drop the instrument so the next poll opens the port afresh.
-            self.instrument.close()
-            self.instrument = ScpiInstrument(self.options.visa, POWER_METER_TABLE)
-            raise Refused(
-                f"{self.options.visa.resource}: serial line lost ({exc}): cable pulled or "
-                "adapter unplugged? The port is reopened at the next poll"
-            ) from None
+        # A pulled serial line surfaces from the shared SCPI layer as Refused; the layer drops
+        # the dead port and opens it afresh at the next poll.
+        return self._read_heads()
 
     def _read_heads(self) -> list[Sample]:
         samples = []

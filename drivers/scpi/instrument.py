@@ -137,7 +137,12 @@ class ScpiInstrument:
             elif self._shared.resource is None:
                 self._open()
             else:  # shared with another driver instance, maybe with other settings
-                apply_settings(self._shared.resource, self.settings)
+                try:
+                    with visa_errors(self.where, "applying the port settings"):
+                        apply_settings(self._shared.resource, self.settings)
+                except PollError as exc:  # e.g. a pulled serial line: reconnect, next job
+                    self._after_failure(exc)
+                    raise
             job = Job(self, deadline)
             try:
                 if "clear_status" in self.commands:
