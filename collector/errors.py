@@ -42,4 +42,3 @@ class Malformed(PollError):
     """The device answered something the driver cannot interpret."""
 
     kind = "malformed"
-
