@@ -266,6 +266,17 @@ def main() -> None:
     ratio = curl.seconds / delivery.seconds
     print(f"ratio Delivery/curl:           {ratio:>10.2f}x (target >= 0.90x)")
     print(f"median of the rounds' ratios:  {statistics.median(ratios):>10.2f}x")
+    # Rounds in which the rest of the machine stayed below 5 % of one core on both sides.
+    quiet = [
+        r
+        for r, c, d in zip(ratios, curl_runs, delivery_runs, strict=True)
+        if c.others_cpu < 0.05 * c.seconds and d.others_cpu < 0.05 * d.seconds
+    ]
+    if quiet:
+        print(
+            f"  in the {len(quiet)} round(s) the rest of the machine left alone: "
+            f"median {statistics.median(quiet):.2f}x, best {max(quiet):.2f}x"
+        )
     print(
         f"rounds ({os.cpu_count()} cores; CPU seconds of influxd / the client / all other "
         "processes during each run):"
