@@ -31,9 +31,9 @@ import pytest
 import yaml
 
 from tests.fixtures_influxdb import InfluxServer
+from tests.metrics_doc import Column, Contract, load_contract
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS_MD = ROOT / "docs" / "metrics.md"
 GRAFANA = ROOT / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 DATASOURCE_YAML = GRAFANA / "provisioning" / "datasources" / "qkdtel.yaml"
@@ -44,49 +44,7 @@ MEASUREMENTS = {"qkd_link", "qkd_module", "qkd_event", "qkdtel_device_status", "
 
 # --------------------------------------------------------------------------- the contract
 
-
-@dataclass(frozen=True)
-class Column:
-    """One row of a measurement's table in docs/metrics.md."""
-
-    kind: str  # "tag" or "field"
-    type: str  # float, int, bool or string for fields; "string" for tags
-    unit: str  # the unit/values cell as written
-
-    @property
-    def values(self) -> frozenset[str] | None:
-        """The documented values when the cell enumerates them (`active, pending, ...`)."""
-        if "," not in self.unit:
-            return None
-        return frozenset(v.strip().strip('"') for v in self.unit.split(","))
-
-
-def parse_contract(text: str) -> dict[str, dict[str, Column]]:
-    """Measurement -> column name -> Column, from the `## <measurement>` tables."""
-    contract: dict[str, dict[str, Column]] = {}
-    columns: dict[str, Column] | None = None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            columns = contract.setdefault(line[3:].strip(), {})
-            continue
-        if columns is None or not line.startswith("|"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] == "name" or not cells[0].strip("-: "):
-            continue
-        name, kind, unit = cells[0], cells[1].split(), cells[2]
-        if kind == ["tag"]:
-            columns[name] = Column("tag", "string", unit)
-        elif (
-            len(kind) == 2 and kind[0] == "field" and kind[1] in {"float", "int", "bool", "string"}
-        ):
-            columns[name] = Column("field", kind[1], unit)
-        else:
-            raise ValueError(f"docs/metrics.md: cannot read the kind of {name!r}: {cells[1]!r}")
-    return {m: cols for m, cols in contract.items() if cols}
-
-
-CONTRACT = parse_contract(METRICS_MD.read_text(encoding="utf-8"))
+CONTRACT = load_contract()
 
 # Grafana unit to show a documented unit in; `count` may also be left to Grafana's default.
 GRAFANA_UNITS: dict[str, set[str | None]] = {
@@ -278,7 +236,7 @@ def _select_list(toks: list[Token]) -> list[SelectItem]:
     return out
 
 
-def contract_problems(text: str, contract: dict[str, dict[str, Column]]) -> list[str]:
+def contract_problems(text: str, contract: Contract) -> list[str]:
     """Everything in one query that docs/metrics.md (or InfluxDB 3's InfluxQL) does not back."""
     q = read_query(text)
     first = " ".join(t.text.lower() for t in q.tokens[:3])

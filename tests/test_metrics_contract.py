@@ -11,9 +11,7 @@ notification of every kind sent by the simulated agents to a running trap receiv
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,63 +22,33 @@ from qkdtel.sample import Sample
 from qkdtel.sims.snmp.profiles import PROFILES as SIM_PROFILES
 from qkdtel.sims.snmp.profiles import Event
 from qkdtel.traps import TrapReceiver
+from tests.metrics_doc import Column, Contract, load_contract, parse_contract
 
-METRICS_MD = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 CONFIGURED = "configured tags"
-_ROW = re.compile(
-    r"^\|\s*([a-z_][a-z0-9_]*)\s*\|\s*(tag|field (?:float|int|bool|string))\s*\|(.*?)\|"
-)
-_TOKEN = re.compile(r"^[A-Za-z0-9_+]+$")
 PYTHON_TYPES = {"float": float, "int": int, "bool": bool, "string": str}
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One documented name: `tag` or `field <type>`, and its values if the page lists them."""
-
-    kind: str
-    values: frozenset[str] | None
-
-    def problem(self, value: object, is_tag: bool) -> str | None:
-        """Why `value` breaks this entry, or None."""
-        if is_tag != (self.kind == "tag"):
-            return f"documented as {self.kind}"
-        if self.kind == "tag":
-            if not isinstance(value, str) or not value:
-                return "a tag must be a non-empty string"
-        else:
-            wanted = PYTHON_TYPES[self.kind.split()[1]]
-            # bool is an int in Python, but a different field type in InfluxDB
-            if type(value) is not wanted:
-                return f"documented as {self.kind}, got {type(value).__name__}"
-        if self.values is not None and str(value).lower() not in self.values:
-            return f"{value!r} is not one of {sorted(self.values)}"
-        return None
-
-
-def parse_contract(text: str) -> dict[str, dict[str, Entry]]:
-    """`## measurement` sections of docs/metrics.md -> {measurement: {name: Entry}}."""
-    contract: dict[str, dict[str, Entry]] = {}
-    section: dict[str, Entry] | None = None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            section = contract.setdefault(line[3:].strip(), {})
-            continue
-        match = _ROW.match(line)
-        if match and section is not None:
-            name, kind, cell = match.group(1), match.group(2), match.group(3).strip()
-            items = [item.strip() for item in cell.split(",")]
-            listed = len(items) > 1 and all(_TOKEN.match(item) for item in items)
-            section[name] = Entry(kind, frozenset(i.lower() for i in items) if listed else None)
-    return contract
+def problem(column: Column, value: object, is_tag: bool) -> str | None:
+    """Why `value` breaks the documented `column`, or None."""
+    if is_tag != (column.kind == "tag"):
+        return f"documented as {column.written}"
+    if column.kind == "tag":
+        if not isinstance(value, str) or not value:
+            return "a tag must be a non-empty string"
+    # bool is an int in Python, but a different field type in InfluxDB
+    elif type(value) is not PYTHON_TYPES[column.type]:
+        return f"documented as {column.written}, got {type(value).__name__}"
+    if column.values is not None and str(value) not in column.values:
+        return f"{value!r} is not one of {sorted(column.values)}"
+    return None
 
 
 @pytest.fixture(scope="module")
-def contract() -> dict[str, dict[str, Entry]]:
-    return parse_contract(METRICS_MD.read_text(encoding="utf-8"))
+def contract() -> Contract:
+    return load_contract()
 
 
-def violations(samples: list[Sample], contract: dict[str, dict[str, Entry]]) -> list[str]:
+def violations(samples: list[Sample], contract: Contract) -> list[str]:
     """Every way `samples` break the contract, one line each."""
     configured = contract[CONFIGURED]
     out = []
@@ -94,17 +62,29 @@ def violations(samples: list[Sample], contract: dict[str, dict[str, Entry]]) -> 
                 entry = documented.get(name) or (configured.get(name) if is_tag else None)
                 if entry is None:
                     out.append(f"{sample.measurement}.{name} is not documented")
-                elif (why := entry.problem(value, is_tag)) is not None:
+                elif (why := problem(entry, value, is_tag)) is not None:
                     out.append(f"{sample.measurement}.{name}: {why}")
     return sorted(set(out))
 
 
 def test_the_page_parses_into_the_shapes_the_driver_relies_on(contract):
-    assert contract["qkd_link"]["qber"] == Entry("field float", None)
-    assert contract["qkd_link"]["key_generating"].kind == "field bool"
-    assert contract["qkd_link"]["direction"] == Entry("tag", frozenset({"tx", "rx"}))
+    assert contract["qkd_link"]["qber"] == Column("field", "float", "fraction")
+    assert contract["qkd_link"]["qber"].values is None
+    assert contract["qkd_link"]["key_generating"].written == "field bool"
+    assert contract["qkd_link"]["direction"].written == "tag"
+    assert contract["qkd_link"]["direction"].values == frozenset({"tx", "rx"})
     assert contract["qkd_event"]["severity"].values >= {"critical", "major", "warning", "info"}
     assert contract[CONFIGURED]["node"].kind == "tag"
+
+
+@pytest.mark.parametrize(
+    "row", ["| qber | field double | fraction | |", "| Qber | field float | fraction | |"]
+)
+def test_a_row_the_reader_cannot_read_is_an_error(row):
+    with pytest.raises(ValueError, match=r"docs/metrics\.md"):
+        parse_contract(
+            f"## qkd_link\n\n| name | kind | unit/values | meaning |\n|---|---|---|---|\n{row}\n"
+        )
 
 
 def test_the_checker_catches_each_kind_of_breach(contract):
