@@ -220,32 +220,43 @@ def _connect(path: Path, create: bool = True) -> sqlite3.Connection:
         target, uri=uri, isolation_level=None, check_same_thread=False, timeout=30.0
     )
     try:
+        # Looked at before anything is set: a file this version does not read is left as it is.
+        version, tables = _layout(conn)
+        if version != LAYOUT_VERSION and not (version == 0 and not tables and create):
+            raise SpoolLayoutError(_layout_problem(path, version, tables))
         # page_size only takes effect on a database that has no page yet.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         with _Transaction(conn):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            empty = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
-            if version == 0 and empty and create:
+            # Again under the write lock: another process may have created it meanwhile.
+            version, tables = _layout(conn)
+            if version == 0 and not tables and create:
                 # Statement by statement: executescript would commit the transaction first.
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
             elif version != LAYOUT_VERSION:
-                raise SpoolLayoutError(_layout_problem(path, version, empty))
+                raise SpoolLayoutError(_layout_problem(path, version, tables))
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _layout_problem(path: Path, version: int, empty: bool) -> str:
-    if version == 0 and empty:
-        what = "is an empty database, not a qkdtel spool"
-    elif version == 0:
+def _layout(conn: sqlite3.Connection) -> tuple[int, set[str]]:
+    """(user_version, names of the tables)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return version, {name for (name,) in rows}
+
+
+def _layout_problem(path: Path, version: int, tables: set[str]) -> str:
+    if version == 0 and {"points", "cursors", "rejected"} <= tables:
         what = "was written by an earlier qkdtel, in the one-row-per-point layout"
+    elif version == 0:
+        what = "is not a qkdtel spool"
     elif version > LAYOUT_VERSION:
         what = f"was written by a newer qkdtel, in spool layout {version}"
     else:

@@ -420,7 +420,14 @@ def test_spool_rejected_command_refuses_a_spool_of_the_old_layout(tmp_path: Path
     config = tmp_path / "qkdtel.yaml"
     config.write_text(f"collector:\n  spool_dir: {spool_dir}\n")
     old = sqlite3.connect(spool_dir / SPOOL_FILE)
-    old.execute("CREATE TABLE points (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL)")
+    old.executescript(
+        """
+        CREATE TABLE points (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
+        CREATE TABLE cursors (sink TEXT PRIMARY KEY, acked_id INTEGER NOT NULL);
+        CREATE TABLE rejected (id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL,
+            time_ns INTEGER NOT NULL, reason TEXT NOT NULL, line TEXT NOT NULL);
+        """
+    )
     old.close()
     parser = argparse.ArgumentParser(prog="qkdtel")
     add_subcommand(parser.add_subparsers(dest="command", required=True))

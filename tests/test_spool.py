@@ -321,6 +321,18 @@ def test_a_spool_of_the_old_layout_is_refused_not_misread(path: Path) -> None:
     conn.close()
 
 
+def test_a_database_that_is_no_spool_is_refused_and_left_alone(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SpoolLayoutError, match="is not a qkdtel spool"):
+        Spool(path, ["a"], 10_000)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+
+
 def test_a_spool_of_a_newer_layout_is_refused(path: Path) -> None:
     Spool(path, ["a"], 10_000).close()
     conn = sqlite3.connect(path)
