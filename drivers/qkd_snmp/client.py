@@ -8,10 +8,11 @@ values. `make_client` picks the version:
 - `UsmClient` (usm.py): SNMPv3 with USM; the cryptography (key localisation, privacy
   ciphers) is pysnmp's own, reused as is.
 
-Both use one UDP socket *connected* to the agent: the kernel then reports ICMP port/host
-unreachable as an error on the socket (it stays silent for unconnected UDP sockets), so a
-closed port fails fast as `Refused` instead of after the timeout. The price: an agent that
-answers from another address than the one polled is not heard (rare; see README.md).
+Both are `UdpClient`s: one UDP socket *connected* to the agent, requests and answers matched
+by id, resends. Connected, because the kernel then reports ICMP port/host unreachable as an
+error on the socket (it stays silent for unconnected UDP sockets), so a closed port fails
+fast as `Refused` instead of after the timeout. The price: an agent that answers from
+another address than the one polled is not heard (rare; see README.md).
 
 Values come back plain (see ber.py): int, bytes, OID tuple, or an `SnmpException`.
 """
@@ -20,23 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import random
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from qkdtel.drivers.qkd_snmp.ber import (
     END_OF_MIB_VIEW,
     ERROR_STATUS,
     NO_SUCH_INSTANCE,
     NO_SUCH_OBJECT,
+    BerError,
 )
 from qkdtel.drivers.qkd_snmp.options import SnmpSettings
-from qkdtel.errors import AuthError, Malformed, PollError, Refused
+from qkdtel.errors import AuthError, DeviceTimeout, Malformed, PollError, Refused
 
 Oid = tuple[int, ...]
 VarBind = tuple[Oid, Any]
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
+A = TypeVar("A")  # what a UdpClient's request is answered with
 
 _AUTH_STATUSES = {"authorizationError", "noAccess"}
 
@@ -171,6 +175,112 @@ class SnmpClient:
 
     async def aclose(self) -> None:
         """Release the socket (and engine)."""
+
+
+class _Socket(asyncio.DatagramProtocol):
+    """The connected UDP socket: answers go to the client by request id, errors to all."""
+
+    def __init__(self, client: UdpClient[Any]):
+        self.client = client
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.client._answer(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.client._fail_all(socket_error(self.client.where, exc))
+
+
+class UdpClient(SnmpClient, Generic[A]):
+    """Requests over one connected UDP socket reused for every poll, answers matched to their
+    request by id.
+
+    Retries follow the usual manager practice (Net-SNMP's): a resend reuses the id, so a late
+    answer to an earlier attempt still completes the request. Subclasses read an answer's id
+    (`_decode`) and turn the answer into what its request returns (`_open_answer`).
+    """
+
+    timeout_hint = ""  # appended to the timeout error's message
+
+    def __init__(self, host: str, port: int, settings: SnmpSettings):
+        super().__init__(host, port, settings)
+        self._socket: _Socket | None = None
+        self._open_lock = asyncio.Lock()
+        self._pending: dict[int, asyncio.Future[A]] = {}
+        self._next_id = random.randrange(1, 1 << 30)
+
+    def _decode(self, data: bytes) -> tuple[int, Any]:
+        """(the id it answers, the decoded answer); raises BerError."""
+        raise NotImplementedError
+
+    def _open_answer(self, data: bytes, decoded: Any) -> A:
+        """What the request gets from its answer; raises PollError."""
+        raise NotImplementedError
+
+    async def _connected(self) -> _Socket:
+        async with self._open_lock:
+            if self._socket is None:
+                self._socket, _ = await connect_udp(
+                    self.where, self.host, self.port, lambda _family: _Socket(self)
+                )
+            return self._socket
+
+    def _answer(self, data: bytes) -> None:
+        """A datagram from the agent: complete the request it answers."""
+        try:
+            request_id, decoded = self._decode(data)
+        except BerError as exc:
+            # Only the agent can reach a connected socket: it sent something unreadable.
+            self._fail_all(Malformed(f"{self.where}: undecodable answer: {exc}"))
+            return
+        future = self._pending.get(request_id)
+        if future is None or future.done():
+            return  # a late duplicate of an answer already taken
+        try:
+            future.set_result(self._open_answer(data, decoded))
+        except PollError as exc:
+            future.set_exception(exc)
+
+    def _fail_all(self, error: PollError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def _round_trip(self, build: Callable[[int], bytes]) -> A:
+        """Send `build(request_id)` and resend it on timeout; the answer to that id."""
+        sock = self._socket or await self._connected()
+        request_id = self._next_id
+        self._next_id = request_id % 0x7FFFFFFF + 1
+        wire = build(request_id)
+        future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        settings = self.settings
+        try:
+            for _ in range(settings.retries + 1):
+                assert sock.transport is not None
+                sock.transport.sendto(wire)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), settings.request_timeout)
+                except TimeoutError:
+                    continue
+            raise DeviceTimeout(
+                f"{self.where}: no answer within {settings.request_timeout:g}s "
+                f"x {settings.retries + 1} attempt(s){self.timeout_hint}"
+            )
+        finally:
+            del self._pending[request_id]
+            if not future.done():
+                future.cancel()
+
+    async def aclose(self) -> None:
+        """Close the socket."""
+        self._fail_all(PollError(f"{self.where}: client closed"))
+        if self._socket is not None and self._socket.transport is not None:
+            self._socket.transport.close()
+        self._socket = None
 
 
 def make_client(host: str, port: int, settings: SnmpSettings) -> SnmpClient:

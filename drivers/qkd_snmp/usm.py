@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,9 +48,9 @@ from qkdtel.drivers.qkd_snmp.ber import (
     encode_v3,
     octet_string,
 )
-from qkdtel.drivers.qkd_snmp.client import Oid, SnmpClient, VarBind, connect_udp, socket_error
+from qkdtel.drivers.qkd_snmp.client import Oid, UdpClient, VarBind
 from qkdtel.drivers.qkd_snmp.options import SnmpSettings
-from qkdtel.errors import AuthError, DeviceTimeout, Malformed, PollError
+from qkdtel.errors import AuthError, Malformed, PollError
 
 AUTH_PROTOCOLS = {
     None: config.USM_AUTH_NONE,
@@ -144,22 +143,7 @@ class _Peer:
         self.boots, self.time, self.at = boots, engine_time, time.monotonic()
 
 
-class _Socket(asyncio.DatagramProtocol):
-    def __init__(self, client: UsmClient):
-        self.client = client
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.client._answer(data)
-
-    def error_received(self, exc: Exception) -> None:
-        self.client._fail_all(socket_error(self.client.where, exc))
-
-
-class UsmClient(SnmpClient):
+class UsmClient(UdpClient[tuple[V3Message, int, Response]]):
     """SNMPv3 requests (noAuthNoPriv, authNoPriv, authPriv) over one connected UDP socket."""
 
     def __init__(self, host: str, port: int, settings: SnmpSettings):
@@ -186,29 +170,16 @@ class UsmClient(SnmpClient):
             )
             self._flags |= FLAG_PRIV
         self._peer: _Peer | None = None
-        self._socket: _Socket | None = None
         self._lock = asyncio.Lock()
-        self._pending: dict[int, asyncio.Future[tuple[V3Message, int, Response]]] = {}
-        self._next_id = random.randrange(1, 1 << 30)
 
     # ---- the wire ----------------------------------------------------------------------------
 
-    def _answer(self, data: bytes) -> None:
-        """A datagram from the agent: authenticate, decrypt, hand it to its request."""
-        try:
-            message = decode_v3(data)
-        except BerError as exc:
-            self._fail_all(Malformed(f"{self.where}: undecodable answer: {exc}"))
-            return
-        future = self._pending.get(message.msg_id)
-        if future is None or future.done():
-            return  # a late duplicate of an answer already taken
-        try:
-            future.set_result(self._open_message(data, message))
-        except PollError as exc:
-            future.set_exception(exc)
+    def _decode(self, data: bytes) -> tuple[int, V3Message]:
+        message = decode_v3(data)
+        return message.msg_id, message
 
-    def _open_message(self, data: bytes, message: V3Message) -> tuple[V3Message, int, Response]:
+    def _open_answer(self, data: bytes, message: V3Message) -> tuple[V3Message, int, Response]:
+        """Authenticate and decrypt an answer: (message, PDU type, PDU)."""
         peer = self._peer
         authentic = bool(message.flags & FLAG_AUTH)
         if authentic:
@@ -247,42 +218,6 @@ class UsmClient(SnmpClient):
         ):  # RFC 3412 7.2.10: an answer comes at the security level of its request
             raise AuthError(f"{self.where}: answer below the request's security level")
         return message, tag, response
-
-    def _fail_all(self, error: PollError) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-
-    async def _round_trip(self, build: Any) -> tuple[V3Message, int, Response]:
-        """Send `build(msg_id)` and resend it on timeout; the answer to that message id."""
-        if self._socket is None:
-            self._socket, _ = await connect_udp(
-                self.where, self.host, self.port, lambda _family: _Socket(self)
-            )
-        msg_id = self._next_id
-        self._next_id = msg_id % 0x7FFFFFFF + 1
-        wire = build(msg_id)
-        future: asyncio.Future[tuple[V3Message, int, Response]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._pending[msg_id] = future
-        settings = self.settings
-        try:
-            for _ in range(settings.retries + 1):
-                assert self._socket.transport is not None
-                self._socket.transport.sendto(wire)
-                try:
-                    return await asyncio.wait_for(asyncio.shield(future), settings.request_timeout)
-                except TimeoutError:
-                    continue
-            raise DeviceTimeout(
-                f"{self.where}: no answer within {settings.request_timeout:g}s "
-                f"x {settings.retries + 1} attempt(s)"
-            )
-        finally:
-            del self._pending[msg_id]
-            if not future.done():
-                future.cancel()
 
     # ---- engine discovery and requests -------------------------------------------------------
 
@@ -379,10 +314,3 @@ class UsmClient(SnmpClient):
         if name.startswith("usmStats"):
             raise AuthError(f"{self.where}: SNMPv3 authentication failed: agent reports {name}")
         raise PollError(f"{self.where}: agent reports {name}")
-
-    async def aclose(self) -> None:
-        """Close the socket."""
-        self._fail_all(PollError(f"{self.where}: client closed"))
-        if self._socket is not None and self._socket.transport is not None:
-            self._socket.transport.close()
-        self._socket = None
