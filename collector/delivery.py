@@ -295,6 +295,7 @@ class Delivery:
                     state.failures_in_a_row = 0
                 if chain.failed is not None:
                     batch = None
+                    await acks.flush()  # not held back for the whole back-off
                     await self._retry_later(name, state, chain.failed)
                     continue
                 batch = chain.ahead

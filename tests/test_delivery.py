@@ -115,6 +115,11 @@ def test_v1_sink_stores_every_point_unchanged(
     run(main)
     rows = sorted(stored(influxdb, influx_db), key=lambda r: r["time"])
     assert rows == as_rows(points)
+    # Every acknowledgement reached the disk (they are committed in groups while batches
+    # stream out, and all of them once the writer has nothing left to send).
+    spool = Spool(tmp_path / "spool" / SPOOL_FILE, ["influx"], 10_000)
+    assert (spool.pending("influx"), spool.size()) == (0, 0)
+    spool.close()
 
 
 def test_v2_sink_writes_through_influxdb_client(
