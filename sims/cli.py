@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qkdtel.sims import collector_config
+from qkdtel.sims.cli_common import EXIT_OK, EXIT_USAGE, positive
 from qkdtel.sims.clock import AcceleratedClock
 from qkdtel.sims.osa.cli import add_commands as osa_commands
 from qkdtel.sims.otdr.cli import add_commands as otdr_commands
@@ -29,21 +30,12 @@ from qkdtel.sims.snmp.agent import Credentials, Faults
 from qkdtel.sims.snmp.network import SimNetwork
 from qkdtel.sims.topology import TopologyError, load_topology
 
-EXIT_OK, EXIT_USAGE = 0, 2
-
 
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
 
 
 def _missing(text: str) -> tuple[str, frozenset[str]]:
@@ -75,9 +67,7 @@ def add_sims_commands(subparsers: argparse._SubParsersAction) -> None:
         help="first UDP port, agents numbered in file order (default: free ports)",
     )
     up.add_argument("--config-out", type=Path, help="write the matching collector config here")
-    up.add_argument(
-        "--speed", type=_positive, default=1.0, help="simulated seconds per real second"
-    )
+    up.add_argument("--speed", type=positive, default=1.0, help="simulated seconds per real second")
     up.add_argument("--seed", type=int, default=0, help="seed of every simulated series")
     up.add_argument("--trap-target", type=_host_port, help="send SNMPv2c traps to HOST:PORT")
     up.add_argument(
@@ -85,7 +75,7 @@ def add_sims_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--v3", action="store_true", help="the config polls with SNMPv3 authPriv")
     up.add_argument("--community", default=Credentials.community, help="SNMPv2c community")
-    up.add_argument("--interval", type=_positive, default=10.0, help="poll interval in the config")
+    up.add_argument("--interval", type=positive, default=10.0, help="poll interval in the config")
     up.add_argument("--only", action="append", metavar="NAME", help="start only these modules")
     up.add_argument(
         "--unresponsive", action="append", default=[], metavar="NAME", help="agent drops requests"

@@ -20,11 +20,11 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import threading
 import tty
 from pathlib import Path
 
+from qkdtel.sims.cli_common import stop_on_signal
 from qkdtel.sims.scpi import ScpiFailure, ScpiServer
 from qkdtel.sims.topology import Link, TopologyError, load_topology
 
@@ -240,9 +240,7 @@ def cmd_powermeter(args: argparse.Namespace) -> int:
     if link is None:
         print(f"sims powermeter: no link {args.link}")
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signal()
     with SerialLine(PowerMeterSim.for_link(link), args.path) as line:
         print(f"power meter reading link {link.id} ({link.loss_db} dB) at {line.resource}")
         stop.wait()

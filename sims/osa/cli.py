@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
-import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from rich.console import Console
 from rich.table import Table
 
+from qkdtel.sims.cli_common import add_placement_arguments, positive, serve_instruments
 from qkdtel.sims.osa.server import DIALECTS, OsaSimulator
 from qkdtel.sims.osa.spectrum import PUBLISHED_PLANS
-from qkdtel.sims.scpi import ServerThread
-from qkdtel.sims.topology import TopologyError, load_topology
-
-EXIT_OK, EXIT_USAGE = 0, 2
+from qkdtel.sims.topology import load_topology
 
 
 def _per_link(text: str) -> tuple[str, str]:
@@ -40,13 +35,6 @@ def _per_link(text: str) -> tuple[str, str]:
     if not sep or not link or not rest:
         raise argparse.ArgumentTypeError(f"expected ID:VALUE, got {text!r}")
     return link, rest
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -58,11 +46,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dialect", choices=DIALECTS, default="yokogawa", help="command set")
-    p.add_argument("-t", "--topology", help="topology YAML (default: the MadQCI twin)")
-    p.add_argument("--link", action="append", metavar="ID", help="links to watch (4, 8)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--base-port", type=int, default=0, help="first TCP port (default: free ones)")
-    p.add_argument("--sweep-time", type=_positive, default=0.5, help="seconds per sweep")
+    add_placement_arguments(p, link_help="links to watch (4, 8)")
+    p.add_argument("--sweep-time", type=positive, default=0.5, help="seconds per sweep")
     p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
     p.add_argument("--pty", action="store_true", help="also serve each on a pseudo-terminal")
     p.add_argument("--vxi11", action="store_true", help="also serve each over VXI-11")
@@ -146,55 +131,42 @@ def device_entry(sim: OsaSimulator) -> dict[str, Any]:
 
 
 def cmd_osa(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
-    try:
-        sims = build(args)
-    except (TopologyError, ValueError) as exc:
-        console.print(f"sims osa: {exc}", markup=False, highlight=False)
-        return EXIT_USAGE
-    try:
-        thread = ServerThread(sims, pty=args.pty, vxi11=args.vxi11).start()
-    except (RuntimeError, TimeoutError) as exc:
-        console.print(f"sims osa: {exc}", markup=False, highlight=False)
-        return EXIT_USAGE
-    try:
-        table = Table(title=f"simulated OSAs ({args.dialect})", header_style="bold")
-        for column in ("link", "resource", "classical channels", "notch", "faults"):
-            table.add_column(column)
-        for sim in sims:
-            resources = [sim.resource]
-            resources += [sim.serial_resource] if args.pty else []
-            resources += [sim.instr_resource] if args.vxi11 else []
-            faults = [
-                name
-                for name, on in (
-                    (f"+{sim.faults.added_loss_db:g} dB", sim.faults.added_loss_db),
-                    ("stall", sim.faults.stall),
-                    (f"truncate {sim.faults.truncate_blocks}", sim.faults.truncate_blocks),
-                    (f"errors on {', '.join(sim.faults.errors)}", sim.faults.errors),
-                )
-                if on
-            ]
-            table.add_row(
-                sim.link,
-                "\n".join(resources),
-                ", ".join(f"{c.channel} ({c.kind})" for c in sim.spectrum.carriers),
-                ", ".join(map(str, sim.spectrum.notch_channels)) or "-",
-                "; ".join(faults),
+    return serve_instruments(
+        "osa",
+        args,
+        build,
+        table=lambda sims: _table(sims, args),
+        device_entry=device_entry,
+        status=lambda sims: f"{len(sims)} OSAs, {args.sweep_time:g} s per sweep; Ctrl-C to stop",
+        pty=args.pty,
+        vxi11=args.vxi11,
+        width=200,
+    )
+
+
+def _table(sims: Sequence[OsaSimulator], args: argparse.Namespace) -> Table:
+    table = Table(title=f"simulated OSAs ({args.dialect})", header_style="bold")
+    for column in ("link", "resource", "classical channels", "notch", "faults"):
+        table.add_column(column)
+    for sim in sims:
+        resources = [sim.resource]
+        resources += [sim.serial_resource] if args.pty else []
+        resources += [sim.instr_resource] if args.vxi11 else []
+        faults = [
+            name
+            for name, on in (
+                (f"+{sim.faults.added_loss_db:g} dB", sim.faults.added_loss_db),
+                ("stall", sim.faults.stall),
+                (f"truncate {sim.faults.truncate_blocks}", sim.faults.truncate_blocks),
+                (f"errors on {', '.join(sim.faults.errors)}", sim.faults.errors),
             )
-        Console(width=200).print(table)
-        if args.config_out:
-            document = {"devices": [device_entry(sim) for sim in sims]}
-            args.config_out.write_text(yaml.safe_dump(document, sort_keys=False))
-        console.print(f"{len(sims)} OSAs, {args.sweep_time:g} s per sweep; Ctrl-C to stop")
-        _wait_for_signal()
-    finally:
-        thread.stop()
-    return EXIT_OK
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+            if on
+        ]
+        table.add_row(
+            sim.link,
+            "\n".join(resources),
+            ", ".join(f"{c.channel} ({c.kind})" for c in sim.spectrum.carriers),
+            ", ".join(map(str, sim.spectrum.notch_channels)) or "-",
+            "; ".join(faults),
+        )
+    return table

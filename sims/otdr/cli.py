@@ -13,20 +13,16 @@ a collector configuration polling every OTDR.
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import yaml
-from rich.console import Console
 from rich.table import Table
 
+from qkdtel.sims.cli_common import add_placement_arguments, positive, serve_instruments
 from qkdtel.sims.otdr.fibre import route_for_link
 from qkdtel.sims.otdr.instrument import OtdrSim
-from qkdtel.sims.scpi import ServerThread
-from qkdtel.sims.topology import TopologyError, load_topology
-
-EXIT_OK, EXIT_USAGE = 0, 2
+from qkdtel.sims.topology import load_topology
 
 
 def _fault(text: str) -> tuple[str, list[float]]:
@@ -40,13 +36,6 @@ def _fault(text: str) -> tuple[str, list[float]]:
     return link, numbers
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `otdr` on the `qkdtel sims` subcommands."""
     p = subparsers.add_parser(
@@ -55,11 +44,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-t", "--topology", help="topology YAML (default: the MadQCI twin)")
-    p.add_argument("--link", action="append", metavar="ID", help="only these links")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--base-port", type=int, default=0, help="first TCP port (default: free ones)")
-    p.add_argument("--speed", type=_positive, default=1.0, help="acquisitions this many x faster")
+    add_placement_arguments(p, link_help="only these links")
+    p.add_argument("--speed", type=positive, default=1.0, help="acquisitions this many x faster")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--loopback", action="store_true", help="far ends looped back (trace x2)")
     p.add_argument("--added-loss", type=_fault, action="append", default=[], metavar="ID:M:DB")
@@ -97,54 +83,40 @@ def build(args: argparse.Namespace) -> list[OtdrSim]:
 
 
 def cmd_otdr(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
-    try:
-        sims = build(args)
-    except (TopologyError, ValueError) as exc:
-        console.print(f"sims otdr: {exc}", markup=False, highlight=False)
-        return EXIT_USAGE
-    try:
-        thread = ServerThread(sims).start()
-    except (RuntimeError, TimeoutError) as exc:
-        console.print(f"sims otdr: {exc}", markup=False, highlight=False)
-        return EXIT_USAGE
-    try:
-        table = Table(title="simulated OTDRs", header_style="bold")
-        for column in ("link", "resource", "length", "loss 1550/1310 nm", "events"):
-            table.add_column(column)
-        for sim in sims:
-            route = sim.route
-            table.add_row(
-                route.link,
-                sim.resource,
-                f"{route.length_m:.0f} m",
-                f"{route.loss_db(1550):.2f} / {route.loss_db(1310):.2f} dB",
-                str(len(route.events)),
-            )
-        Console().print(table)
-        if args.config_out:
-            devices = [
-                {
-                    "name": f"otdr-link-{sim.route.link}",
-                    "driver": "otdr",
-                    "interval": "1h",
-                    "timeout": "2m",
-                    "visa": {"resource": sim.resource},
-                    "link": sim.route.link,
-                    "range_m": round(2 * sim.route.length_m, -3),
-                }
-                for sim in sims
-            ]
-            args.config_out.write_text(yaml.safe_dump({"devices": devices}, sort_keys=False))
-        console.print(f"{len(sims)} OTDRs at {args.speed:g}x speed; Ctrl-C to stop")
-        _wait_for_signal()
-    finally:
-        thread.stop()
-    return EXIT_OK
+    return serve_instruments(
+        "otdr",
+        args,
+        build,
+        table=_table,
+        device_entry=device_entry,
+        status=lambda sims: f"{len(sims)} OTDRs at {args.speed:g}x speed; Ctrl-C to stop",
+    )
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+def device_entry(sim: OtdrSim) -> dict[str, Any]:
+    """A collector `devices:` entry polling `sim`."""
+    return {
+        "name": f"otdr-link-{sim.route.link}",
+        "driver": "otdr",
+        "interval": "1h",
+        "timeout": "2m",
+        "visa": {"resource": sim.resource},
+        "link": sim.route.link,
+        "range_m": round(2 * sim.route.length_m, -3),
+    }
+
+
+def _table(sims: Sequence[OtdrSim]) -> Table:
+    table = Table(title="simulated OTDRs", header_style="bold")
+    for column in ("link", "resource", "length", "loss 1550/1310 nm", "events"):
+        table.add_column(column)
+    for sim in sims:
+        route = sim.route
+        table.add_row(
+            route.link,
+            sim.resource,
+            f"{route.length_m:.0f} m",
+            f"{route.loss_db(1550):.2f} / {route.loss_db(1310):.2f} dB",
+            str(len(route.events)),
+        )
+    return table
