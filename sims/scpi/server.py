@@ -40,9 +40,10 @@ import tty
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from qkdtel.drivers.scpi.blocks import encode_block
+from qkdtel.sims.background import BackgroundLoop
 from qkdtel.sims.scpi.vxi11 import Vxi11Service
 
 log = logging.getLogger(__name__)
@@ -464,12 +465,15 @@ class ScpiServer:
                 await writer.drain()
 
 
-class ServerThread:
+class ServerThread(BackgroundLoop):
     """Simulated instruments served from a daemon thread with its own event loop.
 
     `with ServerThread([osa]) as thread:` -- the servers listen once the block is entered;
     `thread.call(fn)` runs `fn()` on their loop (to touch state that handlers also touch).
     """
+
+    what = "simulated instruments"
+    thread_name = "qkdtel-scpi-sims"
 
     def __init__(
         self,
@@ -478,60 +482,15 @@ class ServerThread:
         vxi11: bool = False,
         start_timeout: float = 10,
     ):
+        super().__init__(start_timeout, stop_timeout=10)
         self.servers = list(servers)
         self.pty = pty
         self.vxi11 = vxi11
-        self._start_timeout = start_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
 
-    def start(self) -> ServerThread:
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
-        self._thread.name = "qkdtel-scpi-sims"
-        self._thread.start()
-        if not self._ready.wait(self._start_timeout):
-            raise TimeoutError(f"simulated instruments did not start in {self._start_timeout} s")
-        if self._error is not None:
-            raise RuntimeError(f"simulated instruments failed to start: {self._error}")
-        return self
+    async def _start_serving(self) -> None:
+        for server in self.servers:
+            await server.start(pty=self.pty, vxi11=self.vxi11)
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            for server in self.servers:
-                await server.start(pty=self.pty, vxi11=self.vxi11)
-        except Exception as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            for server in self.servers:
-                await server.stop()
-
-    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Run `fn()` on the servers' loop and return its result."""
-        assert self._loop is not None
-
-        async def run() -> Any:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(timeout=10)
-        self._loop = self._thread = None
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    async def _stop_serving(self) -> None:
+        for server in self.servers:
+            await server.stop()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from qkdtel.sims.background import BackgroundLoop
 from qkdtel.sims.clock import AcceleratedClock, SimClock
 from qkdtel.sims.snmp.agent import Credentials, Faults, Row, SimAgent
 from qkdtel.sims.snmp.noise import Excursion, stream_id
@@ -222,7 +222,7 @@ class SimNetwork:
         ]
 
 
-class BackgroundNetwork:
+class BackgroundNetwork(BackgroundLoop):
     """A `SimNetwork` served from a daemon thread with its own event loop.
 
     Use as a context manager (`with BackgroundNetwork(SimNetwork(...)) as bg:`); agents are
@@ -230,59 +230,15 @@ class BackgroundNetwork:
     touch an agent (e.g. `agent.unresponsive = True`) while it serves.
     """
 
+    what = "simulated network"
+    thread_name = "qkdtel-sims"
+
     def __init__(self, network: SimNetwork, start_timeout: float = 60.0):
+        super().__init__(start_timeout, stop_timeout=30)
         self.network = network
-        self._start_timeout = start_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
 
-    def start(self) -> BackgroundNetwork:
-        self._thread = threading.Thread(target=self._run, name="qkdtel-sims", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(self._start_timeout):
-            raise TimeoutError(f"simulated network did not start in {self._start_timeout} s")
-        if self._error is not None:
-            raise RuntimeError("simulated network failed to start") from self._error
-        return self
+    async def _start_serving(self) -> None:
+        await self.network.start()
 
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            await self.network.start()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.network.stop()
-
-    def call(self, fn, timeout: float = 10.0):
-        """Run `fn()` on the network's loop and return its result."""
-        assert self._loop is not None
-
-        async def run():
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(timeout=30)
-        self._loop = self._thread = None
-
-    def __enter__(self) -> BackgroundNetwork:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    async def _stop_serving(self) -> None:
+        await self.network.stop()
