@@ -9,46 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
 from qkdtel.config import load_config_text
 from qkdtel.daemon import Collector
-from qkdtel.sample import Sample
+from tests.collector_run import Recorder, collector_document, written
 
 
 def collector_config(tmp_path: Path, devices: list[dict], **collector) -> str:
-    return yaml.safe_dump(
-        {
-            "collector": {
-                "spool_dir": str(tmp_path / "spool"),
-                "self_telemetry_interval": 0.5,
-                "flush_interval": 0.2,
-                **collector,
-            },
-            "sinks": [{"type": "file", "path": str(tmp_path / "lp")}],
-            "devices": devices,
-        }
-    )
-
-
-class Recorder:
-    """Observer keeping every spooled sample."""
-
-    def __init__(self) -> None:
-        self.samples: list[Sample] = []
-
-    def __call__(self, samples: list[Sample]) -> None:
-        self.samples.extend(samples)
-
-    def statuses(self) -> dict[str, list[Sample]]:
-        out: dict[str, list[Sample]] = defaultdict(list)
-        for s in self.samples:
-            if s.measurement == "qkdtel_device_status":
-                out[s.tags["device"]].append(s)
-        return out
+    return yaml.safe_dump(collector_document(tmp_path, devices, **collector))
 
 
 def test_hung_and_refusing_devices_do_not_delay_others(tmp_path, tcp_probe_driver, tcp_servers):
@@ -177,7 +148,7 @@ def test_sigterm_stops_within_grace_and_flushes(tmp_path, tcp_probe_driver, tcp_
     assert took < 2 + 2.0, took  # the 30 s poll of `hung` was abandoned within the grace
     assert "abandoned 1 poll" in err
 
-    lines = "".join(p.read_text() for p in (tmp_path / "lp").rglob("*") if p.is_file())
+    lines = written(tmp_path)
     good_points = [ln for ln in lines.splitlines() if ln.startswith("tcp_probe,")]
     assert len(good_points) >= 5
     assert 'error_class="timeout"' not in lines  # never timed out: abandoned, not failed
@@ -191,7 +162,7 @@ def test_traps_become_events_of_the_right_device(tmp_path, single_agent):
 
     sims = [single_agent("cerberis3"), single_agent("hwdu_cv")]
     listen = ("127.0.0.1", free_port())
-    document = yaml.safe_load(collector_config(tmp_path, [s.device for s in sims]))
+    document = collector_document(tmp_path, [s.device for s in sims])
     document["traps"] = {
         "listen": f"{listen[0]}:{listen[1]}",
         "communities": [sims[0].credentials.community],
@@ -219,7 +190,7 @@ def test_traps_become_events_of_the_right_device(tmp_path, single_agent):
     # The state-change notification carries the link's current state, which is still active.
     assert all(e.tags["event"] == "link_up" for e in events), [dict(e.tags) for e in events]
     assert {e.tags["node"] for e in events} == {s.agent.site for s in sims}
-    lines = "".join(p.read_text() for p in (tmp_path / "lp").rglob("*") if p.is_file())
+    lines = written(tmp_path)
     assert lines.count("qkd_event,") == 2
 
 
@@ -234,3 +205,27 @@ def test_invalid_trap_user_reported_at_load_with_its_path():
         assert "short" not in str(exc.problems)
     else:
         raise AssertionError("an invalid trap user was accepted")
+
+
+def test_run_refuses_a_spool_of_another_layout(tmp_path):
+    """A spool written by an older qkdtel is never misread: `qkdtel run` names it and exits 2."""
+    import sqlite3
+
+    from qkdtel.spool import SPOOL_FILE
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    old = sqlite3.connect(spool_dir / SPOOL_FILE)
+    old.execute("CREATE TABLE points (id INTEGER PRIMARY KEY, line TEXT NOT NULL)")
+    old.close()
+    cfg = tmp_path / "qkdtel.yaml"
+    cfg.write_text(collector_config(tmp_path, []))
+    result = subprocess.run(
+        [sys.executable, "-m", "qkdtel.cli", "run", "-c", str(cfg), "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "cannot start:" in result.stderr and SPOOL_FILE in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,41 +10,31 @@ import yaml
 
 from qkdtel.config import load_config_text
 from qkdtel.daemon import Collector
-from qkdtel.sample import Sample
+from tests.collector_run import Recorder, collector_document, written
 
 
 def test_a_slow_sweep_does_not_delay_a_fast_device(tmp_path, osa_sim):
     slow = osa_sim("yokogawa", "4", sweep_time_s=1.2)
     fast = osa_sim("anritsu", "8", sweep_time_s=0.01)
-    document = {
-        "collector": {
-            "spool_dir": str(tmp_path / "spool"),
-            "flush_interval": 0.2,
-            "self_telemetry_interval": 5,
-        },
-        "sinks": [{"type": "file", "path": str(tmp_path / "lp")}],
-        "devices": [
-            slow.device("osa-l4", interval=0.5, timeout=5),
-            # a second device on the same analyser, spelled differently: same instrument
-            slow.device(
-                "osa-l4-50ghz",
-                interval=0.5,
-                timeout=5,
-                grid_ghz=50,
-                visa={"resource": slow.sim.resource.replace("TCPIP::", "TCPIP0::")},
-            ),
-            fast.device("osa-l8", interval=0.1, timeout=2, points=501),
-        ],
-    }
+    devices = [
+        slow.device("osa-l4", interval=0.5, timeout=5),
+        # a second device on the same analyser, spelled differently: same instrument
+        slow.device(
+            "osa-l4-50ghz",
+            interval=0.5,
+            timeout=5,
+            grid_ghz=50,
+            visa={"resource": slow.sim.resource.replace("TCPIP::", "TCPIP0::")},
+        ),
+        fast.device("osa-l8", interval=0.1, timeout=2, points=501),
+    ]
+    document = collector_document(tmp_path, devices, self_telemetry_interval=5)
     loaded = load_config_text(yaml.safe_dump(document))
-    seen: list[Sample] = []
-    asyncio.run(Collector(loaded, observers=[seen.extend]).run(duration=3.5))
+    recorder = Recorder()
+    asyncio.run(Collector(loaded, observers=[recorder]).run(duration=3.5))
 
-    status = [s for s in seen if s.measurement == "qkdtel_device_status"]
-    polls = {
-        name: [s for s in status if s.tags["device"] == name]
-        for name in ("osa-l4", "osa-l4-50ghz", "osa-l8")
-    }
+    statuses = recorder.statuses()
+    polls = {name: statuses[name] for name in ("osa-l4", "osa-l4-50ghz", "osa-l8")}
     for name, done in polls.items():
         assert done and all(s.fields["up"] for s in done), (name, [s.fields for s in done])
     slow_polls = polls["osa-l4"] + polls["osa-l4-50ghz"]
@@ -69,9 +59,9 @@ def test_a_slow_sweep_does_not_delay_a_fast_device(tmp_path, osa_sim):
     assert all(r < s for r, s in zip(reads, starts[1:], strict=False))
     assert {r.connection for r in slow.sim.received()} == {1}  # one shared connection
 
-    grids = {s.tags["grid"] for s in seen if s.measurement == "osa_channel"}
+    grids = {s.tags["grid"] for s in recorder.samples if s.measurement == "osa_channel"}
     assert grids == {"100", "50"}
-    written = "".join(p.read_text() for p in (tmp_path / "lp").rglob("*") if p.is_file())
-    assert "osa_sweep,device=osa-l4,dialect=yokogawa,grid=100,link=4" in written
-    assert "osa_quantum_channel,channel=37,device=osa-l4" in written
-    assert 'occupied_channels="25,29,34,59,60"' in written
+    lines = written(tmp_path)
+    assert "osa_sweep,device=osa-l4,dialect=yokogawa,grid=100,link=4" in lines
+    assert "osa_quantum_channel,channel=37,device=osa-l4" in lines
+    assert 'occupied_channels="25,29,34,59,60"' in lines

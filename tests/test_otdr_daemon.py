@@ -11,32 +11,24 @@ import yaml
 
 from qkdtel.config import load_config_text
 from qkdtel.daemon import Collector
-from qkdtel.sample import Sample
+from tests.collector_run import Recorder, collector_document, written
 
 
 def test_a_long_acquisition_does_not_delay_a_fast_device(tmp_path, otdr_sim, power_meter):
     bench = otdr_sim("8", speed=20)  # 30 s of averaging: 1.5 s per acquisition
     otdr = bench.options().model_dump(mode="json", exclude_none=True)
     meter = power_meter.options().model_dump(mode="json", exclude_none=True)
-    document = {
-        "collector": {
-            "spool_dir": str(tmp_path / "spool"),
-            "flush_interval": 0.2,
-            "self_telemetry_interval": 5,
-        },
-        "sinks": [{"type": "file", "path": str(tmp_path / "lp")}],
-        "devices": [
-            {"name": "otdr-l8", "driver": "otdr", "interval": 0.5, "timeout": 10, **otdr},
-            {"name": "bench-pm", "driver": "powermeter", "interval": 0.1, "timeout": 1, **meter},
-        ],
-    }
+    devices = [
+        {"name": "otdr-l8", "driver": "otdr", "interval": 0.5, "timeout": 10, **otdr},
+        {"name": "bench-pm", "driver": "powermeter", "interval": 0.1, "timeout": 1, **meter},
+    ]
+    document = collector_document(tmp_path, devices, self_telemetry_interval=5)
     loaded = load_config_text(yaml.safe_dump(document))
-    seen: list[Sample] = []
-    asyncio.run(Collector(loaded, observers=[seen.extend]).run(duration=3.5))
+    recorder = Recorder()
+    asyncio.run(Collector(loaded, observers=[recorder]).run(duration=3.5))
 
-    status = [s for s in seen if s.measurement == "qkdtel_device_status"]
-    meter_polls = [s for s in status if s.tags["device"] == "bench-pm"]
-    otdr_polls = [s for s in status if s.tags["device"] == "otdr-l8"]
+    statuses = recorder.statuses()
+    meter_polls, otdr_polls = statuses["bench-pm"], statuses["otdr-l8"]
     assert otdr_polls and all(s.fields["up"] for s in otdr_polls), [s.fields for s in otdr_polls]
     assert all(s.fields["poll_duration_s"] >= 1.4 for s in otdr_polls)
     # ~35 scheduled meter polls in 3.5 s; none held up while the OTDR acquired
@@ -50,8 +42,8 @@ def test_a_long_acquisition_does_not_delay_a_fast_device(tmp_path, otdr_sim, pow
     connections = {r.connection for r in bench.sim.received()}
     assert len(connections) == 1  # one connection, one job at a time
 
-    traces = [s for s in seen if s.measurement == "otdr_trace"]
+    traces = [s for s in recorder.samples if s.measurement == "otdr_trace"]
     assert traces and traces[0].tags["device"] == "otdr-l8"
     assert traces[0].fields["fibre_length_m"] == 33_100.0
-    written = "".join(p.read_text() for p in (tmp_path / "lp").rglob("*") if p.is_file())
-    assert "otdr_trace,device=otdr-l8" in written and "optical_power,channel=1" in written
+    lines = written(tmp_path)
+    assert "otdr_trace,device=otdr-l8" in lines and "optical_power,channel=1" in lines

@@ -1,0 +1,48 @@
+"""The collector daemon run in a test: its configuration (a spool and a file sink under the
+test's tmp_path), a recorder of every spooled sample, and the line protocol the sink wrote."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from qkdtel.sample import Sample
+
+
+def collector_document(tmp_path: Path, devices: list[dict], **collector: Any) -> dict[str, Any]:
+    """A configuration polling `devices`, spooling under tmp_path/spool and writing to the file
+    sink tmp_path/lp; `collector` overrides or adds `collector:` settings."""
+    return {
+        "collector": {
+            "spool_dir": str(tmp_path / "spool"),
+            "self_telemetry_interval": 0.5,
+            "flush_interval": 0.2,
+            **collector,
+        },
+        "sinks": [{"type": "file", "path": str(tmp_path / "lp")}],
+        "devices": devices,
+    }
+
+
+def written(tmp_path: Path) -> str:
+    """Every line the file sink of `collector_document` wrote."""
+    return "".join(p.read_text() for p in (tmp_path / "lp").rglob("*") if p.is_file())
+
+
+class Recorder:
+    """Observer keeping every spooled sample."""
+
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+
+    def __call__(self, samples: list[Sample]) -> None:
+        self.samples.extend(samples)
+
+    def statuses(self) -> dict[str, list[Sample]]:
+        """The `qkdtel_device_status` samples by device (none: an empty list)."""
+        out: dict[str, list[Sample]] = defaultdict(list)
+        for s in self.samples:
+            if s.measurement == "qkdtel_device_status":
+                out[s.tags["device"]].append(s)
+        return out
