@@ -48,15 +48,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from qkdtel.daemon import Collector
     from qkdtel.live import LiveLinkTable, run_with_live_table
+    from qkdtel.spool import SpoolLayoutError
 
     loaded = _load_or_exit(args.config)
-    if not args.live:
-        asyncio.run(Collector(loaded).run(duration=args.duration))
-        return EXIT_OK
-
-    view = LiveLinkTable()
-    collector = Collector(loaded, observers=[view])
-    asyncio.run(run_with_live_table(collector, view, stdout, args.duration))
+    view = LiveLinkTable() if args.live else None
+    collector = Collector(loaded, observers=[view] if view else [])
+    try:
+        if view is None:
+            asyncio.run(collector.run(duration=args.duration))
+        else:
+            asyncio.run(run_with_live_table(collector, view, stdout, args.duration))
+    except SpoolLayoutError as exc:
+        stderr.print(f"cannot start: {exc}", markup=False, highlight=False)
+        return EXIT_CONFIG
     return EXIT_OK
 
 

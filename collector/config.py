@@ -91,7 +91,8 @@ class CollectorSettings(Model):
     spool_max_points: int = Field(2_000_000, ge=1000, description="points the spool may hold")
     overflow: Literal["drop_oldest", "reject_new"] = Field(
         "drop_oldest",
-        description="what a full spool does; either way the loss is counted and logged as an error",
+        description="what a full spool does: drop the oldest whole submits, or refuse new points;"
+        " either way every lost point is counted and logged as an error",
     )
     batch_size: int = Field(5000, ge=1, le=100_000, description="points per write request")
     flush_interval: Duration = Field(1.0, description="longest a point waits before a write")
