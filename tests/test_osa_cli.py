@@ -5,38 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from qkdtel.config import load_config
 from qkdtel.poller import DevicePoller
-
-
-def start(args: list[str], ready: Path, log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "qkdtel.sims", "osa", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"sims osa did not start:\n{log.read_text()}")
-        time.sleep(0.05)
-    return process
+from tests.sims_cli import refused, start, stop
 
 
 def test_sims_osa_serves_links_with_faults(tmp_path):
     config = tmp_path / "osa.yaml"
     process = start(
         [
+            "osa",
             "--dialect",
             "anritsu",
             "--sweep-time",
@@ -65,8 +46,7 @@ def test_sims_osa_serves_links_with_faults(tmp_path):
 
         results = asyncio.run(poll_all())
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        assert stop(process) == 0
     assert sorted(results) == ["osa-link-4", "osa-link-8"]
     link4, link8 = results["osa-link-4"], results["osa-link-8"]
     assert link4.error_class == "error"
@@ -97,11 +77,6 @@ def test_sims_osa_serves_links_with_faults(tmp_path):
     ],
 )
 def test_bad_arguments_are_refused_by_name(args, why):
-    done = subprocess.run(
-        [sys.executable, "-m", "qkdtel.sims", "osa", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = refused(["osa", *args])
     assert done.returncode == 2
     assert why in done.stderr.replace("\n", " "), done.stderr

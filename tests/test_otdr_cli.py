@@ -4,11 +4,6 @@ serving real instruments, polled by the drivers through the configuration they w
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -16,25 +11,7 @@ from qkdtel.config import load_config
 from qkdtel.drivers.powermeter import PowerMeterDriver
 from qkdtel.drivers.powermeter.driver import PowerMeterOptions
 from qkdtel.poller import DevicePoller
-
-
-def start(args: list[str], ready: Path, log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "qkdtel.sims", *args], stdout=out, stderr=subprocess.STDOUT
-        )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"sims did not start:\n{log.read_text()}")
-        time.sleep(0.05)
-    return process
-
-
-def stop(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=10)
+from tests.sims_cli import refused, start, stop
 
 
 def test_sims_otdr_serves_the_links_with_faults(tmp_path):
@@ -84,12 +61,7 @@ def test_sims_otdr_serves_the_links_with_faults(tmp_path):
 
 
 def test_sims_otdr_refuses_unknown_links(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "qkdtel.sims", "otdr", "--link", "99"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = refused(["otdr", "--link", "99"])
     assert done.returncode == 2
     assert "no link 99 in madqci-twin" in done.stderr
 
