@@ -18,6 +18,7 @@ What a job guarantees (see `ScpiInstrument.job`):
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from qkdtel.drivers.scpi.transport import (
     apply_settings,
     is_serial,
     open_resource,
+    raw_socket,
     visa_errors,
 )
 from qkdtel.errors import DeviceTimeout, Malformed, PollError
@@ -278,7 +280,7 @@ class Job:
         """Query `name`, read its IEEE 488.2 definite-length block, decode numbers of `dtype`."""
         text = self.commands[name].render_query(name, **params)
         self.send(text)
-        payload = self.read_block(text)
+        payload = self._read_payload(text)
         return block_values(payload, dtype, f"{self.where}: {text}", expected)
 
     def query_values(self, name: str, expected: int | None = None, **params: Any) -> np.ndarray:
@@ -371,17 +373,27 @@ class Job:
         length is a truncated block: Malformed, not a timeout. Silence in mid-payload that did
         not follow a terminator byte is a stalled instrument: DeviceTimeout.
         """
-        if self.where.endswith("::INSTR") and not is_serial(self.where):
-            # VXI-11/HiSLIP mark the end of a message (END): no terminator byte needed, and
-            # pyvisa-py would stop a read at any terminator byte inside the binary payload.
-            resource = self.resource
-            termination = resource.read_termination
-            resource.read_termination = None
-            try:
-                return self._read_block(after)
-            finally:
-                resource.read_termination = termination
-        return self._read_block(after)
+        return bytes(self._read_payload(after))
+
+    def _read_payload(self, after: str) -> bytes | memoryview:
+        """`read_block` without the final copy (a view of a buffer of its own)."""
+        if self.where.endswith("::SOCKET"):
+            direct = raw_socket(self.resource)
+            if direct is not None:
+                return self._socket_block(after, *direct)
+        if is_serial(self.where):
+            # A terminator byte inside the payload is not END on a serial line (see below).
+            return self._read_block(after)
+        # VXI-11/HiSLIP mark the end of a message (END): no terminator byte needed. A raw
+        # socket has no END, but neither may stop at a terminator byte inside the payload:
+        # pyvisa-py would return at every 0x0A of the binary data.
+        resource = self.resource
+        termination = resource.read_termination
+        resource.read_termination = None
+        try:
+            return self._read_block(after)
+        finally:
+            resource.read_termination = termination
 
     def _read_block(self, after: str) -> bytes:
         where = f"{self.where}: {after}"
@@ -394,6 +406,9 @@ class Job:
         length = payload_length(self._read_exact(digits, after), where)
         payload = bytearray()
         serial = is_serial(self.where)
+        terminator = self.instrument.settings.read_termination.encode("ascii")
+        # with the termination off on a raw socket, only the data tells where a message ended
+        sniff = bool(terminator) and self.where.endswith("::SOCKET")
         ended = False  # the last chunk stopped at a terminator byte
         while len(payload) < length:
             seconds = self._limit(f"the rest of the block answering {after!r}")
@@ -402,7 +417,8 @@ class Job:
                     min(self.instrument.settings.chunk_size, length - len(payload))
                 )
             except VisaIOError as exc:
-                if exc.error_code == constants.StatusCode.error_timeout and ended:
+                timeout = exc.error_code == constants.StatusCode.error_timeout
+                if timeout and (ended or (sniff and payload.endswith(terminator))):
                     raise self._truncated(where, length, payload) from None
                 with visa_errors(self.where, repr(after), seconds):
                     raise
@@ -414,12 +430,93 @@ class Job:
             ended = status == constants.StatusCode.success_termination_character_read or (
                 end and serial
             )
-        terminator = self.instrument.settings.read_termination.encode("ascii")
         if terminator:
             tail = self._read_exact(len(terminator), after)
             if tail != terminator:
                 raise Malformed(f"{where}: {tail!r} after the block instead of the terminator")
         return bytes(payload)
+
+    def _socket_block(self, after: str, sock: socket.socket, pending: bytearray) -> memoryview:
+        """The block read straight from a pyvisa-py SOCKET session's socket.
+
+        pyvisa-py's own reads cost a `select`, attribute look-ups and copies of its read-ahead
+        buffer per call, and return at every terminator byte of the data. Here: what pyvisa-py
+        had already received first, then `recv_into` one buffer of the declared length plus
+        the terminator; every receive within `min(visa.timeout, what is left of the budget)`.
+        Bytes received past the block go back to pyvisa-py's buffer.
+        """
+        where = f"{self.where}: {after}"
+        terminator = self.instrument.settings.read_termination.encode("ascii")
+        head = memoryview(bytearray(64))
+        try:
+            have = self._receive(sock, pending, head, 0, 2, after)
+            digits = header_digits(bytes(head[:2]), where)
+            have = self._receive(sock, pending, head, have, 2 + digits, after)
+            length = payload_length(bytes(head[2 : 2 + digits]), where)
+            total = length + len(terminator)
+            buffer = memoryview(bytearray(total))
+            start = 2 + digits
+            got = min(have - start, total)
+            buffer[:got] = head[start : start + got]
+            pending[:0] = head[start + got : have]  # past the block: not ours
+            self._receive(sock, pending, buffer, got, total, after, length)
+        finally:
+            sock.settimeout(None)  # pyvisa-py's blocking mode (it selects before every recv)
+        if buffer[length:] != terminator:
+            tail = bytes(buffer[length:])
+            raise Malformed(f"{where}: {tail!r} after the block instead of the terminator")
+        return buffer[:length]
+
+    def _receive(
+        self,
+        sock: socket.socket,
+        pending: bytearray,
+        view: memoryview,
+        have: int,
+        need: int,
+        after: str,
+        length: int | None = None,
+    ) -> int:
+        """Fill `view` from `have` to at least `need` bytes (at most its size); the new count.
+
+        `length`: `view` is a block's payload of that many bytes, then the terminator: a
+        silence after a terminator byte inside the payload is a message that ended early.
+        """
+        if pending:
+            take = min(len(pending), len(view) - have)
+            view[have : have + take] = pending[:take]
+            del pending[:take]
+            have += take
+        limit = self.instrument.settings.timeout
+        current = None
+        while have < need:
+            seconds = min(limit, self.remaining())
+            if seconds <= 0:
+                raise DeviceTimeout(
+                    f"{self.where}: time budget used up before the answer to {after!r}"
+                )
+            try:
+                with visa_errors(self.where, repr(after), seconds):
+                    if seconds != current:
+                        sock.settimeout(current := seconds)
+                    got = sock.recv_into(view[have:])
+            except DeviceTimeout:
+                terminator = self.instrument.settings.read_termination.encode("ascii")
+                if (
+                    length is not None
+                    and terminator
+                    and view[have - len(terminator) : have] == terminator
+                ):
+                    got = have - len(terminator)  # the terminator ended the message
+                    raise Malformed(
+                        f"{self.where}: {after}: truncated block: header declares {length} "
+                        f"bytes, the message ended after {got}"
+                    ) from None
+                raise
+            if not got:
+                raise PollError(f"{self.where}: {after!r}: connection closed by the instrument")
+            have += got
+        return have
 
     def _truncated(self, where: str, length: int, payload: bytearray) -> Malformed:
         terminator = self.instrument.settings.read_termination.encode("ascii")

@@ -128,23 +128,42 @@ def open_resource(settings: VisaSettings) -> Any:
     return resource
 
 
-def _no_delay(resource: Any) -> None:
-    """Switch Nagle's algorithm off on a raw-socket session, as NI-VISA does by default.
+def raw_socket(resource: Any) -> tuple[socket.socket, bytearray] | None:
+    """The socket of a pyvisa-py TCPIP SOCKET session and the bytes it has read ahead.
 
-    With it on, a command followed at once by `SYSTem:ERRor?` waits for the instrument's
-    delayed ACK (40 ms on Linux) every time. pyvisa-py 0.8 refuses VI_ATTR_TCPIP_NODELAY on
-    SOCKET sessions (its setter is not wired), so the option is set on its socket directly.
+    pyvisa-py keeps what it received past the last answer it returned in `_pending_buffer`;
+    a reader that takes the socket over must start with those bytes. None for any other
+    session (VXI-11, serial, another VISA backend): use the VISA calls then.
+    """
+    session = getattr(resource.visalib, "sessions", {}).get(resource.session)
+    sock = getattr(session, "interface", None)
+    pending = getattr(session, "_pending_buffer", None)
+    if isinstance(sock, socket.socket) and isinstance(pending, bytearray):
+        return sock, pending
+    return None
+
+
+def _tune_socket(resource: Any, chunk_size: int) -> None:
+    """Nagle's algorithm off and `chunk_size` bytes per receive on a raw-socket session.
+
+    With Nagle on (NI-VISA turns it off by default), a command followed at once by
+    `SYSTem:ERRor?` waits for the instrument's delayed ACK (40 ms on Linux) every time.
+    pyvisa-py 0.8 refuses VI_ATTR_TCPIP_NODELAY on SOCKET sessions (its setter is not wired),
+    so the option is set on its socket directly. pyvisa-py also caps every `recv` at 4096
+    bytes (`max_recv_size`) whatever the read asks for: raised to the configured chunk size.
     """
     session = getattr(resource.visalib, "sessions", {}).get(resource.session)
     sock = getattr(session, "interface", None)
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(getattr(session, "max_recv_size", None), int):
+        session.max_recv_size = chunk_size
 
 
 def apply_settings(resource: Any, settings: VisaSettings) -> None:
     """Terminations, timeout, chunk size and serial line settings onto an open resource."""
     if settings.resource.endswith("::SOCKET"):
-        _no_delay(resource)
+        _tune_socket(resource, settings.chunk_size)
     resource.read_termination = settings.read_termination or None
     resource.write_termination = settings.write_termination
     resource.timeout = settings.timeout * 1000
@@ -184,6 +203,9 @@ def visa_errors(where: str, what: str, timeout: float | None = None) -> Iterator
         if exc.error_code in _REFUSED_CODES:
             raise Refused(f"{where}: {what}: {exc.description}") from None
         raise PollError(f"{where}: {what}: {exc.description}") from None
+    except TimeoutError:  # a socket read by this layer itself (`raw_socket`)
+        limit = f" within {round(timeout, 2):g} s" if timeout is not None else ""
+        raise DeviceTimeout(f"{where}: no answer to {what}{limit}") from None
     except (ConnectionRefusedError, socket.gaierror) as exc:
         raise Refused(f"{where}: {what}: {exc.strerror or exc}") from None
     except (ConnectionError, BrokenPipeError) as exc:
