@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import threading
 import time
 
@@ -43,6 +44,18 @@ from tests.fixtures_scpi import free_tcp_port
 TRACE = np.linspace(-70.0, -10.0, 5000).astype("<f4")
 
 
+def _newline_trace(count: int) -> np.ndarray:
+    """Finite float64 values whose bytes are about two thirds 0x0A (the LF terminator)."""
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 256, size=(count, 8), dtype=np.uint8)
+    raw[rng.random((count, 8)) < 0.6] = 0x0A
+    raw[:, 7] = 0x0A  # sign and exponent: a small positive normal number, never NaN/inf
+    return raw.reshape(-1).view("<f8")
+
+
+LF_TRACE = _newline_trace(2000)
+
+
 class BenchSim(ScpiServer):
     """A small instrument: a wavelength setting, a power reading, traces, a 0.2 s operation."""
 
@@ -55,6 +68,7 @@ class BenchSim(ScpiServer):
         self.add(":SOURce:WAVelength", write=self._set_wavelength, query=self._wavelength)
         self.add(":MEASure:POWer", query=lambda args: "-12.340")
         self.add(":TRACe[:DATA]", query=lambda args: self.block(TRACE.tobytes(), itemsize=4))
+        self.add(":TRACe:NEWLines", query=lambda args: self.block(LF_TRACE.tobytes()))
         self.add(":TRACe:ASCii", query=lambda args: ",".join(f"{v:.3f}" for v in TRACE[:50]))
         self.add(":TRACe:LINes", query=lambda args: "\n".join(f"{v:.3f}" for v in TRACE[:20]))
         self.add(":INITiate", write=lambda args: self._start())
@@ -95,6 +109,7 @@ TABLE = ieee488_table(
     power_dbm=measurement(":MEAS:POW?", parse=float),
     trace=measurement(":TRAC?"),
     trace_ascii=measurement(":TRAC:ASC?"),
+    trace_lf=measurement(":TRAC:NEWL?"),
     trace_lines=measurement(":TRAC:LIN?"),
     start=action(":INIT", slow=True),
     running=measurement(":STAT:OPER:COND?", parse=integer),
@@ -296,6 +311,129 @@ def test_truncated_blocks_are_malformed(bench, mode):
     sim.faults.truncate_blocks = None
     with instrument.job(5) as job:
         assert len(job.query_block("trace", "<f4", expected=len(TRACE))) == len(TRACE)
+
+
+class CountingSocket:
+    """The session's socket as the block reader sees it, counting its receives."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.receives = 0
+
+    def settimeout(self, seconds):
+        self.sock.settimeout(seconds)
+
+    def recv_into(self, view):
+        self.receives += 1
+        return self.sock.recv_into(view)
+
+
+def test_newline_bytes_inside_a_block_are_data_on_every_transport(bench):
+    payload = LF_TRACE.tobytes()
+    assert payload.count(b"\n") > len(payload) // 2
+    _, instrument = bench
+    with instrument.job(5) as job:
+        trace = job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
+        np.testing.assert_array_equal(trace, LF_TRACE)
+        assert job.get("power_dbm") == -12.34  # the terminator was read, nothing more
+
+
+def test_a_socket_block_full_of_newlines_arrives_in_few_receives(scpi_sim, monkeypatch):
+    from qkdtel.drivers.scpi import instrument as module
+
+    sim = BenchSim()
+    scpi_sim(sim)
+    instrument = ScpiInstrument(VisaSettings(resource=sim.resource, timeout=0.3), TABLE)
+    counted: list[CountingSocket] = []
+
+    raw_socket = module.raw_socket
+
+    def counting(resource):
+        sock, pending = raw_socket(resource)
+        counted.append(CountingSocket(sock))
+        return counted[-1], pending
+
+    monkeypatch.setattr(module, "raw_socket", counting)
+
+    with instrument.job(5) as job:
+        trace = job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
+        np.testing.assert_array_equal(trace, LF_TRACE)
+        # 16,008 bytes, about 10,000 of them 0x0A: one receive per TCP segment, not per LF
+        assert 1 <= counted[-1].receives <= 8, counted[-1].receives
+
+        # bytes pyvisa-py read ahead (the block's start, behind an earlier answer) come first
+        job.send("*IDN?")
+        job.send(":TRAC:NEWL?")
+        time.sleep(0.1)  # both answers are in the socket when the first one is read
+        assert job.read_text("*IDN?") == "QKDTEL,BENCH,0001,1.0"
+        _, pending = raw_socket(job.resource)
+        assert pending.startswith(b"#516000")
+        trace = np.frombuffer(job.read_block(":TRAC:NEWL?"), "<f8")
+        np.testing.assert_array_equal(trace, LF_TRACE)
+        assert job.get("power_dbm") == -12.34
+
+    # cut in the middle of the data: the terminator, then silence: a truncated block
+    sim.faults.truncate_blocks = "cut"
+    with (
+        pytest.raises(
+            Malformed, match=r"header declares 16000 bytes, the message ended after 8000"
+        ),
+        instrument.job(5) as job,
+    ):
+        job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
+    instrument.close()
+
+
+def test_a_socket_block_read_through_visa_is_exact_too(scpi_sim, monkeypatch):
+    """Another VISA backend (no pyvisa-py socket to reach): VISA reads, slow but exact."""
+    from qkdtel.drivers.scpi import instrument as module
+
+    monkeypatch.setattr(module, "raw_socket", lambda resource: None)
+    sim = BenchSim()
+    scpi_sim(sim)
+    instrument = ScpiInstrument(VisaSettings(resource=sim.resource, timeout=0.3), TABLE)
+    with instrument.job(5) as job:
+        trace = job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
+        np.testing.assert_array_equal(trace, LF_TRACE)
+        assert job.get("power_dbm") == -12.34
+    sim.faults.truncate_blocks = "cut"
+    cut = r"header declares 16000 bytes, the message ended after 8000"
+    with pytest.raises(Malformed, match=cut), instrument.job(5) as job:
+        job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
+    instrument.close()
+
+
+def test_a_socket_block_stalled_mid_data_is_a_timeout():
+    """Silence after data that does not end in the terminator: stalled, not truncated."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while not stop.is_set():
+                data = conn.recv(4096)
+                if not data:
+                    return
+                if b":TRAC?" in data:
+                    conn.sendall(encode_block(b"\x0a\x01" * 5000)[:5001])  # data ends in 0x01
+
+    worker = threading.Thread(target=serve, daemon=True)
+    worker.start()
+    settings = VisaSettings(resource=f"TCPIP::127.0.0.1::{port}::SOCKET", timeout=0.2)
+    instrument = ScpiInstrument(settings, TABLE, recovery_timeout=0.2)
+    try:
+        with (
+            pytest.raises(DeviceTimeout, match=r"no answer to ':TRAC\?' within 0.2 s"),
+            instrument.job(5) as job,
+        ):
+            job.query_block("trace", "<f4")
+    finally:
+        stop.set()
+        instrument.close()
+        server.close()
+        worker.join(2)
 
 
 # -- locking, connections, configuration ------------------------------------------------------

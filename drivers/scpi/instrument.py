@@ -381,12 +381,14 @@ class Job:
             direct = raw_socket(self.resource)
             if direct is not None:
                 return self._socket_block(after, *direct)
-        if is_serial(self.where):
-            # A terminator byte inside the payload is not END on a serial line (see below).
+        if not self.where.endswith("::INSTR") or is_serial(self.where):
+            # Serial: a terminator byte inside the payload is not END (see `_read_block`).
+            # A raw socket whose session this layer cannot reach (another VISA backend): the
+            # termination stays on, as the only way to see where a cut message ended (a read
+            # that times out returns nothing of what it received); slow but exact.
             return self._read_block(after)
-        # VXI-11/HiSLIP mark the end of a message (END): no terminator byte needed. A raw
-        # socket has no END, but neither may stop at a terminator byte inside the payload:
-        # pyvisa-py would return at every 0x0A of the binary data.
+        # VXI-11/HiSLIP mark the end of a message (END): no terminator byte needed, and
+        # pyvisa-py would stop a read at any terminator byte inside the binary payload.
         resource = self.resource
         termination = resource.read_termination
         resource.read_termination = None
@@ -406,9 +408,6 @@ class Job:
         length = payload_length(self._read_exact(digits, after), where)
         payload = bytearray()
         serial = is_serial(self.where)
-        terminator = self.instrument.settings.read_termination.encode("ascii")
-        # with the termination off on a raw socket, only the data tells where a message ended
-        sniff = bool(terminator) and self.where.endswith("::SOCKET")
         ended = False  # the last chunk stopped at a terminator byte
         while len(payload) < length:
             seconds = self._limit(f"the rest of the block answering {after!r}")
@@ -417,8 +416,7 @@ class Job:
                     min(self.instrument.settings.chunk_size, length - len(payload))
                 )
             except VisaIOError as exc:
-                timeout = exc.error_code == constants.StatusCode.error_timeout
-                if timeout and (ended or (sniff and payload.endswith(terminator))):
+                if exc.error_code == constants.StatusCode.error_timeout and ended:
                     raise self._truncated(where, length, payload) from None
                 with visa_errors(self.where, repr(after), seconds):
                     raise
@@ -430,6 +428,7 @@ class Job:
             ended = status == constants.StatusCode.success_termination_character_read or (
                 end and serial
             )
+        terminator = self.instrument.settings.read_termination.encode("ascii")
         if terminator:
             tail = self._read_exact(len(terminator), after)
             if tail != terminator:
