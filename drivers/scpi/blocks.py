@@ -78,7 +78,9 @@ def block_values(payload: bytes, dtype: str, where: str, expected: int | None = 
             f"{where}: block of {len(payload)} bytes is not a whole number of "
             f"{kind.itemsize}-byte values"
         )
-    values = np.frombuffer(payload, dtype=kind).astype(np.float64)
+    values = np.frombuffer(payload, dtype=kind)
+    # a fresh buffer of the reader's own (`Job.query_block`) is used as is when already float64
+    values = values.astype(np.float64, copy=not values.flags.writeable)
     return _checked(values, where, expected)
 
 
