@@ -10,8 +10,9 @@ points, and then, in the same run and interleaved round by round, fetches the sa
 - **raw**: a plain TCP socket: send the query, `recv_into` a preallocated buffer until the
   header, the declared payload and the terminator are in, decode with `np.frombuffer`: the floor
   cost of getting these bytes from this server;
-- **binary**: `Job.query_block` of the driver layer (pyvisa + pyvisa-py TCPIP SOCKET): header,
-  payload in `visa.chunk_size` reads, terminator check, decode;
+- **binary**: `Job.query_block` of the driver layer (pyvisa + pyvisa-py TCPIP SOCKET): the
+  query written through pyvisa, header, payload and terminator received straight from the
+  session's socket into one buffer, terminator check, decode;
 - **ascii**: `Job.query_values` of the same layer after `:FORMat:DATA ASCii` (the Anritsu
   class's only way), and the same ASCII message read raw, for scale.
 
