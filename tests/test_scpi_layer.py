@@ -289,7 +289,8 @@ def test_the_job_budget_bounds_every_wait(bench):
     _, instrument = bench
     started = time.monotonic()
     with (
-        pytest.raises(DeviceTimeout, match=r"no answer to ':INIT' \(\*OPC\?\) within 0.1"),
+        # what is left of the 0.1 s budget once connected: 0.1 or a little less
+        pytest.raises(DeviceTimeout, match=r"no answer to ':INIT' \(\*OPC\?\) within 0\.(1|0\d)"),
         instrument.job(0.1) as job,
     ):
         job.run("start")
