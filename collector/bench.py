@@ -269,16 +269,7 @@ class Osa(_Session):
                 "sensitivity": sensitivity,
             },
         )
-        start, stop = options.range_nm
-        settings = SweepSettings(
-            start_nm=start,
-            stop_nm=stop,
-            resolution_nm=options.resolution_nm,
-            sensitivity=options.sensitivity,
-            points=options.points,
-            binary=options.binary,
-            sweep_timeout=options.sweep_timeout,
-        )
+        settings = options.sweep_settings()
         began = time.monotonic()
         trace = self.osa.capture(settings, budget=settings.sweep_timeout + TRANSFER_ALLOWANCE_S)
         return Sweep(trace, settings, self.identity, time.monotonic() - began)

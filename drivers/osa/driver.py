@@ -21,7 +21,7 @@ from typing import ClassVar
 from qkdtel.drivers.base import BlockingDriver
 from qkdtel.drivers.osa.analysis import Analysis, Trace, analyse, total_power_dbm
 from qkdtel.drivers.osa.options import OsaOptions
-from qkdtel.drivers.osa.osa import Osa, SweepSettings
+from qkdtel.drivers.osa.osa import Osa
 from qkdtel.drivers.scpi import ScpiInstrument
 from qkdtel.errors import Malformed
 from qkdtel.sample import FieldValue, Sample, now_ns
@@ -49,16 +49,7 @@ class OsaDriver(BlockingDriver):
             options.visa, options.profile.commands, recovery_timeout=options.recovery_timeout
         )
         self.osa = Osa(self.instrument, options.profile)
-        start, stop = options.range_nm
-        self.settings = SweepSettings(
-            start_nm=start,
-            stop_nm=stop,
-            resolution_nm=options.resolution_nm,
-            sensitivity=options.sensitivity,
-            points=options.points,
-            binary=options.binary,
-            sweep_timeout=options.sweep_timeout,
-        )
+        self.settings = options.sweep_settings()
         self._sweeps = 0
 
     def poll_blocking(self) -> list[Sample]:

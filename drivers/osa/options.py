@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from qkdtel.config import Duration, Model
 from qkdtel.drivers.osa.analysis import C_NM_THZ, channel_thz, on_grid
+from qkdtel.drivers.osa.osa import SweepSettings
 from qkdtel.drivers.osa.profiles import PROFILES, Dialect, OsaProfile, Sensitivity
 from qkdtel.drivers.scpi import VisaSettings
 
@@ -146,6 +147,19 @@ class OsaOptions(Model):
     @property
     def profile(self) -> OsaProfile:
         return PROFILES[self.dialect]
+
+    def sweep_settings(self) -> SweepSettings:
+        """What one sweep is configured with, as the `Osa` API takes it."""
+        start, stop = self.range_nm
+        return SweepSettings(
+            start_nm=start,
+            stop_nm=stop,
+            resolution_nm=self.resolution_nm,
+            sensitivity=self.sensitivity,
+            points=self.points,
+            binary=self.binary,
+            sweep_timeout=self.sweep_timeout,
+        )
 
     @property
     def binary(self) -> bool:
