@@ -242,6 +242,26 @@ async def in_rounds(jobs: Sequence[Callable[[], Any]], rounds: int, concurrency:
     return failures
 
 
+async def timed_rounds(
+    run: Run,
+    jobs: Sequence[Callable[[], Any]],
+    rounds: int,
+    concurrency: int,
+    agents: Agents,
+    cpu_clock: Callable[[], float],
+) -> None:
+    """`in_rounds`, recording into `run` the wall time, the poller's CPU seconds as
+    `cpu_clock` counts them, and each agent process's CPU seconds."""
+    agents_before = agents.cpu()
+    cpu = cpu_clock()
+    wall = time.perf_counter()
+    run.failures = await in_rounds(jobs, rounds, concurrency)
+    run.wall_s = time.perf_counter() - wall
+    run.cpu_s = cpu_clock() - cpu
+    run.agents_cpu_s = [b - a for a, b in zip(agents_before, agents.cpu(), strict=True)]
+    run.polls = rounds * len(jobs)
+
+
 def poll_job(poller: DevicePoller) -> Callable[[], Any]:
     async def job() -> str:
         result = await poller.poll()
@@ -311,14 +331,7 @@ def bench_qkdtel(
     async def measure() -> dict[str, Any]:
         readings, run.requests_per_poll = await qkdtel_warm_up(pollers)
         jobs = [poll_job(p) for p in pollers]
-        agents_before = agents.cpu()
-        wall = time.perf_counter()
-        cpu = time.process_time()
-        run.failures = await in_rounds(jobs, rounds, concurrency)
-        run.cpu_s = time.process_time() - cpu
-        run.wall_s = time.perf_counter() - wall
-        run.agents_cpu_s = [b - a for a, b in zip(agents_before, agents.cpu(), strict=True)]
-        run.polls = rounds * len(jobs)
+        await timed_rounds(run, jobs, rounds, concurrency, agents, time.process_time)
         return readings
 
     readings = runner.run(measure())
@@ -813,14 +826,7 @@ def bench_exporter(
             return scrape
 
         jobs = [job(*target) for target in targets]
-        agents_before = agents.cpu()
-        cpu = exporter.cpu()
-        wall = time.perf_counter()
-        run.failures = await in_rounds(jobs, rounds, concurrency)
-        run.wall_s = time.perf_counter() - wall
-        run.cpu_s = exporter.cpu() - cpu
-        run.agents_cpu_s = [b - a for a, b in zip(agents_before, agents.cpu(), strict=True)]
-        run.polls = rounds * len(jobs)
+        await timed_rounds(run, jobs, rounds, concurrency, agents, exporter.cpu)
         while not pool.empty():
             await pool.get_nowait().close()
 
