@@ -26,6 +26,7 @@ from qkdtel.drivers.scpi import (
     VisaSettings,
     action,
     ascii_values,
+    block_values,
     canonical_resource,
     control,
     decode_block,
@@ -36,7 +37,8 @@ from qkdtel.drivers.scpi import (
     measurement,
     setting,
 )
-from qkdtel.errors import DeviceTimeout, Malformed, Refused
+from qkdtel.drivers.scpi.transport import resource_manager
+from qkdtel.errors import DeviceTimeout, Malformed, PollError, Refused
 from qkdtel.sims.scpi import ScpiFailure, ScpiServer
 from qkdtel.sims.scpi.server import header_pattern, normal_header
 from tests.fixtures_scpi import free_tcp_port
@@ -57,13 +59,14 @@ LF_TRACE = _newline_trace(2000)
 
 
 class BenchSim(ScpiServer):
-    """A small instrument: a wavelength setting, a power reading, traces, a 0.2 s operation."""
+    """A small instrument: a wavelength setting, a power reading, traces, a slow operation."""
 
     identity = "QKDTEL,BENCH,0001,1.0"
 
     def __init__(self) -> None:
         super().__init__()
         self.wavelength = 1550.0
+        self.operation_s = 0.2  # how long ':INIT' runs
         self.operation: asyncio.Task | None = None
         self.add(":SOURce:WAVelength", write=self._set_wavelength, query=self._wavelength)
         self.add(":MEASure:POWer", query=lambda args: "-12.340")
@@ -89,7 +92,7 @@ class BenchSim(ScpiServer):
         return self.operation is not None and not self.operation.done()
 
     def _start(self) -> None:
-        self.operation = asyncio.ensure_future(asyncio.sleep(0.2))
+        self.operation = asyncio.ensure_future(asyncio.sleep(self.operation_s))
 
     def _abort(self) -> None:
         if self.operation is not None:
@@ -156,6 +159,24 @@ def test_blocks_round_trip_and_every_malformed_header_is_named():
     ]:
         with pytest.raises(Malformed, match="osa: .*" + re.escape(why)):
             decode_block(raw, "osa")
+
+
+def test_block_values_check_count_and_finite_values_once():
+    values = np.array([1.5, -2.0, 3.25])
+    payload = memoryview(bytearray(values.astype(">f4").tobytes()))
+    np.testing.assert_array_equal(block_values(payload, ">f4", "osa", expected=3), values)
+    with pytest.raises(Malformed, match="osa: expected 4 values, got 3"):
+        block_values(payload, ">f4", "osa", expected=4)
+    with pytest.raises(Malformed, match="osa: block of 11 bytes is not a whole number of 4-byte"):
+        block_values(payload[:11], ">f4", "osa")
+    for bad in (np.nan, np.inf, -np.inf):
+        raw = np.array([1.0, bad]).tobytes()
+        with pytest.raises(Malformed, match="osa: values include NaN or infinity"):
+            block_values(raw, "<f8", "osa", expected=2)
+        np.testing.assert_array_equal(block_values(raw, "<f8", "osa", finite=False), [1.0, bad])
+    # finite values whose sum overflows are still finite (the quick sum is only a shortcut)
+    huge = np.array([1.7e308, 1.7e308, -3.0]).tobytes()
+    np.testing.assert_array_equal(block_values(huge, "<f8", "osa"), [1.7e308, 1.7e308, -3.0])
 
 
 def test_ascii_values_accept_commas_and_lines_and_name_the_bad_item():
@@ -286,12 +307,14 @@ def test_long_operations_wait_on_opc_or_status_within_limits(bench):
 
 
 def test_the_job_budget_bounds_every_wait(bench):
-    _, instrument = bench
+    sim, instrument = bench
+    sim.operation_s = 30  # outlasts the budget however long connecting took
+    resource_manager()  # created once per process (imports pyvisa-py): not the budget's part
     started = time.monotonic()
     with (
-        # what is left of the 0.1 s budget once connected: 0.1 or a little less
-        pytest.raises(DeviceTimeout, match=r"no answer to ':INIT' \(\*OPC\?\) within 0\.(1|0\d)"),
-        instrument.job(0.1) as job,
+        # what is left of the 0.5 s budget once connected, not the 30 s asked for
+        pytest.raises(DeviceTimeout, match=r"no answer to ':INIT' \(\*OPC\?\) within 0\.\d+ s"),
+        instrument.job(0.5) as job,
     ):
         job.run("start")
         job.wait_complete(limit=30)
@@ -320,9 +343,14 @@ class CountingSocket:
     def __init__(self, sock):
         self.sock = sock
         self.receives = 0
+        self.sent: list[bytes] = []
 
     def settimeout(self, seconds):
         self.sock.settimeout(seconds)
+
+    def sendall(self, data):
+        self.sent.append(data)
+        self.sock.sendall(data)
 
     def recv_into(self, view):
         self.receives += 1
@@ -361,6 +389,7 @@ def test_a_socket_block_full_of_newlines_arrives_in_few_receives(scpi_sim, monke
         np.testing.assert_array_equal(trace, LF_TRACE)
         # 16,008 bytes, about 10,000 of them 0x0A: one receive per TCP segment, not per LF
         assert 1 <= counted[-1].receives <= 8, counted[-1].receives
+        assert counted[-2].sent == [b":TRAC:NEWL?\n"]  # the query went out on the socket
 
         # bytes pyvisa-py read ahead (the block's start, behind an earlier answer) come first
         job.send("*IDN?")
@@ -382,6 +411,62 @@ def test_a_socket_block_full_of_newlines_arrives_in_few_receives(scpi_sim, monke
         instrument.job(5) as job,
     ):
         job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
+    instrument.close()
+
+
+class FailingSocket:
+    """A session's socket whose `sendall` fails with `error`, recording the timeouts set."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+        self.timeouts: list[float | None] = []
+
+    def settimeout(self, seconds):
+        self.timeouts.append(seconds)
+
+    def sendall(self, data):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "raised", "message"),
+    [
+        (TimeoutError(), DeviceTimeout, r"no answer to sending ':SOUR:WAV 1550.000' within 0.3 s"),
+        (ConnectionResetError(104, "reset"), PollError, r"connection lost \(reset\)"),
+        (BrokenPipeError(32, "broken"), PollError, r"connection lost \(broken\)"),
+        (ConnectionRefusedError(111, "refused"), Refused, r"sending ':SOUR:WAV 1550.000': refused"),
+    ],
+)
+def test_socket_sends_are_bounded_and_their_errors_translated(
+    scpi_sim, monkeypatch, error, raised, message
+):
+    """Commands go out with the socket's sendall, within the limit; failures are PollErrors."""
+    from qkdtel.drivers.scpi import instrument as module
+
+    sim = BenchSim()
+    scpi_sim(sim)
+    instrument = ScpiInstrument(
+        VisaSettings(resource=sim.resource, timeout=0.3), TABLE, recovery_timeout=1.0
+    )
+    with instrument.job(5) as job:
+        sock, pending = module.raw_socket(job.resource)
+        failing = FailingSocket(error)
+        monkeypatch.setattr(module, "raw_socket", lambda resource: (failing, pending))
+        with pytest.raises(raised, match=message):
+            job.set("wavelength_nm", 1550)
+        assert failing.timeouts == [0.3, None]  # the limit, then pyvisa-py's blocking mode
+        monkeypatch.undo()
+        sock.settimeout(None)
+    with instrument.job(0.1) as job:  # the budget bounds the send too
+        sent: list[float | None] = []
+        sock, pending = module.raw_socket(job.resource)
+        monkeypatch.setattr(
+            module, "raw_socket", lambda resource: (FailingSocket(TimeoutError()), pending)
+        )
+        monkeypatch.setattr(FailingSocket, "settimeout", lambda self, s: sent.append(s))
+        with pytest.raises(DeviceTimeout):
+            job.set("wavelength_nm", 1550)
+        assert sent[0] is not None and 0 < sent[0] <= 0.1
     instrument.close()
 
 

@@ -17,6 +17,7 @@ profile is wrong.
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -70,18 +71,46 @@ def decode_block(raw: bytes, where: str) -> bytes:
     return payload
 
 
-def block_values(payload: bytes, dtype: str, where: str, expected: int | None = None) -> np.ndarray:
-    """The payload as a float64 array of numbers of type `dtype` (numpy notation, e.g. `<f4`)."""
+def block_values(
+    payload: bytes | memoryview,
+    dtype: str,
+    where: str,
+    expected: int | None = None,
+    *,
+    finite: bool = True,
+) -> np.ndarray:
+    """The payload as a float64 array of numbers of type `dtype` (numpy notation, e.g. `<f4`).
+
+    Checks, each done once on the whole block: a whole number of values, `expected` values
+    (counted from the payload's length, before decoding), and with `finite` (the default) no
+    NaN or infinity (`all_finite`).
+    """
     kind = np.dtype(dtype)
-    if len(payload) % kind.itemsize:
+    count, rest = divmod(len(payload), kind.itemsize)
+    if rest:
         raise Malformed(
             f"{where}: block of {len(payload)} bytes is not a whole number of "
             f"{kind.itemsize}-byte values"
         )
+    if expected is not None and count != expected:
+        raise Malformed(f"{where}: expected {expected} values, got {count}")
     values = np.frombuffer(payload, dtype=kind)
     # a fresh buffer of the reader's own (`Job.query_block`) is used as is when already float64
     values = values.astype(np.float64, copy=not values.flags.writeable)
-    return _checked(values, where, expected)
+    if finite and not all_finite(values):
+        raise Malformed(f"{where}: values include NaN or infinity")
+    return values
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether no value is NaN or infinite.
+
+    A finite sum proves it (NaN and infinities propagate through a sum) in one pass without a
+    temporary array: `einsum`'s plain sum takes half the time of `np.isfinite(values).all()`,
+    which only runs when the sum is not finite (a NaN, an infinity, or an overflowing sum of
+    huge finite values).
+    """
+    return math.isfinite(np.einsum("i->", values)) or bool(np.isfinite(values).all())
 
 
 _SEPARATORS = re.compile(r"[,\s]+")
@@ -109,6 +138,6 @@ def _is_number(text: str) -> bool:
 def _checked(values: np.ndarray, where: str, expected: int | None) -> np.ndarray:
     if expected is not None and len(values) != expected:
         raise Malformed(f"{where}: expected {expected} values, got {len(values)}")
-    if not np.all(np.isfinite(values)):
+    if not all_finite(values):
         raise Malformed(f"{where}: values include NaN or infinity")
     return values

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from string import Formatter
 from typing import Any
 
@@ -75,8 +76,16 @@ class Command:
             raise Malformed(f"{where}: answer to {name} ({text.strip()[:60]!r}): {exc}") from None
 
 
+@cache
+def _fields(template: str) -> frozenset[str]:
+    """The named fields of a command template (parsed once per template)."""
+    return frozenset(f for _, f, _, _ in Formatter().parse(template) if f)
+
+
 def _render(name: str, template: str, **params: Any) -> str:
-    wanted = {f for _, f, _, _ in Formatter().parse(template) if f}
+    wanted = _fields(template)
+    if not wanted:
+        return template.format()
     missing = sorted(wanted - {k for k, v in params.items() if v is not None})
     if missing:
         raise ValueError(f"{name}: command {template!r} needs {', '.join(missing)}")
