@@ -10,6 +10,7 @@ connection failures, configuration validation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import threading
@@ -345,16 +346,16 @@ class CountingSocket:
         self.receives = 0
         self.sent: list[bytes] = []
 
-    def settimeout(self, seconds):
-        self.sock.settimeout(seconds)
+    def fileno(self):
+        return self.sock.fileno()
 
-    def sendall(self, data):
-        self.sent.append(data)
-        self.sock.sendall(data)
+    def send(self, data, flags=0):
+        self.sent.append(bytes(data))
+        return self.sock.send(data, flags)
 
-    def recv_into(self, view):
+    def recv_into(self, view, nbytes=0, flags=0):
         self.receives += 1
-        return self.sock.recv_into(view)
+        return self.sock.recv_into(view, nbytes, flags)
 
 
 def test_newline_bytes_inside_a_block_are_data_on_every_transport(bench):
@@ -415,32 +416,25 @@ def test_a_socket_block_full_of_newlines_arrives_in_few_receives(scpi_sim, monke
 
 
 class FailingSocket:
-    """A session's socket whose `sendall` fails with `error`, recording the timeouts set."""
+    """A session's socket whose `send` fails with `error`: a mock, for connection errors a
+    simulated instrument cannot be made to cause on demand."""
 
     def __init__(self, error: Exception):
         self.error = error
-        self.timeouts: list[float | None] = []
 
-    def settimeout(self, seconds):
-        self.timeouts.append(seconds)
-
-    def sendall(self, data):
+    def send(self, data, flags=0):
         raise self.error
 
 
 @pytest.mark.parametrize(
     ("error", "raised", "message"),
     [
-        (TimeoutError(), DeviceTimeout, r"no answer to sending ':SOUR:WAV 1550.000' within 0.3 s"),
         (ConnectionResetError(104, "reset"), PollError, r"connection lost \(reset\)"),
         (BrokenPipeError(32, "broken"), PollError, r"connection lost \(broken\)"),
         (ConnectionRefusedError(111, "refused"), Refused, r"sending ':SOUR:WAV 1550.000': refused"),
     ],
 )
-def test_socket_sends_are_bounded_and_their_errors_translated(
-    scpi_sim, monkeypatch, error, raised, message
-):
-    """Commands go out with the socket's sendall, within the limit; failures are PollErrors."""
+def test_socket_send_errors_are_translated(scpi_sim, monkeypatch, error, raised, message):
     from qkdtel.drivers.scpi import instrument as module
 
     sim = BenchSim()
@@ -449,25 +443,54 @@ def test_socket_sends_are_bounded_and_their_errors_translated(
         VisaSettings(resource=sim.resource, timeout=0.3), TABLE, recovery_timeout=1.0
     )
     with instrument.job(5) as job:
-        sock, pending = module.raw_socket(job.resource)
-        failing = FailingSocket(error)
-        monkeypatch.setattr(module, "raw_socket", lambda resource: (failing, pending))
+        _, pending = module.raw_socket(job.resource)
+        monkeypatch.setattr(module, "raw_socket", lambda resource: (FailingSocket(error), pending))
         with pytest.raises(raised, match=message):
             job.set("wavelength_nm", 1550)
-        assert failing.timeouts == [0.3, None]  # the limit, then pyvisa-py's blocking mode
         monkeypatch.undo()
-        sock.settimeout(None)
-    with instrument.job(0.1) as job:  # the budget bounds the send too
-        sent: list[float | None] = []
-        sock, pending = module.raw_socket(job.resource)
-        monkeypatch.setattr(
-            module, "raw_socket", lambda resource: (FailingSocket(TimeoutError()), pending)
-        )
-        monkeypatch.setattr(FailingSocket, "settimeout", lambda self, s: sent.append(s))
-        with pytest.raises(DeviceTimeout):
-            job.set("wavelength_nm", 1550)
-        assert sent[0] is not None and 0 < sent[0] <= 0.1
     instrument.close()
+
+
+def full_socket() -> tuple[socket.socket, socket.socket]:
+    """A connected pair whose first end cannot take one more byte: its peer never reads."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            ours.send(b"x" * 65536)
+    ours.setblocking(True)  # as pyvisa-py keeps its sockets
+    return ours, peer
+
+
+@pytest.mark.parametrize(("budget", "within"), [(5, r"0\.3 s"), (0.1, r"0\.\d+ s")])
+def test_socket_sends_to_an_instrument_that_stops_reading_are_bounded(
+    scpi_sim, monkeypatch, budget, within
+):
+    """A real socket whose peer stopped reading: the send waits for room for at most the
+    read/write limit (0.3 s) or what is left of the job's budget, then DeviceTimeout."""
+    from qkdtel.drivers.scpi import instrument as module
+
+    sim = BenchSim()
+    scpi_sim(sim)
+    instrument = ScpiInstrument(
+        VisaSettings(resource=sim.resource, timeout=0.3), TABLE, recovery_timeout=1.0
+    )
+    ours, peer = full_socket()
+    try:
+        with instrument.job(budget) as job:
+            _, pending = module.raw_socket(job.resource)
+            monkeypatch.setattr(module, "raw_socket", lambda resource: (ours, pending))
+            started = time.monotonic()
+            with pytest.raises(
+                DeviceTimeout, match=r"no answer to sending ':SOUR:WAV 1550.000' within " + within
+            ):
+                job.set("wavelength_nm", 1550)
+            assert time.monotonic() - started < min(budget, 0.3) + 0.2
+            monkeypatch.undo()
+    finally:
+        ours.close()
+        peer.close()
+        instrument.close()
 
 
 def test_a_socket_block_read_through_visa_is_exact_too(scpi_sim, monkeypatch):
@@ -599,3 +622,23 @@ def test_command_templates_say_what_is_missing():
         table["trace"].render_write("trace", 1)
     extended = table.extend("t2", abort=action(":ABOR"))
     assert set(extended) == {"trace", "abort"} and set(table) == {"trace"}
+
+
+def test_a_fixed_receive_buffer_is_set_on_the_session_socket(scpi_sim):
+    """`visa.receive_buffer` fixes SO_RCVBUF (the kernel doubles it, capped by rmem_max)."""
+    from qkdtel.drivers.scpi.transport import raw_socket
+
+    sim = BenchSim()
+    scpi_sim(sim)
+    wanted = 1024 * 1024
+    settings = VisaSettings(resource=sim.resource, timeout=1, receive_buffer=wanted)
+    with open("/proc/sys/net/core/rmem_max") as limit:
+        cap = int(limit.read())
+    instrument = ScpiInstrument(settings, TABLE)
+    with instrument.job(5) as job:
+        sock, _ = raw_socket(job.resource)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * min(wanted, cap)
+        np.testing.assert_array_equal(job.query_block("trace", "<f4"), TRACE)
+    instrument.close()
+    with pytest.raises(ValidationError, match="receive_buffer"):
+        VisaSettings(resource=sim.resource, receive_buffer=100)

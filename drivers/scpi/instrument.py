@@ -18,6 +18,8 @@ What a job guarantees (see `ScpiInstrument.job`):
 from __future__ import annotations
 
 import logging
+import math
+import select
 import socket
 import threading
 import time
@@ -379,14 +381,16 @@ class Job:
         seconds = min(settings.timeout, self.remaining())
         if seconds <= 0:
             raise DeviceTimeout(f"{self.where}: time budget used up before sending {text!r}")
-        data = (text + settings.write_termination).encode(self.resource.encoding)
+        data = memoryview((text + settings.write_termination).encode(self.resource.encoding))
+        give_up = time.monotonic() + seconds
         try:
-            sock.settimeout(seconds)
-            sock.sendall(data)
+            while data:
+                try:
+                    data = data[sock.send(data, socket.MSG_DONTWAIT) :]
+                except BlockingIOError:  # the instrument is not reading: wait for room
+                    _wait_ready(sock, select.POLLOUT, give_up - time.monotonic())
         except OSError as exc:
             _translate(exc, self.where, f"sending {text!r}", seconds)
-        finally:
-            sock.settimeout(None)  # pyvisa-py's blocking mode (it selects before every recv)
 
     def read_text(self, after: str) -> str:
         """Read one answer message (terminator stripped)."""
@@ -476,26 +480,23 @@ class Job:
         pyvisa-py's own reads cost a `select`, attribute look-ups and copies of its read-ahead
         buffer per call, and return at every terminator byte of the data. Here: what pyvisa-py
         had already received first, then `recv_into` one buffer of the declared length plus
-        the terminator; every receive within `min(visa.timeout, what is left of the budget)`.
-        Bytes received past the block go back to pyvisa-py's buffer.
+        the terminator; every wait for data within `min(visa.timeout, what is left of the
+        budget)`. Bytes received past the block go back to pyvisa-py's buffer.
         """
         where = f"{self.where}: {after}"
         terminator = self.instrument.settings.read_termination.encode("ascii")
         head = memoryview(bytearray(64))
-        try:
-            have = self._receive(sock, pending, head, 0, 2, after)
-            digits = header_digits(bytes(head[:2]), where)
-            have = self._receive(sock, pending, head, have, 2 + digits, after)
-            length = payload_length(bytes(head[2 : 2 + digits]), where)
-            total = length + len(terminator)
-            buffer = memoryview(bytearray(total))
-            start = 2 + digits
-            got = min(have - start, total)
-            buffer[:got] = head[start : start + got]
-            pending[:0] = head[start + got : have]  # past the block: not ours
-            self._receive(sock, pending, buffer, got, total, after, length)
-        finally:
-            sock.settimeout(None)  # pyvisa-py's blocking mode (it selects before every recv)
+        have = self._receive(sock, pending, head, 0, 2, after)
+        digits = header_digits(bytes(head[:2]), where)
+        have = self._receive(sock, pending, head, have, 2 + digits, after)
+        length = payload_length(bytes(head[2 : 2 + digits]), where)
+        total = length + len(terminator)
+        buffer = memoryview(bytearray(total))
+        start = 2 + digits
+        got = min(have - start, total)
+        buffer[:got] = head[start : start + got]
+        pending[:0] = head[start + got : have]  # past the block: not ours
+        self._receive(sock, pending, buffer, got, total, after, length)
         if buffer[length:] != terminator:
             tail = bytes(buffer[length:])
             raise Malformed(f"{where}: {tail!r} after the block instead of the terminator")
@@ -522,17 +523,25 @@ class Job:
             del pending[:take]
             have += take
         limit = self.instrument.settings.timeout
-        current = None
         while have < need:
+            try:  # no context manager per receive: errors are translated when they happen
+                got = sock.recv_into(view[have:], 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass  # nothing there yet: wait below
+            except OSError as exc:
+                _translate(exc, self.where, repr(after), limit)
+            else:
+                if not got:
+                    raise PollError(f"{self.where}: {after!r}: connection closed by the instrument")
+                have += got
+                continue
             seconds = min(limit, self.remaining())
             if seconds <= 0:
                 raise DeviceTimeout(
                     f"{self.where}: time budget used up before the answer to {after!r}"
                 )
-            try:  # no context manager per receive: errors are translated when they happen
-                if seconds != current:
-                    sock.settimeout(current := seconds)
-                got = sock.recv_into(view[have:])
+            try:
+                _wait_ready(sock, select.POLLIN, seconds)
             except TimeoutError:
                 terminator = self.instrument.settings.read_termination.encode("ascii")
                 if (
@@ -546,11 +555,6 @@ class Job:
                         f"bytes, the message ended after {got}"
                     ) from None
                 _translate(TimeoutError(), self.where, repr(after), seconds)
-            except OSError as exc:
-                _translate(exc, self.where, repr(after), seconds)
-            if not got:
-                raise PollError(f"{self.where}: {after!r}: connection closed by the instrument")
-            have += got
         return have
 
     def _truncated(self, where: str, length: int, payload: bytearray) -> Malformed:
@@ -575,6 +579,16 @@ class Job:
                 chunk, _ = self._read_chunk(count - len(data))
             data += chunk
         return bytes(data)
+
+
+def _wait_ready(sock: socket.socket, events: int, seconds: float) -> None:
+    """Wait until `sock` is ready for `events` (POLLIN, POLLOUT), at most `seconds`; else
+    TimeoutError. The socket itself stays in pyvisa-py's blocking mode: a socket timeout
+    would cost two mode changes and a poll on every send and receive, ready or not."""
+    poller = select.poll()
+    poller.register(sock, events)
+    if seconds <= 0 or not poller.poll(math.ceil(seconds * 1000)):
+        raise TimeoutError
 
 
 def _translate(exc: BaseException, where: str, what: str, timeout: float) -> NoReturn:
