@@ -6,9 +6,15 @@ privacy services (DES, AES-128, AES-192/256), so keys and ciphertexts are exactl
 pysnmp and Net-SNMP. Digests are HMACs from hashlib, truncated per protocol.
 
 What the client keeps per agent: its snmpEngineID (learnt by discovery, RFC 3414 section 4),
-the keys localised to it, and its boots/time clock (to stay inside the 150 s window). A
-`notInTimeWindow` report resynchronises the clock and the request is sent again once; an
+the keys localised to it, and its boots/time clock (to stay inside the agent's 150 s window).
+A `notInTimeWindow` report resynchronises the clock and the request is sent again once; an
 `unknownEngineID` report (the agent was replaced) starts discovery again.
+
+Answers are not checked against a time window of the client's own (RFC 3414 3.2 step 7b): an
+answer is taken only for the msgID of a request still waiting, once, and msgIDs count up from a
+random start, so an old answer replayed finds no request to answer. Such a check would also
+strand the client on an agent that restarts without raising its snmpEngineBoots (pysnmp agents
+do): every authenticated answer would then look older than the last one seen.
 
 `add_usm_user` and the protocol tables also serve the trap receiver, which runs on pysnmp.
 """
@@ -77,7 +83,6 @@ HASHES = {
     "sha512": hashlib.sha512,
 }
 MAX_MESSAGE = 65507
-TIME_WINDOW = 150  # seconds, RFC 3414 section 2.2.3
 MAX_BOOTS = 2147483647
 
 
