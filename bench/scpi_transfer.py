@@ -1,7 +1,6 @@
 """Trace transfer through the SCPI layer beside a raw socket read of the same bytes.
 
-    python bench/scpi_transfer.py [--points 50001] [--rounds 200] [--chunk-size N]
-                                  [--receive-buffer BYTES] [--profile]
+    python bench/scpi_transfer.py [--points 50001] [--rounds 500] [--chunk-size N] [--profile]
 
 Starts the simulated Yokogawa AQ6370 (`qkdtel sims osa`, link 4) in a child process, so the
 server's CPU does not compete with the client's for one GIL, sweeps it once with `--points`
@@ -20,24 +19,16 @@ points, and then, in the same run and interleaved round by round, fetches the sa
   between two identical connections (A/A), and fresh against raw shows what the connection
   itself does.
 
-Why the floor is measured on the driver's connection: a connection that has carried many short
-exchanges first (the sweep's set-up, error-queue reads) sometimes moves every later 400 kB
-answer ~80 us slower, whatever code reads it: plain socket calls on such a connection were as
-slow as the driver, while two fresh connections stayed within 3 % of each other, and a plain
-connection given 300 `*IDN?` exchanges first was slow in most runs. That is TCP state of the
-connection, the same for any client, not work the driver does.
+The floor is read on the driver's own connection so that whatever the connection itself does
+(its TCP state) counts alike on both sides; the fresh and control connections show whether it
+does anything (see bench/README.md for the case that made this matter).
 - **ascii**: `Job.query_values` of the same layer after `:FORMat:DATA ASCii` (the Anritsu
   class's only way), and the same ASCII message read raw, for scale.
 
-Every connection gets the same fixed receive buffer (`--receive-buffer`, the driver through
-`visa.receive_buffer`): with the kernel's autotuning, two identical raw connections came out
-up to 1.6x apart in some runs (the window each had grown to), which no code on either side
-causes. `--receive-buffer 0` leaves autotuning on, everywhere.
-
 Prints the median and best of each, MB/s, and the binary / raw ratio of medians (target:
-<= 1.2x; exit status 1 when missed) and of bests, and the control / raw ratio. 200 rounds by
-default (after 20 untimed ones), the three paths interleaved in turn and each first in every
-third round: fewer leave the median at the mercy of a few scheduler hiccups.
+<= 1.2x; exit status 1 when missed) and of bests, and the two connection ratios. 500 rounds by
+default (after 20 untimed ones), the four paths interleaved in turn and each first in every
+fourth round: with 200, the median still moved by ~0.1x from run to run.
 `--profile` adds a cProfile of the binary path (own time of the top functions).
 Not a unit test: the figures depend on the machine.
 """
@@ -102,12 +93,10 @@ class RawReader:
         self.buffer = bytearray(16 * 1024 * 1024)
 
     @classmethod
-    def connect(cls, port: int, receive_buffer: int | None) -> RawReader:
+    def connect(cls, port: int) -> RawReader:
         """A connection of its own, set up as the driver sets up its own."""
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if receive_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         return cls(sock)
 
     def command(self, text: bytes) -> None:
@@ -167,22 +156,15 @@ def report(name: str, times: list[float], nbytes: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=50_001)
-    parser.add_argument("--rounds", type=int, default=200, help="timed rounds (median, best)")
+    parser.add_argument("--rounds", type=int, default=500, help="timed rounds (median, best)")
     parser.add_argument("--chunk-size", type=int, default=None, help="visa.chunk_size override")
-    parser.add_argument(
-        "--receive-buffer",
-        type=int,
-        default=4 * 1024 * 1024,
-        help="SO_RCVBUF of every connection in bytes; 0: the kernel's autotuning",
-    )
     parser.add_argument("--profile", action="store_true", help="cProfile the binary path")
     args = parser.parse_args()
-    receive_buffer = args.receive_buffer or None
 
     port = free_port()
     with (
         simulator(port) as resource,
-        Osa.open(resource, dialect="yokogawa", receive_buffer=receive_buffer) as osa,
+        Osa.open(resource, dialect="yokogawa") as osa,
     ):
         sweep = osa.sweep(start_nm=1528, stop_nm=1568, rbw_nm=0.02, points=args.points)
         expected = sweep.trace.power_dbm
@@ -191,8 +173,8 @@ def main() -> int:
             instrument.settings = instrument.settings.model_copy(
                 update={"chunk_size": args.chunk_size}
             )
-        fresh = RawReader.connect(port, receive_buffer)
-        control = RawReader.connect(port, receive_buffer)
+        fresh = RawReader.connect(port)
+        control = RawReader.connect(port)
         binary_t: list[float] = []
         raw_t: list[float] = []
         fresh_t: list[float] = []
@@ -258,8 +240,7 @@ def main() -> int:
     nbytes = args.points * 8
     print(
         f"{args.points} points, REAL,64 block {nbytes} bytes, ASCII {ascii_bytes} bytes; "
-        f"{args.rounds} rounds; chunk_size {instrument.settings.chunk_size}; receive buffer "
-        f"{receive_buffer or 'autotuned'}"
+        f"{args.rounds} rounds; chunk_size {instrument.settings.chunk_size}"
     )
     raw_m = report("raw, driver's connection", raw_t, nbytes)
     bin_m = report("driver binary block", binary_t, nbytes)

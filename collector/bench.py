@@ -226,14 +226,16 @@ class Osa(_Session):
         dialect: str,
         timeout: float = 5.0,
         sweep_timeout: float = 60.0,
-        receive_buffer: int | None = None,
     ) -> Osa:
         """Connect and identify the analyser. `timeout`: limit of one read or write;
-        `sweep_timeout`: longest a sweep may take; `receive_buffer`: see `VisaSettings`."""
-        visa = {"resource": resource, "timeout": timeout, "open_timeout": timeout}
-        if receive_buffer is not None:
-            visa["receive_buffer"] = receive_buffer
-        return cls({"dialect": dialect, "visa": visa, "sweep_timeout": sweep_timeout})
+        `sweep_timeout`: longest a sweep may take."""
+        return cls(
+            {
+                "dialect": dialect,
+                "visa": {"resource": resource, "timeout": timeout, "open_timeout": timeout},
+                "sweep_timeout": sweep_timeout,
+            }
+        )
 
     def sweep(
         self,
@@ -287,24 +289,10 @@ class Otdr(_Session):
         self.identity = _identify(self.instrument, visa.timeout + visa.open_timeout)
 
     @classmethod
-    def open(
-        cls,
-        resource: str,
-        *,
-        timeout: float = 5.0,
-        name: str = "otdr",
-        receive_buffer: int | None = None,
-    ) -> Otdr:
-        """Connect and identify the OTDR. `timeout`: limit of one read or write;
-        `receive_buffer`: see `VisaSettings`."""
+    def open(cls, resource: str, *, timeout: float = 5.0, name: str = "otdr") -> Otdr:
+        """Connect and identify the OTDR. `timeout`: limit of one read or write."""
         visa = _validated(
-            VisaSettings,
-            {
-                "resource": resource,
-                "timeout": timeout,
-                "open_timeout": timeout,
-                "receive_buffer": receive_buffer,
-            },
+            VisaSettings, {"resource": resource, "timeout": timeout, "open_timeout": timeout}
         )
         return cls(visa, name)
 

@@ -622,23 +622,3 @@ def test_command_templates_say_what_is_missing():
         table["trace"].render_write("trace", 1)
     extended = table.extend("t2", abort=action(":ABOR"))
     assert set(extended) == {"trace", "abort"} and set(table) == {"trace"}
-
-
-def test_a_fixed_receive_buffer_is_set_on_the_session_socket(scpi_sim):
-    """`visa.receive_buffer` fixes SO_RCVBUF (the kernel doubles it, capped by rmem_max)."""
-    from qkdtel.drivers.scpi.transport import raw_socket
-
-    sim = BenchSim()
-    scpi_sim(sim)
-    wanted = 1024 * 1024
-    settings = VisaSettings(resource=sim.resource, timeout=1, receive_buffer=wanted)
-    with open("/proc/sys/net/core/rmem_max") as limit:
-        cap = int(limit.read())
-    instrument = ScpiInstrument(settings, TABLE)
-    with instrument.job(5) as job:
-        sock, _ = raw_socket(job.resource)
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * min(wanted, cap)
-        np.testing.assert_array_equal(job.query_block("trace", "<f4"), TRACE)
-    instrument.close()
-    with pytest.raises(ValidationError, match="receive_buffer"):
-        VisaSettings(resource=sim.resource, receive_buffer=100)

@@ -361,10 +361,11 @@ class Job:
         """Write one command (and the write termination).
 
         On a pyvisa-py SOCKET session whose socket this layer can reach (`raw_socket`), the
-        bytes go out with the socket's `sendall` within `min(visa.timeout, what is left of the
-        budget)`: pyvisa's write costs ~20 µs of attribute calls and a `select` per command
-        (and has no send timeout at all). Elsewhere (VXI-11, serial, another backend):
-        pyvisa's write. Errors are translated alike (`visa_errors`).
+        bytes go out with a non-blocking `send` on it, waiting for room (an instrument that
+        stopped reading) for at most `min(visa.timeout, what is left of the budget)`: pyvisa's
+        write costs ~20 µs of attribute calls and a `select` per command, and has no send
+        timeout at all. Elsewhere (VXI-11, serial, another backend): pyvisa's write. Errors
+        are translated alike (`visa_errors`).
         """
         log.debug("%s <- %s", self.where, text)
         if self.where.endswith("::SOCKET"):

@@ -69,13 +69,6 @@ class VisaSettings(Model):
     read_termination: str = Field("\n", description="end of an answer")
     write_termination: str = Field("\n", description="appended to every command")
     chunk_size: int = Field(20 * 1024, ge=256, le=16 * 1024 * 1024, description="bytes per read")
-    receive_buffer: int | None = Field(
-        None,
-        ge=4096,
-        le=256 * 1024 * 1024,
-        description="SOCKET only: a fixed socket receive buffer in bytes (SO_RCVBUF, capped by "
-        "net.core.rmem_max) instead of the kernel's autotuning; for large traces",
-    )
     baud_rate: int | None = Field(None, ge=50, le=4_000_000, description="serial only")
     data_bits: Literal[7, 8] | None = Field(None, description="serial only")
     parity: Literal["none", "odd", "even"] | None = Field(None, description="serial only")
@@ -150,26 +143,19 @@ def raw_socket(resource: Any) -> tuple[socket.socket, bytearray] | None:
     return None
 
 
-def _tune_socket(resource: Any, chunk_size: int, receive_buffer: int | None) -> None:
-    """Nagle's algorithm off, `chunk_size` bytes per receive and, when given, a fixed receive
-    buffer of `receive_buffer` bytes on a raw-socket session.
+def _tune_socket(resource: Any, chunk_size: int) -> None:
+    """Nagle's algorithm off and `chunk_size` bytes per receive on a raw-socket session.
 
     With Nagle on (NI-VISA turns it off by default), a command followed at once by
     `SYSTem:ERRor?` waits for the instrument's delayed ACK (40 ms on Linux) every time.
     pyvisa-py 0.8 refuses VI_ATTR_TCPIP_NODELAY on SOCKET sessions (its setter is not wired),
     so the option is set on its socket directly. pyvisa-py also caps every `recv` at 4096
     bytes (`max_recv_size`) whatever the read asks for: raised to the configured chunk size.
-    A fixed SO_RCVBUF turns the kernel's autotuning off for this connection: a trace then
-    arrives at once instead of at whatever window autotuning has grown to, which differs from
-    one connection to the next (bench/scpi_transfer.py measured two identical connections to
-    one simulator 1.6x apart). The kernel caps it at net.core.rmem_max.
     """
     session = getattr(resource.visalib, "sessions", {}).get(resource.session)
     sock = getattr(session, "interface", None)
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if receive_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     if isinstance(getattr(session, "max_recv_size", None), int):
         session.max_recv_size = chunk_size
 
@@ -177,7 +163,7 @@ def _tune_socket(resource: Any, chunk_size: int, receive_buffer: int | None) -> 
 def apply_settings(resource: Any, settings: VisaSettings) -> None:
     """Terminations, timeout, chunk size and serial line settings onto an open resource."""
     if settings.resource.endswith("::SOCKET"):
-        _tune_socket(resource, settings.chunk_size, settings.receive_buffer)
+        _tune_socket(resource, settings.chunk_size)
     resource.read_termination = settings.read_termination or None
     resource.write_termination = settings.write_termination
     resource.timeout = settings.timeout * 1000

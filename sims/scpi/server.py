@@ -34,7 +34,6 @@ import itertools
 import logging
 import os
 import re
-import socket
 import threading
 import tty
 from collections import deque
@@ -44,6 +43,7 @@ from typing import Literal
 
 from qkdtel.drivers.scpi.blocks import encode_block
 from qkdtel.sims.background import BackgroundLoop
+from qkdtel.sims.scpi.tcp import like_an_instrument
 from qkdtel.sims.scpi.vxi11 import Vxi11Service
 
 log = logging.getLogger(__name__)
@@ -413,9 +413,7 @@ class ScpiServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:  # answer at once, as instruments do (no Nagle delay)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        like_an_instrument(writer)
         try:
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):

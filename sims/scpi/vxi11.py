@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from qkdtel.sims.scpi.tcp import like_an_instrument
+
 if TYPE_CHECKING:
     from qkdtel.sims.scpi.server import ScpiServer
 
@@ -131,6 +133,7 @@ class Vxi11Service:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        like_an_instrument(writer)
         try:
             while True:
                 record = await self._record(reader)
