@@ -622,3 +622,37 @@ def test_command_templates_say_what_is_missing():
         table["trace"].render_write("trace", 1)
     extended = table.extend("t2", abort=action(":ABOR"))
     assert set(extended) == {"trace", "abort"} and set(table) == {"trace"}
+
+
+def test_simulated_instruments_send_with_cubic_and_no_nagle_delay():
+    """Whatever the host's default (BBR on some), a simulator's connection sends like an
+    instrument's stack: CUBIC, TCP_NODELAY (bench/README.md, scpi_transfer.py)."""
+    from qkdtel.sims.scpi.tcp import like_an_instrument
+
+    async def accepted_socket_options() -> tuple[bytes, int]:
+        seen: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
+
+        async def on_connection(reader, writer):
+            like_an_instrument(writer)
+            sock = writer.get_extra_info("socket")
+            seen.set_result(
+                (
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                )
+            )
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(seen, 5)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    congestion, nodelay = asyncio.run(accepted_socket_options())
+    assert congestion.rstrip(b"\0") == b"cubic"
+    assert nodelay == 1
