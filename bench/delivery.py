@@ -187,8 +187,8 @@ def separate_cores(influxd: int) -> str:
     """Give influxd and the client (this process, its threads, curl) cores of their own.
 
     In a deployment the collector does not run on the InfluxDB server's cores. Sharing them
-    here would charge the client's CPU to the server's throughput: curl needs ~0.1 CPU-s per
-    run, the Python delivery path ~0.8 (it encodes Sample objects, curl is handed bytes), so on
+    here would charge the client's CPU to the server's throughput: curl needs ~0.07 CPU-s per
+    run, the Python delivery path ~0.65 (it encodes Sample objects, curl is handed bytes), so on
     two cores the delivery's own work would slow the server it is measured against.
     """
     cores = sorted(os.sched_getaffinity(0))
@@ -202,8 +202,8 @@ def separate_cores(influxd: int) -> str:
     return f"influxd on core(s) {sorted(server)}, the client on core {cores[-1]}"
 
 
-def settle(server: InfluxServer, db: str | None = None) -> float:
-    """Drop the round's database `db` and wait until influxd is idle again; seconds waited.
+def settle(server: InfluxServer, db: str | None = None) -> None:
+    """Drop the round's database `db` and wait until influxd is idle again.
 
     Without this, a run pays for the work the server still does for the run before it (cache
     snapshots, compactions of that run's shard, garbage collection): influxd's CPU for the same
@@ -218,7 +218,6 @@ def settle(server: InfluxServer, db: str | None = None) -> float:
         time.sleep(SETTLE_WINDOW)
         if _cpu_seconds(pid) - before < 0.02 * SETTLE_WINDOW:
             break
-    return time.monotonic() - started
 
 
 # -- the breakdown: timers around each stage of one more delivery run -------------------------

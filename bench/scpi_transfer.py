@@ -211,8 +211,8 @@ def main() -> int:
                 for fetch, _times in paths:
                     fetch()
             assert not direct[1], "pyvisa-py holds bytes read ahead: the raw reads would miss them"
-            # Interleaved, so that drift hits all alike, and each goes first in every third
-            # round: the first of a round finds the simulator just woken up.
+            # Interleaved, so that drift hits all alike, and each goes first in turn: the
+            # first of a round finds the simulator just woken up.
             for round_ in range(args.rounds):
                 turn = round_ % len(paths)
                 for fetch, times in paths[turn:] + paths[:turn]:

@@ -81,25 +81,19 @@ def block_values(
 ) -> np.ndarray:
     """The payload as a float64 array of numbers of type `dtype` (numpy notation, e.g. `<f4`).
 
-    Checks, each done once on the whole block: a whole number of values, `expected` values
-    (counted from the payload's length, before decoding), and with `finite` (the default) no
-    NaN or infinity (`all_finite`).
+    Checks, each done once on the whole block: a whole number of values, `expected` values,
+    and with `finite` (the default) no NaN or infinity (`all_finite`).
     """
     kind = np.dtype(dtype)
-    count, rest = divmod(len(payload), kind.itemsize)
-    if rest:
+    if len(payload) % kind.itemsize:
         raise Malformed(
             f"{where}: block of {len(payload)} bytes is not a whole number of "
             f"{kind.itemsize}-byte values"
         )
-    if expected is not None and count != expected:
-        raise Malformed(f"{where}: expected {expected} values, got {count}")
     values = np.frombuffer(payload, dtype=kind)
     # a fresh buffer of the reader's own (`Job.query_block`) is used as is when already float64
     values = values.astype(np.float64, copy=not values.flags.writeable)
-    if finite and not all_finite(values):
-        raise Malformed(f"{where}: values include NaN or infinity")
-    return values
+    return _checked(values, where, expected, finite)
 
 
 def all_finite(values: np.ndarray) -> bool:
@@ -135,9 +129,11 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _checked(values: np.ndarray, where: str, expected: int | None) -> np.ndarray:
+def _checked(
+    values: np.ndarray, where: str, expected: int | None, finite: bool = True
+) -> np.ndarray:
     if expected is not None and len(values) != expected:
         raise Malformed(f"{where}: expected {expected} values, got {len(values)}")
-    if not all_finite(values):
+    if finite and not all_finite(values):
         raise Malformed(f"{where}: values include NaN or infinity")
     return values
