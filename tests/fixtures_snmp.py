@@ -37,13 +37,24 @@ Fixtures
     SMIv2 core modules, which this machine does not have), e.g.
     ``snmpwalk -M <it> -m QKDTEL-IDQ-CERBERIS3-MIB ...``.
 
+``netsnmp_state`` (session scope, autouse)
+    Every Net-SNMP tool the tests run keeps its persistent state in a fresh directory of this
+    session (``SNMP_PERSISTENT_DIR``), never in the machine's ``/var/lib/snmp``: a test sees
+    the same on a fresh machine as on one that ran Net-SNMP before. The first Net-SNMP command
+    in a new directory announces what it creates there ("Created directory: .../cert_indexes")
+    on stderr; one warm-up command takes that first run, so tests that demand a clean stderr
+    see none of it.
+
 Helpers: ``free_udp_port()``, and ``REPRESENTATIVE`` (profile -> the twin module
 ``single_agent`` starts for it).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +124,24 @@ class SingleAgent:
             self.agent.unresponsive = value
 
         self.background.call(apply)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def netsnmp_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh SNMP_PERSISTENT_DIR for the session, its first-run creation taken (module doc)."""
+    state = tmp_path_factory.mktemp("netsnmp-state") / "persistent"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SNMP_PERSISTENT_DIR", str(state))
+        if shutil.which("snmptranslate"):
+            warm_up = subprocess.run(
+                ["snmptranslate", "-M", "/dev/null", "-On", ".1.3.6.1"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "MIBS": "", "SNMPCONFPATH": "/nonexistent"},
+                check=False,
+            )
+            assert warm_up.returncode == 0, warm_up.stderr
+        yield state
 
 
 @pytest.fixture(scope="session")
