@@ -21,6 +21,7 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -89,6 +90,12 @@ class CollectorSettings(Model):
         Path("qkdtel-data/spool"), description="durable queue between polling and writing"
     )
     spool_max_points: int = Field(2_000_000, ge=1000, description="points the spool may hold")
+    spool_max_bytes: ByteSize | None = Field(
+        None,
+        ge=8 << 20,
+        description="disk the spool may take, database and write-ahead log together (e.g."
+        " `512MiB`); default: the smaller of 1 GiB and half the space free in spool_dir at start",
+    )
     overflow: Literal["drop_oldest", "reject_new"] = Field(
         "drop_oldest",
         description="what a full spool does: drop the oldest whole submits, or refuse new points;"
