@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ByteSize,
@@ -27,12 +30,17 @@ from pydantic import (
     SecretStr,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+MAX_DURATION = 7 * 86400.0
+"""Longest duration any setting takes unless its field says less: a week."""
 
 
 def parse_duration(value: Any) -> Any:
@@ -45,8 +53,18 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-"""A length of time in seconds, written in the file as a number or with a unit."""
+def _at_most_a_week(seconds: float) -> float:
+    """Bound every duration: `1e308` or `99999999h` would make a timeout that never ends."""
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration is at most 7 days ({MAX_DURATION:g} s)")
+    return seconds
+
+
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), Field(gt=0), AfterValidator(_at_most_a_week)
+]
+"""A length of time in seconds, written in the file as a number or with a unit; finite, more
+than zero and at most a week (a field may bound it tighter with `Field(le=...)`)."""
 
 
 def _is_secret(annotation: Any) -> bool:
@@ -57,10 +75,11 @@ class Model(BaseModel):
     """Base of every configuration model: strict keys, and `<secret>_file` support.
 
     A secret field `token` may instead be given as `token_file: /run/secrets/influx`; the file's
-    content (trailing newline stripped) becomes the secret.
+    content (trailing newline stripped) becomes the secret. No number may be NaN or infinite
+    (`.inf` in YAML): the daemon would wait, or count, forever.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -79,20 +98,27 @@ class Model(BaseModel):
                 data[name] = path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
                 raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror}") from None
+            except UnicodeDecodeError:  # its message would show bytes of the secret
+                raise ValueError(f"{file_key}: {path} is not UTF-8 text") from None
         return data
 
 
 class CollectorSettings(Model):
     """How the daemon schedules, spools and delivers."""
 
-    concurrency: int = Field(32, ge=1, description="polls running at once, all devices together")
+    concurrency: int = Field(
+        32, ge=1, le=4096, description="polls running at once, all devices together"
+    )
     spool_dir: Path = Field(
         Path("qkdtel-data/spool"), description="durable queue between polling and writing"
     )
-    spool_max_points: int = Field(2_000_000, ge=1000, description="points the spool may hold")
+    spool_max_points: int = Field(
+        2_000_000, ge=1000, le=1_000_000_000, description="points the spool may hold"
+    )
     spool_max_bytes: ByteSize | None = Field(
         None,
         ge=8 << 20,
+        le=1 << 50,
         description="disk the spool may take, database and write-ahead log together (e.g."
         " `512MiB`); default: the smaller of 1 GiB and half the space free in spool_dir at start",
     )
@@ -102,11 +128,23 @@ class CollectorSettings(Model):
         " either way every lost point is counted and logged as an error",
     )
     batch_size: int = Field(5000, ge=1, le=100_000, description="points per write request")
-    flush_interval: Duration = Field(1.0, description="longest a point waits before a write")
-    retry_max_delay: Duration = Field(60.0, description="cap of the write retry back-off")
-    max_backoff: Duration = Field(300.0, description="cap of a failing device's poll back-off")
-    shutdown_grace: Duration = Field(10.0, description="how long SIGTERM waits for polls/flush")
-    self_telemetry_interval: Duration = Field(10.0, description="period of qkdtel_collector")
+    flush_interval: Duration = Field(
+        1.0, le=3600, description="longest a point waits before a write; at most 1h"
+    )
+    retry_max_delay: Duration = Field(
+        60.0, le=3600, description="cap of the write retry back-off; at most 1h"
+    )
+    max_backoff: Duration = Field(
+        300.0, le=86400, description="cap of a failing device's poll back-off; at most 1 day"
+    )
+    shutdown_grace: Duration = Field(
+        10.0,
+        le=300,
+        description="how long SIGTERM waits for polls/flush; at most 5m, so a stop never hangs",
+    )
+    self_telemetry_interval: Duration = Field(
+        10.0, le=3600, description="period of qkdtel_collector; at most 1h"
+    )
 
 
 class InfluxV2Sink(Model):
@@ -119,8 +157,8 @@ class InfluxV2Sink(Model):
     bucket: str
     token: SecretStr | None = None
     verify_tls: bool = True
-    ca_file: Path | None = None
-    timeout: Duration = 10.0
+    ca_file: Path | None = Field(None, description="PEM CA bundle to verify the server with")
+    timeout: Duration = Field(10.0, le=600, description="limit of one write request; at most 10m")
 
 
 class InfluxV1Sink(Model):
@@ -134,8 +172,8 @@ class InfluxV1Sink(Model):
     username: str | None = None
     password: SecretStr | None = None
     verify_tls: bool = True
-    ca_file: Path | None = None
-    timeout: Duration = 10.0
+    ca_file: Path | None = Field(None, description="PEM CA bundle to verify the server with")
+    timeout: Duration = Field(10.0, le=600, description="limit of one write request; at most 10m")
 
 
 class FileSink(Model):
@@ -144,7 +182,7 @@ class FileSink(Model):
     type: Literal["file"]
     name: str = "file"
     path: Path = Path("qkdtel-data/lineprotocol")
-    rotate_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    rotate_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1 << 40)
 
 
 Sink = Annotated[InfluxV2Sink | InfluxV1Sink | FileSink, Field(discriminator="type")]
@@ -154,11 +192,27 @@ _SINK_TYPES = {"influxdb_v2", "influxdb_v1", "file"}
 class TrapListener(Model):
     """Where the collector listens for SNMP notifications (traps/informs) from devices."""
 
-    listen: str = Field("127.0.0.1:10162", pattern=r"^[^:]+:\d+$")
+    listen: str = Field(
+        "127.0.0.1:10162", description="IPv4 address (or name) and port: 0.0.0.0:162"
+    )
     communities: list[SecretStr] = Field(default_factory=lambda: [SecretStr("public")])
     users: list[dict[str, Any]] = Field(
         default_factory=list, description="SNMPv3 users (same keys as a device's snmp section)"
     )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        """A `host:port` the receiver can bind: it opens an IPv4 socket, so no IPv6 address.
+        Whether the host is an address of this machine is `environment_problems`' business."""
+        from qkdtel.drivers.qkd_snmp.options import split_address
+
+        if ":" not in value.rsplit("]", 1)[-1]:
+            raise ValueError("expected host:port, e.g. 0.0.0.0:162")
+        host, _ = split_address(value)
+        if ":" in host:
+            raise ValueError("the trap receiver listens on IPv4 only: give an IPv4 address")
+        return value
 
 
 class DeviceConfig(Model):
@@ -168,8 +222,8 @@ class DeviceConfig(Model):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
     driver: str
-    interval: Duration = 10.0
-    timeout: Duration = 5.0
+    interval: Duration = Field(10.0, le=86400, description="time between polls; at most 1 day")
+    timeout: Duration = Field(5.0, le=3600, description="limit of one poll; at most 1h")
     enabled: bool = True
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -184,17 +238,6 @@ class Config(Model):
     )
     traps: TrapListener | None = None
     devices: list[DeviceConfig] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> Config:
-        for what, names in (
-            ("device", [d.name for d in self.devices]),
-            ("sink", [s.name for s in self.sinks]),
-        ):
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"{what} names must be unique; repeated: {', '.join(dupes)}")
-        return self
 
     def effective_sinks(self) -> list[InfluxV2Sink | InfluxV1Sink | FileSink]:
         """The configured sinks, or the embedded local store when there are none."""
@@ -254,12 +297,120 @@ def _line_of(node: yaml.Node | None, loc: Sequence[str | int]) -> int | None:
     return line
 
 
-def _interpolate(data: Any, loc: tuple[str | int, ...], problems: list[tuple]) -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in strings; a missing variable is a config error."""
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where its leniency hides mistakes or leaks values.
+
+    A key given twice in one mapping is an error naming both lines (PyYAML keeps the last one
+    silently). A tagged value it cannot build (`!!int abc`, `!!timestamp x`) becomes a YAML
+    error at its line, instead of a bare ValueError whose message shows the value.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` may be overridden: that is what it is for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # unhashable: the base class reports it at its line
+                if earlier is not key_node:
+                    name = key if isinstance(key, str) and _PLAIN_KEY.match(key) else "a key"
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"{name} given twice (first at {_mark(earlier.start_mark)})",
+                        problem_mark=key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the value is not a valid {kind}", node.start_mark
+            ) from None
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+_SHOWABLE = re.compile(r"<[a-z ]+>|\\[tnr]|[^\w\s]")
+"""What PyYAML may quote from the source and we may show: a token name (`'<stream end>'`),
+a tab or another single punctuation character. Anchors, aliases and tags are not shown."""
+
+
+def _redact(text: str) -> str:
+    """`found undefined alias 'S3CRET'` -> `found undefined alias (not shown)`."""
+    return _QUOTED.sub(
+        lambda m: (
+            m.group(0) if _SHOWABLE.fullmatch(m.group(1) or m.group(2) or "") else "(not shown)"
+        ),
+        text,
+    )
+
+
+def _mark(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """`line 4, column 9: not valid YAML: <problem> (<context> at line 3, column 1)`.
+
+    Never PyYAML's own `str(exc)`: it quotes the offending line, and that line may be
+    `password: S3CRET: WORD`.
+    """
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        return (
+            f"line {line}, column {column}: not valid YAML: "
+            f"character #x{exc.character:04x} is not allowed in YAML"
+        )
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return "not valid YAML"
+    marks = [m for m in (exc.problem_mark, exc.context_mark) if m is not None]
+    where = f"{_mark(marks[0])}: " if marks else ""
+    message = _redact(exc.problem or exc.context or "syntax error")
+    if exc.problem and exc.context:
+        at = f" at {_mark(exc.context_mark)}" if exc.context_mark else ""
+        message += f" ({_redact(exc.context)}{at})"
+    return f"{where}not valid YAML: {message}"
+
+
+def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for the lines of errors) and its data."""
+    loader = None
+    try:
+        loader = _StrictLoader(text)
+        root = loader.get_single_node()
+        return root, loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc, text)]) from None
+    except RecursionError:
+        raise ConfigError(source, ["not valid YAML: nested too deeply"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _interpolate(
+    data: Any, loc: tuple[str | int, ...], problems: list[tuple], parents: tuple[int, ...] = ()
+) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in strings; a missing variable, an unfinished
+    `${`, or an alias that contains itself (`a: &x [*x]`) is a config error."""
+    if isinstance(data, dict | list):
+        if id(data) in parents:
+            problems.append((loc, "a YAML alias that contains itself"))
+            return None
+        parents = (*parents, id(data))
     if isinstance(data, dict):
-        return {k: _interpolate(v, (*loc, k), problems) for k, v in data.items()}
+        return {k: _interpolate(v, (*loc, k), problems, parents) for k, v in data.items()}
     if isinstance(data, list):
-        return [_interpolate(v, (*loc, i), problems) for i, v in enumerate(data)]
+        return [_interpolate(v, (*loc, i), problems, parents) for i, v in enumerate(data)]
     if not isinstance(data, str) or "${" not in data:
         return data
 
@@ -270,31 +421,135 @@ def _interpolate(data: Any, loc: tuple[str | int, ...], problems: list[tuple]) -
             return ""
         return value
 
+    if "${" in _ENV_REF.sub("", data):
+        problems.append((loc, "an unfinished ${ reference: write ${NAME} or ${NAME:-default}"))
     return _ENV_REF.sub(sub, data)
+
+
+def _message(err: Any) -> str:
+    """Pydantic's message without the input it may quote (an `${ENV}` value may be a secret)."""
+    if err["type"] == "union_tag_invalid":
+        return f"{err['ctx']['discriminator']} should be one of {err['ctx']['expected_tags']}"
+    value = err.get("input")
+    msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+    if isinstance(value, str | int | float) and str(value):
+        msg = msg.replace(f"'{value}'", "(the value)")
+    return msg
 
 
 def _pydantic_problems(
     exc: ValidationError, prefix: tuple[str | int, ...]
 ) -> list[tuple[tuple, str]]:
     out = []
-    for err in exc.errors(include_input=False, include_url=False):
+    for err in exc.errors(include_url=False):
         loc = err["loc"]
         # A discriminated union puts its tag (`influxdb_v2`) in the path; it is no key in the file.
         if len(loc) > 2 and loc[0] == "sinks" and loc[2] in _SINK_TYPES:
             loc = (*loc[:2], *loc[3:])
-        out.append(((*prefix, *loc), err["msg"]))
+        out.append(((*prefix, *loc), _message(err)))
     return out
 
 
-def load_config_text(text: str, source: str = "<config>") -> LoadedConfig:
-    """Validate a configuration document; raise `ConfigError` listing every problem."""
+def _repeated_names(names: Sequence[str | None], where: str) -> list[tuple[tuple, str]]:
+    """Each reuse of a name, at the entry that reuses it (`None`: an entry already invalid)."""
+    first: dict[str, int] = {}
+    out = []
+    for index, name in enumerate(names):
+        if name is None:
+            continue
+        if name in first:
+            out.append(
+                (
+                    (where, index, "name"),
+                    f"names must be unique; {where}[{first[name]}] has this name too",
+                )
+            )
+        first.setdefault(name, index)
+    return out
+
+
+def _directory_problem(path: Path) -> str | None:
+    """Why `path` is not, and cannot become, a directory this process can write; None if it
+    can. Creates nothing: `check` leaves the machine as it found it."""
+    target = Path(os.path.abspath(path))
+    existing = target
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        if existing == target:
+            return f"{path} exists and is not a directory"
+        return f"{path} cannot be created: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == target:
+            return f"{path} is not writable"
+        return f"{path} cannot be created: {existing} is not writable"
+    return None
+
+
+def _ca_file_problem(path: Path) -> str | None:
+    """Why the CA bundle at `path` cannot verify a server (missing, unreadable, not PEM
+    certificates); None if it loads."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        return f"{path} holds no usable PEM certificate ({exc.reason or 'unreadable'})"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    return None
+
+
+def _listen_problem(listen: str) -> str | None:
+    """Why the trap receiver could not bind `listen` here; None if it can. It binds port 0 of
+    the host, not the port itself: a running daemon may hold that one while `check` runs."""
+    from qkdtel.drivers.qkd_snmp.options import split_address
+
+    host, port = split_address(listen)
+    if port == 0:
+        return "port 0 would listen on a random port no device sends to; give 1..65535"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except socket.gaierror:
+        return f"{host} is not an IPv4 address or a name of one"
+    except OSError as exc:
+        return f"cannot listen on {host}: {exc.strerror}"
+    return None
+
+
+def environment_problems(config: Config) -> list[tuple[tuple, str]]:
+    """What `run` would trip on at start-up on this machine, checked without changing it: the
+    directories it creates and writes, the CA files it loads, the trap address it binds."""
+    problems: list[tuple[tuple, str]] = []
+    spool = _directory_problem(config.collector.spool_dir)
+    if spool:
+        problems.append((("collector", "spool_dir"), spool))
+    for index, sink in enumerate(config.effective_sinks()):
+        where: tuple[str | int, ...] = ("sinks", index) if config.sinks else ("sinks",)
+        if isinstance(sink, FileSink):
+            problem, key = _directory_problem(sink.path), "path"
+        else:
+            problem, key = sink.ca_file and _ca_file_problem(sink.ca_file), "ca_file"
+        if problem:
+            problems.append(((*where, key) if config.sinks else where, problem))
+    if config.traps is not None:
+        listen = _listen_problem(config.traps.listen)
+        if listen:
+            problems.append((("traps", "listen"), listen))
+    return problems
+
+
+def load_config_text(
+    text: str, source: str = "<config>", *, check_environment: bool = False
+) -> LoadedConfig:
+    """Validate a configuration document; raise `ConfigError` listing every problem.
+
+    With `check_environment`, also what `run` needs of this machine (`environment_problems`):
+    `load_config` asks for it, as a file is loaded to be run here; a document alone (the
+    README's example, a test's snippet) is checked as a document.
+    """
     from qkdtel.plugins import DriverNotFound, load_driver
 
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    root, raw = _parse_yaml(text, source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -309,18 +564,26 @@ def load_config_text(text: str, source: str = "<config>") -> LoadedConfig:
 
     # The collector's own settings and each device are validated separately, so one bad
     # device does not hide the errors of the others (or of their driver options).
+    settings: Config | None = None
     try:
-        Config.model_validate({**raw, "devices": []})
+        settings = Config.model_validate({**raw, "devices": []})
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, ()))
+    else:
+        problems.extend(_repeated_names([s.name for s in settings.sinks], "sinks"))
+        if check_environment:
+            problems.extend(environment_problems(settings))
     device_options: list[BaseModel] = []
+    device_names: list[str | None] = []
     for index, raw_device in enumerate(raw_devices):
         where: tuple[str | int, ...] = ("devices", index)
+        device_names.append(None)
         try:
             device = DeviceConfig.model_validate(raw_device)
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, where))
             continue
+        device_names[-1] = device.name
         try:
             driver = load_driver(device.driver)
         except DriverNotFound as exc:
@@ -330,6 +593,7 @@ def load_config_text(text: str, source: str = "<config>") -> LoadedConfig:
             device_options.append(driver.options_model.model_validate(device.model_extra or {}))
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, where))
+    problems.extend(_repeated_names(device_names, "devices"))
 
     raw_traps = raw.get("traps")
     if isinstance(raw_traps, dict) and isinstance(raw_traps.get("users"), list):
@@ -342,7 +606,7 @@ def load_config_text(text: str, source: str = "<config>") -> LoadedConfig:
                 problems.extend(_pydantic_problems(exc, ("traps", "users", index)))
 
     config: Config | None = None
-    if not problems:  # cross-checks (unique names) need every part valid
+    if not problems:
         try:
             config = Config.model_validate(raw)
         except ValidationError as exc:
@@ -364,14 +628,27 @@ def load_config_text(text: str, source: str = "<config>") -> LoadedConfig:
     return LoadedConfig(config, devices)
 
 
+def _decode(data: bytes, source: str) -> str:
+    """The file as text (a leading BOM dropped); invalid UTF-8 is reported by line and byte
+    offset, never by its bytes (they may belong to a secret)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            source, [f"line {line}: not UTF-8 text (invalid byte at offset {exc.start})"]
+        ) from None
+
+
 def load_config(path: str | Path) -> LoadedConfig:
-    """Read and validate the configuration file at `path`."""
+    """Read and validate the configuration file at `path`, and what running it needs of this
+    machine (`environment_problems`): `check` and `run` both load through here."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
-    loaded = load_config_text(text, str(path))
+    loaded = load_config_text(_decode(data, str(path)), str(path), check_environment=True)
     return LoadedConfig(loaded.config, loaded.devices, path)
 
 

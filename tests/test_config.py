@@ -110,7 +110,16 @@ devices:
   - {name: a, driver: tcp_probe, address: "127.0.0.1:1"}
   - {name: a, driver: tcp_probe, address: "127.0.0.1:2"}
 """)
-    assert any("repeated: a" in p for p in found)
+    assert found == ["devices[1].name (line 4): names must be unique; devices[0] has this name too"]
+
+
+def test_duplicate_sink_names_rejected_even_by_default():
+    found = problems("""
+sinks:
+  - {type: influxdb_v1, url: "http://127.0.0.1:8086", database: a}
+  - {type: influxdb_v1, url: "http://127.0.0.1:8087", database: b}
+""")
+    assert found == ["sinks[1].name (line 4): names must be unique; sinks[0] has this name too"]
 
 
 def test_no_sinks_means_local_store():
