@@ -43,6 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from qkdtel.spool_space import (
+    RESERVE_BYTES,
+    Reserve,
+    default_max_bytes,
+    files_bytes,
+    free_bytes,
+    is_disk_full,
+)
+
 log = logging.getLogger(__name__)
 
 SPOOL_FILE = "spool.sqlite3"
@@ -59,8 +68,18 @@ RECENT_MAX_BYTES = 32 << 20
 """Bodies of the newest chunks this process appended that the spool keeps in memory as well,
 so that a writer keeping up with the poller sends them without reading them back."""
 
-WAL_AUTOCHECKPOINT_PAGES = 1024
-"""Pages (16 MiB) the write-ahead log may grow to before SQLite copies it into the database."""
+WAL_AUTOCHECKPOINT_PAGES = 256
+"""Pages (4 MiB) the write-ahead log may grow to before SQLite copies it into the database."""
+
+WAL_MAX_BYTES = WAL_AUTOCHECKPOINT_PAGES * PAGE_SIZE
+"""`PRAGMA journal_size_limit`: a checkpointed log is truncated back to this, so the log takes
+at most this much between checkpoints (plus the one transaction that crosses it)."""
+
+FULL_AUTOCHECKPOINT_PAGES = 16
+"""`wal_autocheckpoint` while the disk is full: the log stays within the released reserve."""
+
+CHUNK_OVERHEAD = 64
+"""Bytes a chunk takes beyond its body and ends (row header, b-tree cell), for the byte budget."""
 
 _SCHEMA = f"""
 PRAGMA user_version = {LAYOUT_VERSION};
@@ -127,6 +146,11 @@ class AppendResult:
     dropped: dict[str, int] = field(default_factory=dict)
     discarded: int = 0
     """Distinct points that overflow removed from the spool or refused (for the error log)."""
+    skipped: int = 0
+    """New points left out before the `accepted` ones (drop_oldest keeps the newest)."""
+    limit: str = ""
+    """What overflowed when points were lost: `spool_max_points`, `spool_max_bytes`, or
+    `disk full`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,13 +309,42 @@ class _Transaction:
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself after SQLITE_FULL or an I/O error: a second ROLLBACK
+        # would fail and hide the error that matters.
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
 
 def _last_seq(conn: sqlite3.Connection) -> int:
     """Sequence number of the newest point ever stored (0 if none)."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
     return row[0] if row else 0
+
+
+def _chunk_bytes(body: bytes, ends: bytes | None) -> int:
+    """Bytes a chunk takes in the database, for the byte budget."""
+    return len(body) + len(ends or b"") + CHUNK_OVERHEAD
+
+
+def _fitting(lines: Sequence[str], points: int, room: int) -> int:
+    """How many of `lines`, from the first, fit in `points` points and `room` bytes."""
+    keep, size = 0, CHUNK_OVERHEAD
+    for line in lines:
+        size += len(line.encode()) + 1
+        if keep >= points or size > room:
+            break
+        keep += 1
+    return keep
 
 
 def _insert_chunk(
@@ -322,10 +375,19 @@ class Spool:
         sinks: Sequence[str],
         max_points: int,
         overflow: Literal["drop_oldest", "reject_new"] = "drop_oldest",
+        max_bytes: int | None = None,
     ) -> None:
         self.path = path
         self.max_points = max_points
         self.overflow = overflow
+        self.max_bytes = max_bytes or default_max_bytes(path.parent, files_bytes(path))
+        # Pages in use the data may take: the write-ahead log has its own share.
+        self._budget = max(PAGE_SIZE, self.max_bytes - WAL_MAX_BYTES)
+        self._cap = self._budget
+        self._full_since: float | None = None
+        self._reserve = Reserve(path.parent)
+        if self._reserve.held and free_bytes(path.parent) < RESERVE_BYTES:
+            self._reserve.release()  # starting on a full disk: the spool needs room to open
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         # last_seq -> (body, ends) of chunks appended by this process and still spooled, oldest
@@ -338,7 +400,18 @@ class Spool:
         except BaseException:
             self._conn.close()
             raise
-        with self._lock, _Transaction(self._conn) as conn:
+        for conn in (self._conn, self._reader):
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_MAX_BYTES}")
+        self._page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        with self._lock:
+            self._first = self._on_full_retry(lambda: self._open_cursors(sinks))
+        if not self._reserve.restore(RESERVE_BYTES + WAL_MAX_BYTES):
+            self._enter_full()
+
+    def _open_cursors(self, sinks: Sequence[str]) -> int:
+        """Load the sinks' cursors, forget removed sinks, start new ones at the oldest point;
+        returns the first sequence number left (caller holds `_lock`)."""
+        with _Transaction(self._conn) as conn:
             stored = dict(conn.execute("SELECT sink, acked_seq FROM cursors").fetchall())
             self._first, self._last = self._bounds(conn)
             for gone in sorted(set(stored) - set(sinks)):
@@ -356,8 +429,7 @@ class Spool:
                 "INSERT OR REPLACE INTO cursors (sink, acked_seq) VALUES (?, ?)",
                 list(self._cursors.items()),
             )
-            first = self._prune(conn, self._cursors)
-        self._first = first
+            return self._prune(conn, self._cursors)
 
     def _remember(self, last_seq: int, body: bytes, ends: bytes | None) -> None:
         """Keep a committed chunk's body in memory (caller holds `_lock`)."""
@@ -399,60 +471,171 @@ class Spool:
         """Store `lines` durably as one chunk, applying the overflow policy; returns what was
         kept and what was lost.
 
-        drop_oldest drops whole chunks, the oldest first, as many as it takes to make room;
-        reject_new keeps as many of `lines` as fit, the first ones.
+        The policy holds for points (`max_points`) and bytes (`max_bytes`, or the size the file
+        had when the disk became full): drop_oldest drops whole chunks, the oldest first, as
+        many as it takes to make room (and keeps the newest of `lines` if they alone do not
+        fit); reject_new keeps as many of `lines` as fit, the first ones. When even that cannot
+        be committed (the disk is full beyond the reserve), `lines` are lost and counted.
         """
         if not lines:
             return AppendResult(0)
         with self._lock:
-            return self._append(lines)
+            self._check_space()
+            try:
+                return self._append(lines)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+            self._enter_full()
+            try:
+                return self._append(lines)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+            self._tighten()
+            lost = len(lines)
+            return AppendResult(0, dict.fromkeys(self._cursors, lost), lost, lost, "disk full")
 
     def _append(self, lines: Sequence[str]) -> AppendResult:
+        body, ends = _pack(lines)
         with _Transaction(self._conn) as conn:
             self._first, self._last = self._bounds(conn)
             held = self._last - self._first + 1
             excess = held + len(lines) - self.max_points
+            excess_bytes = self._used_bytes(conn) + _chunk_bytes(body, ends) - self._cap
+            limit = self._limit_name(excess, excess_bytes)
             dropped = dict.fromkeys(self._cursors, 0)
-            discarded = 0
-            if excess > 0 and self.overflow == "reject_new":
-                keep = max(0, self.max_points - held)
+            discarded = skipped = 0
+            if limit and self.overflow == "reject_new":
+                room = self._cap - self._used_bytes(conn)
+                keep = _fitting(lines, self.max_points - held, room)
                 discarded = len(lines) - keep
                 lines = lines[:keep]
                 dropped = dict.fromkeys(self._cursors, discarded)
-            elif excess > 0:
-                if len(lines) > self.max_points:
-                    discarded = len(lines) - self.max_points
+            elif limit:
+                # Kept whatever else goes: the newest of `lines` that fit in an empty spool.
+                keep = _fitting(lines[::-1], self.max_points, self._cap - 8 * self._page_size)
+                if keep < len(lines):
+                    skipped = discarded = len(lines) - keep
                     lines = lines[discarded:]
                     dropped = dict.fromkeys(self._cursors, discarded)
-                    excess = held
-                cut, freed = self._first - 1, 0
-                rows = conn.execute("SELECT last_seq, points FROM chunks ORDER BY last_seq")
-                try:
-                    for last_seq, points in rows:
-                        if freed >= excess:
-                            break
-                        cut, freed = last_seq, freed + points
-                finally:
-                    rows.close()
+                body, ends = _pack(lines) if lines else (b"", None)
+                excess = held + len(lines) - self.max_points
+                excess_bytes = self._used_bytes(conn) + _chunk_bytes(body, ends) - self._cap
+                cut, freed = self._drop_oldest(conn, excess, excess_bytes)
                 for sink, acked in self._cursors.items():
                     dropped[sink] += max(0, cut - acked)
-                conn.execute("DELETE FROM chunks WHERE last_seq <= ?", (cut,))
                 discarded += freed
-                conn.executemany(
-                    "UPDATE cursors SET acked_seq = ? WHERE sink = ?",
-                    [(max(acked, cut), sink) for sink, acked in self._cursors.items()],
-                )
-            body, ends = _pack(lines) if lines else (b"", None)
+            if limit and self.overflow == "reject_new":
+                body, ends = _pack(lines) if lines else (b"", None)
             last = _insert_chunk(conn, self._last, len(lines), body, ends) if lines else self._last
         # Published once committed: no one sees points (or cursors) a rollback would take back.
-        if excess > 0 and self.overflow == "drop_oldest":
+        if limit and self.overflow == "drop_oldest":
             self._cursors = {s: max(a, cut) for s, a in self._cursors.items()}
             self._first = cut + 1
             self._forget_before(self._first)
         if lines:
             self._remember(last, body, ends)
         self._last = last
-        return AppendResult(len(lines), {s: n for s, n in dropped.items() if n}, discarded)
+        dropped = {s: n for s, n in dropped.items() if n}
+        return AppendResult(len(lines), dropped, discarded, skipped, limit if discarded else "")
+
+    def _limit_name(self, excess: int, excess_bytes: int) -> str:
+        """Which limit an append of this excess (points, bytes) runs into; "" if none."""
+        if excess_bytes > 0:
+            return "disk full" if self._full_since is not None else "spool_max_bytes"
+        return "spool_max_points" if excess > 0 else ""
+
+    def _drop_oldest(
+        self, conn: sqlite3.Connection, excess: int, excess_bytes: int
+    ) -> tuple[int, int]:
+        """Delete the oldest whole chunks holding at least `excess` points and `excess_bytes`
+        bytes (all of them if need be) and move the cursors past them; returns (the last
+        sequence number dropped, the points dropped)."""
+        cut, freed, freed_bytes = self._first - 1, 0, 0
+        rows = conn.execute(
+            "SELECT last_seq, points, length(body) + ifnull(length(ends), 0) FROM chunks"
+            " ORDER BY last_seq"
+        )
+        try:
+            for last_seq, points, size in rows:
+                if freed >= excess and freed_bytes >= excess_bytes:
+                    break
+                cut, freed, freed_bytes = last_seq, freed + points, freed_bytes + size
+                freed_bytes += CHUNK_OVERHEAD
+        finally:
+            rows.close()
+        conn.execute("DELETE FROM chunks WHERE last_seq <= ?", (cut,))
+        conn.executemany(
+            "UPDATE cursors SET acked_seq = ? WHERE sink = ?",
+            [(max(acked, cut), sink) for sink, acked in self._cursors.items()],
+        )
+        return cut, freed
+
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        """Bytes of the database's pages in use (free pages inside the file not counted)."""
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * self._page_size
+
+    # -- a full disk ---------------------------------------------------------------------------
+
+    def _enter_full(self) -> None:
+        """SQLite reported a full disk (caller holds `_lock`): release the reserve, hold the
+        data to the pages the file has, and checkpoint the log so it gives its space back; the
+        caller then retries once."""
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0] * self._page_size
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            self._cap = min(self._budget, pages)
+            # Frequent checkpoints: the log then reuses its first frames instead of growing.
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {FULL_AUTOCHECKPOINT_PAGES}")
+            log.warning(
+                "spool %s: disk full (%d bytes free): the spool keeps to the %d bytes it has,"
+                " overflow=%s decides what goes, until space is back",
+                self.path,
+                free_bytes(self.path.parent),
+                self._cap,
+                self.overflow,
+            )
+        self._reserve.release()
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+
+    def _check_space(self) -> None:
+        """End a disk-full episode once the reserve could be written again (caller holds
+        `_lock`)."""
+        if self._full_since is None or not self._reserve.restore(RESERVE_BYTES + WAL_MAX_BYTES):
+            return
+        log.warning(
+            "spool %s: disk space is back (%d bytes free) after %.0f s: spool_max_bytes=%d again",
+            self.path,
+            free_bytes(self.path.parent),
+            time.monotonic() - self._full_since,
+            self.max_bytes,
+        )
+        self._full_since, self._cap = None, self._budget
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+
+    def _tighten(self) -> None:
+        """Even the retry met a full disk: the file must shrink, so hold the data to a few
+        pages less than it uses now (caller holds `_lock`)."""
+        used = self._used_bytes(self._conn)
+        self._cap = max(self._page_size, min(self._cap, used) - 4 * self._page_size)
+
+    def _on_full_retry(self, action: Callable[[], int]) -> int:
+        """`action()`, once more after `_enter_full` if it met a full disk (caller holds
+        `_lock`)."""
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+        self._enter_full()
+        return action()
 
     # -- a writer's side ---------------------------------------------------------------------
 
@@ -538,18 +721,8 @@ class Spool:
         with self._lock:
             acked = self._cursors[sink]
             fresh = max(0, batch.last_seq - max(acked, batch.first_seq - 1))
-            with _Transaction(self._conn) as conn:
-                if rejected:
-                    conn.executemany(
-                        "INSERT INTO rejected (sink, time_ns, reason, line) VALUES (?, ?, ?, ?)",
-                        [(sink, now, reason, line) for line, reason in rejected],
-                    )
-                if batch.last_seq > acked:
-                    conn.execute(
-                        "UPDATE cursors SET acked_seq = ? WHERE sink = ?", (batch.last_seq, sink)
-                    )
-                    cursors = {**self._cursors, sink: batch.last_seq}
-                    first = self._prune(conn, cursors)
+            cursors = {**self._cursors, sink: max(acked, batch.last_seq)}
+            first = self._on_full_retry(lambda: self._commit_ack(sink, rejected, now, cursors))
             refused = min(len(rejected), fresh)
             if counted is not None:
                 counted(fresh - refused, refused)
@@ -557,6 +730,27 @@ class Spool:
                 self._cursors, self._first = cursors, first
                 self._forget_before(first)
         return fresh - refused, refused
+
+    def _commit_ack(
+        self,
+        sink: str,
+        rejected: Sequence[tuple[str, str]],
+        now: int,
+        cursors: dict[str, int],
+    ) -> int:
+        """One acknowledgement's transaction; returns the first sequence number left."""
+        with _Transaction(self._conn) as conn:
+            if rejected:
+                conn.executemany(
+                    "INSERT INTO rejected (sink, time_ns, reason, line) VALUES (?, ?, ?, ?)",
+                    [(sink, now, reason, line) for line, reason in rejected],
+                )
+            if cursors[sink] > self._cursors[sink]:
+                conn.execute(
+                    "UPDATE cursors SET acked_seq = ? WHERE sink = ?", (cursors[sink], sink)
+                )
+                return self._prune(conn, cursors)
+        return self._first
 
     def _prune(self, conn: sqlite3.Connection, cursors: dict[str, int]) -> int:
         """Delete the chunks every sink has acknowledged in full; returns the first sequence
@@ -586,6 +780,19 @@ class Spool:
     def size(self) -> int:
         """Points held in the spool (as of the last append or refresh)."""
         return max(0, self._last - self._first + 1)
+
+    @property
+    def disk_full(self) -> bool:
+        """Whether the spool is in a disk-full episode (holding to the size it had)."""
+        return self._full_since is not None
+
+    def bytes_on_disk(self) -> int:
+        """Bytes the spool's files take now: database, write-ahead log, shared memory."""
+        return files_bytes(self.path)
+
+    def free_bytes(self) -> int:
+        """Bytes free on the spool's filesystem."""
+        return free_bytes(self.path.parent)
 
 
 # -- the rejected lines, for the CLI (works while the daemon runs: WAL) ----------------------
