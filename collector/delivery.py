@@ -11,7 +11,7 @@ Failures:
 - down, slow, 5xx, 429: the batch stays in the spool and is sent again after an exponential
   back-off (doubling from RETRY_BASE_DELAY up to `retry_max_delay`), and never sooner than the
   server's Retry-After on 429/503 (which may exceed `retry_max_delay`: the server knows best);
-- 400 (malformed lines, type conflicts): the refused lines are found (`write_isolating`), the good
+- 400 (malformed lines, type conflicts): the refused lines are found (`write_batch`), the good
   ones are written, the refused ones kept in the spool's `rejected` table and logged as errors;
 - spool full: the overflow policy drops the oldest points (whole earlier submits, oldest first)
   or refuses new ones; every point lost is counted (`points_dropped`) and logged as an error.
@@ -280,8 +280,8 @@ class Delivery:
                 for _, refused in chain.written:
                     if refused:
                         log.error(
-                            "sink %s rejected %d points as malformed (kept aside, see `qkdtel "
-                            "spool rejected`): %s",
+                            "sink %s refused %d points (kept aside, see `qkdtel spool "
+                            "rejected`): %s",
                             name,
                             len(refused),
                             refused[0][1],
@@ -323,7 +323,7 @@ class Delivery:
                 ahead = reader.submit(spool.read, name, batch_size, batch.last_seq)
             chain.last_started = time.monotonic()
             try:
-                refused = write_batch(state.writer, batch.body, _lines_of(batch))
+                refused = write_batch(state.writer, batch.body, _lines_of(batch), state.stopped)
             except RetryableWriteError as exc:
                 chain.failed = exc
                 if ahead is not None:

@@ -165,7 +165,7 @@ def test_400_keeps_the_good_lines_and_sets_the_bad_ones_aside(
     assert all("unable to parse" in reasons[s.to_line()] for s in unparsable)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and all("influx" in r.getMessage() for r in errors)
-    assert any("malformed" in r.getMessage() for r in errors)
+    assert any("refused" in r.getMessage() for r in errors)
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_new"])

@@ -11,12 +11,11 @@ from qkdtel.sinks.base import (
     RetryableWriteError,
     SinkWriter,
     WriteError,
-    write_batch,
-    write_isolating,
 )
 from qkdtel.sinks.file import FileWriter
 from qkdtel.sinks.influx_v1 import InfluxV1Writer
 from qkdtel.sinks.influx_v2 import InfluxV2Writer
+from qkdtel.sinks.isolate import write_batch
 
 __all__ = [
     "FileWriter",
@@ -28,7 +27,6 @@ __all__ = [
     "WriteError",
     "make_writer",
     "write_batch",
-    "write_isolating",
 ]
 
 
