@@ -6,8 +6,18 @@
     qkdtel spool rejected -c qkdtel.yaml --requeue 12 13 # send these again
 
 Works while the daemon runs (the spool is SQLite in WAL mode); the daemon picks requeued lines
-up within `collector.flush_interval`. Requeue after fixing the cause (a field type conflict is
-fixed by writing to a new measurement or database, or by dropping the old series).
+up within `collector.flush_interval`. Requeued lines that are still refused are set aside again
+in the same request that writes the good points around them: they never hold those up.
+
+Requeue after fixing the cause. A field type conflict ("input field "f" on measurement "m" is
+type float, already exists as type integer") on InfluxDB 1.x: the type is held per shard (one
+per shard-group duration, 7 days by default), so DROP SERIES does not clear it. Checked on
+influxd 1.6: after DROP SERIES the field keeps its type and the line is refused again; after
+`DROP MEASUREMENT "m"` (which deletes all of m's data, in every shard) it is stored; a point of
+the new type whose time falls in a later shard group is stored without either. So: make the
+driver or config write that value to a new field or measurement name (new points are then
+fine); the refused lines keep their name, type and time, and are only stored once their shard
+no longer holds the field (DROP MEASUREMENT, or the shard dropped or expired).
 """
 
 from __future__ import annotations
@@ -18,6 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from qkdtel.spool import SPOOL_FILE, SpoolLayoutError, list_rejected, requeue_rejected
+
+HINT = (
+    "lines refused for a field type conflict: DROP SERIES does not clear it on InfluxDB 1.x; "
+    "write to a new field or measurement, or DROP MEASUREMENT, then requeue (see --help)"
+)
 
 
 def _spool_path(args: argparse.Namespace) -> Path:
@@ -48,15 +63,25 @@ def cmd_rejected(args: argparse.Namespace) -> int:
         stdout.print(f"{row.id}\t{row.sink}\t{when}\t{row.reason}", markup=False, highlight=False)
         stdout.print(f"\t{row.line}", markup=False, highlight=False)
     stdout.print(f"{len(rows)} rejected line(s)", highlight=False)
+    if any("field type conflict" in row.reason for row in rows):
+        stdout.print(HINT, markup=False, highlight=False)
     return EXIT_OK
 
 
 def add_subcommand(subparsers: Any) -> None:
     """Add `spool` to the `qkdtel` command's subparsers."""
-    spool = subparsers.add_parser("spool", help="inspect the delivery spool")
+    spool = subparsers.add_parser(
+        "spool",
+        help="inspect the delivery spool",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     spool_sub = spool.add_subparsers(dest="spool_command", required=True)
     rejected = spool_sub.add_parser(
-        "rejected", help="list the lines a sink refused as malformed, or requeue them"
+        "rejected",
+        help="list the lines a sink refused (malformed, type conflict...), or requeue them",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rejected.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
     rejected.add_argument("--sink", help="only the lines this sink refused")
