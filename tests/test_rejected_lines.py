@@ -8,6 +8,7 @@ their answers (qkdtel.sinks.isolate cites the sources) come from `_DocumentedSer
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from qkdtel.cli_spool import HINT, add_subcommand
 from qkdtel.cli_spool import __doc__ as spool_doc
 from qkdtel.delivery import Delivery
 from qkdtel.sample import Sample, encode_lines
@@ -30,7 +32,7 @@ from qkdtel.sinks import (
 )
 from qkdtel.sinks.base import raise_for_status
 from qkdtel.sinks.lineprotocol import scan_line
-from qkdtel.spool import SPOOL_FILE, list_rejected, requeue_rejected
+from qkdtel.spool import SPOOL_FILE, Spool, list_rejected, requeue_rejected
 from tests.fixtures_influxdb import FaultProxy
 from tests.test_delivery import run, settings, v1, wait_for
 
@@ -207,6 +209,23 @@ def test_two_conflicts_need_one_more_request_each(
     assert stored_times(influxdb, influx_db) == {p.time_ns for p in good}
 
 
+def test_a_field_named_time_is_refused_in_one_request(
+    influxdb: InfluxServer, influx_db: str, fault_proxy: FaultProxy
+) -> None:
+    now = time.time_ns() - 60 * 10**9
+    good = polls(10, 10, now)
+    bad = [Sample("qkd_link", {"device": "t"}, {"time": 5}, now + i) for i in (1, 2, 3)]
+    lines = encode_lines(good[:50] + bad + good[50:])
+    writer = InfluxV1Writer(v1(fault_proxy.url, influx_db))
+
+    refused = dict(write_batch(writer, "\n".join(lines).encode(), lambda: lines))
+
+    assert set(refused) == set(encode_lines(bad))
+    assert all("invalid field name" in why for why in refused.values())
+    assert requests(fault_proxy) == 1
+    assert stored_times(influxdb, influx_db) == {p.time_ns for p in good}
+
+
 def test_points_beyond_retention_and_those_a_conflict_hides(
     influxdb: InfluxServer, fault_proxy: FaultProxy
 ) -> None:
@@ -246,6 +265,29 @@ def test_drop_series_does_not_clear_a_type_conflict_drop_measurement_does(
     writer.write(b"qkd_link,device=a qber=0.5 2")
     assert "DROP SERIES does not" in (spool_doc or "")
     assert "DROP MEASUREMENT" in (spool_doc or "")
+
+
+def test_spool_command_advises_what_clears_a_type_conflict(tmp_path: Path, capsys) -> None:
+    spool_dir = tmp_path / "spool"
+    config = tmp_path / "qkdtel.yaml"
+    config.write_text(f"collector:\n  spool_dir: {spool_dir}\n")
+    spool = Spool(spool_dir / SPOOL_FILE, ["influx"], 10_000)
+    spool.append(["m v=1 1", "m v=2i 2"])
+    batch = spool.read("influx", 10)
+    assert batch is not None
+    why = 'HTTP 400: field type conflict: input field "v" on measurement "m" is type integer'
+    spool.ack("influx", batch, [("m v=2i 2", why)])
+    spool.close()
+    parser = argparse.ArgumentParser(prog="qkdtel")
+    add_subcommand(parser.add_subparsers(dest="command", required=True))
+
+    args = parser.parse_args(["spool", "rejected", "-c", str(config)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert HINT in out.replace("\n", " ")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["spool", "rejected", "--help"])
+    assert "DROP SERIES does not clear it" in " ".join(capsys.readouterr().out.split())
 
 
 # -- servers that say nothing usable: bounded bisection ----------------------------------------
