@@ -13,20 +13,30 @@ Failures:
   server's Retry-After on 429/503 (which may exceed `retry_max_delay`: the server knows best);
 - 400 (malformed lines, type conflicts): the refused lines are found (`write_batch`), the good
   ones are written, the refused ones kept in the spool's `rejected` table and logged as errors;
-- spool full: the overflow policy drops the oldest points (whole earlier submits, oldest first)
-  or refuses new ones; every point lost is counted (`points_dropped`) and logged as an error.
+- spool full (`spool_max_points`, `spool_max_bytes`, or the disk itself): the overflow policy
+  drops the oldest points (whole earlier submits, oldest first) or refuses new ones; every point
+  lost is counted (`points_dropped`), and the loss is logged as an error once per episode (with
+  the limit, the spool's path and the free space), then once more when the spool keeps every
+  point again; an exception of the spool itself loses the submit the same way, counted;
+- anything else a writer meets (a bug, a sink writer raising something else than a WriteError,
+  an acknowledgement the spool cannot commit): logged with its traceback when it happens,
+  counted (`writer_restarts`), the sink shown stalled (`writer_stalled`) and the writer
+  restarted after an exponential back-off, from the sink's cursor; nothing fails silently.
 
 Throughput (bench/delivery.py): a submit is encoded by `encode_lines` and committed as one chunk
-(one row, one fsync); a writer sends whole chunks joined into a request body, one request in
-flight per sink and in order, reading the next batch while a request is in flight, and commits
-acknowledgements on the side, grouped while batches stream out (ACK_INTERVAL): a crash may then
-send the last ~0.1 s of batches again, which the sink stores once, as above.
+(one row, one fsync); submits arriving while a commit runs are committed together by the next one
+(`_GroupCommit`), each returning once its own points are on disk; a writer sends whole chunks
+joined into a request body, one request in flight per sink and in order, reading the next batch
+while a request is in flight, and commits acknowledgements on the side, grouped while batches
+stream out (ACK_INTERVAL): a crash may then send the last ~0.1 s of batches again, which the sink
+stores once, as above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import threading
@@ -67,6 +77,10 @@ class _SinkState:
     write_errors: int = 0
     failures_in_a_row: int = 0
     write_latency_s: float = 0.0
+    restarts: int = 0
+    crashes_in_a_row: int = 0
+    stalled: bool = False
+    """The writer failed and has not had an acknowledgement committed since."""
     task: asyncio.Task[None] | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
     """Set when the writer task ends: a write chain still running sends nothing more."""
@@ -88,6 +102,10 @@ class Delivery:
         self._closing = False
         self._host = socket.gethostname()
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._group: _GroupCommit | None = None
+        self._losses: _Losses | None = None
+        self._spool_error: Exception | None = None
+        self._closed = asyncio.Event()
 
     @property
     def spool(self) -> Spool:
@@ -101,9 +119,16 @@ class Delivery:
         path = self.settings.spool_dir / SPOOL_FILE
         names = [s.name for s in self._sink_configs]
         self._spool = await asyncio.to_thread(
-            Spool, path, names, self.settings.spool_max_points, self.settings.overflow
+            Spool,
+            path,
+            names,
+            self.settings.spool_max_points,
+            self.settings.overflow,
+            self.settings.spool_max_bytes,
         )
         self._closing = False
+        self._closed = asyncio.Event()
+        self._group = _GroupCommit(self._append, self._count)
         # Reads of a writer's next batch, while its current one is in flight.
         self._reader = concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self._sink_configs), thread_name_prefix="qkdtel-spool-read"
@@ -116,65 +141,87 @@ class Delivery:
             if left:
                 log.info("sink %s: %d points left in the spool by a previous run", name, left)
                 state.due = time.monotonic()
-            state.task = asyncio.create_task(self._run(name, state), name=f"qkdtel-sink-{name}")
+            state.task = asyncio.create_task(
+                self._supervise(name, state), name=f"qkdtel-sink-{name}"
+            )
 
     async def submit(self, samples: Sequence[Sample]) -> int:
         """Encode and durably spool `samples`; returns the points accepted (committed on disk).
 
-        Never waits for a sink. Samples without a field InfluxDB can store (only NaN or infinite
-        values) are not points and are not counted.
+        Never waits for a sink and never raises for the spool: a point the spool cannot keep
+        (overflow, full disk, a failing spool) is counted in `points_dropped`. Submits that
+        arrive while a commit runs are committed together by the next one (`_GroupCommit`).
+        Samples without a field InfluxDB can store (only NaN or infinite values) are not points
+        and are not counted.
         """
-        spool = self.spool
-        result = await asyncio.to_thread(self._encode_and_append, spool, samples)
-        self._collected += result.accepted
+        if self._group is None:
+            raise RuntimeError("Delivery.start() has not been called")
+        lines = await asyncio.to_thread(_encode, samples)
+        if not lines:
+            return 0
+        return await self._group.commit(lines)
+
+    def _append(self, lines: list[str]) -> AppendResult:
+        """In a worker thread: `Spool.append`; a failure of the spool loses these points,
+        counted like an overflow (the error is logged with the loss, `_note_losses`)."""
+        try:
+            return self.spool.append(lines)
+        except UnicodeEncodeError:
+            raise  # `_GroupCommit` leaves the lines that have no UTF-8 out
+        except Exception as exc:
+            self._spool_error = exc
+            lost = len(lines)
+            return AppendResult(0, dict.fromkeys(self._sinks, lost), lost, lost, "spool error")
+
+    def _count(self, result: AppendResult, offered: int) -> None:
+        """Account for one committed group: points collected, dropped per sink; wake the
+        writers."""
+        self._collected += offered
         now = time.monotonic()
         for name, state in self._sinks.items():
-            lost = result.dropped.get(name, 0)
-            state.dropped += lost
+            state.dropped += result.dropped.get(name, 0)
             if state.due is None and result.accepted:
                 state.due = now + self.settings.flush_interval
             state.wakeup.set()
-        if result.discarded:
+        self._note_losses(result)
+
+    def _note_losses(self, result: AppendResult) -> None:
+        """Log a loss episode once when it starts and once when it ends; count in between."""
+        spool = self.spool
+        if result.discarded and self._losses is None:
+            self._losses = _Losses(time.monotonic())
+            error = self._spool_error if result.limit == "spool error" else None
             log.error(
-                "spool full (%d points max, overflow=%s): %d points lost%s",
-                spool.max_points,
+                "spool full (%s, overflow=%s) at %s, %d bytes free on its filesystem: %d points"
+                " lost%s; further losses are counted in points_dropped, not logged, until it"
+                " keeps every point again",
+                _limit_detail(spool, result.limit, error),
                 spool.overflow,
+                spool.path,
+                spool.free_bytes(),
                 result.discarded,
                 "".join(f"; {n} not yet sent to sink {s}" for s, n in result.dropped.items()),
+                exc_info=error,
             )
-        return result.accepted
-
-    @staticmethod
-    def _encode_and_append(spool: Spool, samples: Sequence[Sample]) -> AppendResult:
-        lines: list[str] = []
-        for start in range(0, len(samples), ENCODE_SLICE):
-            lines += encode_lines(samples[start : start + ENCODE_SLICE])
-            # Hand the interpreter lock over: a thread that needs it (a writer whose request
-            # has just been answered, the event loop) would otherwise wait for the
-            # interpreter's switch interval (5 ms) at every step while a large submit encodes.
-            time.sleep(0)
-        if len(lines) < len(samples):
+        if result.discarded and self._losses is not None:
+            self._losses.points += result.discarded
+        elif self._losses is not None and not spool.disk_full:
             log.warning(
-                "%d samples had no field InfluxDB can store (NaN or infinite only): not spooled",
-                len(samples) - len(lines),
+                "spool %s keeps every point again, after %d points lost in %.0f s",
+                spool.path,
+                self._losses.points,
+                time.monotonic() - self._losses.since,
             )
-        try:
-            return spool.append(lines)
-        except UnicodeEncodeError:
-            pass
-        # Rare: text that is not Unicode (lone surrogates) has no UTF-8, so no line protocol.
-        good = [line for line in lines if _encodable(line)]
-        log.warning(
-            "%d samples hold text that is not valid Unicode (lone surrogates): not spooled",
-            len(lines) - len(good),
-        )
-        return spool.append(good)
+            self._losses = None
 
     async def stop(self, timeout: float) -> None:
         """Send what can be sent within `timeout`, then close; the rest stays in the spool."""
         if self._spool is None:
             return
         self._closing = True
+        self._closed.set()
+        if self._group is not None:
+            await self._group.drain()
         tasks = [s.task for s in self._sinks.values() if s.task is not None]
         for state in self._sinks.values():
             state.wakeup.set()
@@ -187,6 +234,16 @@ class Delivery:
             left = self._spool.pending(name)
             if left:
                 log.warning("sink %s: %d points stay in the spool for the next start", name, left)
+            log.info(
+                "sink %s since start: %d points collected, %d written, %d rejected, %d dropped,"
+                " %d pending",
+                name,
+                self._collected,
+                state.written,
+                state.rejected,
+                state.dropped,
+                left,
+            )
             await asyncio.to_thread(state.writer.close)
         spool, self._spool = self._spool, None
         self._sinks = {}
@@ -198,6 +255,13 @@ class Delivery:
         """One `qkdtel_collector` point per sink (docs/metrics.md), without the daemon's
         polls_running."""
         now = time.time_ns()
+        spool_fields: dict[str, int | bool] = {}
+        if self._spool is not None:
+            spool_fields = {
+                "spool_bytes": self._spool.bytes_on_disk(),
+                "spool_free_bytes": self._spool.free_bytes(),
+                "spool_disk_full": self._spool.disk_full,
+            }
         return [
             Sample(
                 TELEMETRY_MEASUREMENT,
@@ -210,6 +274,9 @@ class Delivery:
                     "points_dropped": state.dropped,
                     "write_errors": state.write_errors,
                     "write_latency_s": state.write_latency_s,
+                    "writer_restarts": state.restarts,
+                    "writer_stalled": state.stalled,
+                    **spool_fields,
                 },
                 now,
             )
@@ -233,6 +300,13 @@ class Delivery:
             # In the acknowledging thread, before the spool shows the points as no longer pending.
             state.written += written
             state.rejected += rejected
+            if state.stalled:
+                log.warning(
+                    "sink %s: delivering again after %d writer failures",
+                    name,
+                    state.crashes_in_a_row,
+                )
+                state.stalled, state.crashes_in_a_row = False, 0
 
         acks = _Acknowledger(spool, name, counted)
         # The last point the sink has answered for (its acknowledgement may not be committed
@@ -254,7 +328,7 @@ class Delivery:
                         await acks.flush()
                         continue
                     if self._closing:
-                        return
+                        break
                     timeout = self.settings.flush_interval
                     if pending and state.due is not None:
                         timeout = max(0.0, state.due - now)
@@ -301,11 +375,63 @@ class Delivery:
                 batch = chain.ahead
                 # Whatever arrived during the last write has waited long enough: send it now.
                 state.due = chain.last_started if spool.last_seq > sent else None
-        finally:
+        except BaseException:
             # Also when cancelled by `stop`: commit what the sink has answered for, and never
-            # let the spool close under a commit; a chain still writing stops after its request.
+            # let the spool close under a commit; unless committing is what failed.
+            with contextlib.suppress(Exception):
+                await acks.flush()
+            raise
+        await acks.flush()
+
+    async def _supervise(self, name: str, state: _SinkState) -> None:
+        """The sink's writer task: `_run`, restarted after any exception it meets.
+
+        The failure is logged with its traceback when it happens (a repeat of it in a row in
+        one line), counted in `writer_restarts`, and the sink shows `writer_stalled` until an
+        acknowledgement commits again. The restart waits an exponential back-off (as a failed
+        write), then reads the spool from the sink's cursor: batches whose acknowledgement was
+        lost are sent again, which the sink stores once.
+        """
+        try:
+            while True:
+                try:
+                    await self._run(name, state)
+                    return
+                except Exception as exc:
+                    state.restarts += 1
+                    state.crashes_in_a_row += 1
+                    state.stalled = True
+                    delay = self._backoff(state.crashes_in_a_row)
+                    if state.crashes_in_a_row == 1:
+                        log.error(
+                            "sink %s: writer failed, %d points wait in the spool; the sink is"
+                            " stalled, restarting its writer in %.1f s",
+                            name,
+                            self.spool.pending(name),
+                            delay,
+                            exc_info=exc,
+                        )
+                    else:
+                        log.error(
+                            "sink %s: writer failed again (%d in a row): %s: %s; restarting in"
+                            " %.1f s",
+                            name,
+                            state.crashes_in_a_row,
+                            type(exc).__name__,
+                            exc,
+                            delay,
+                        )
+                    if self._closing:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closed.wait(), delay)
+        finally:
+            # A chain still writing stops after its request.
             state.stopped.set()
-            await acks.flush()
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait after `failures` failures in a row."""
+        return min(RETRY_BASE_DELAY * 2 ** (failures - 1), self.settings.retry_max_delay)
 
     def _write_chain(self, name: str, state: _SinkState, batch: Batch) -> _Chain:
         """In a worker thread: write `batch`, then the batches after it for as long as there
@@ -341,9 +467,7 @@ class Delivery:
         """Count a failed write and wait before the next attempt (back-off or Retry-After)."""
         state.write_errors += 1
         state.failures_in_a_row += 1
-        delay = min(
-            RETRY_BASE_DELAY * 2 ** (state.failures_in_a_row - 1), self.settings.retry_max_delay
-        )
+        delay = self._backoff(state.failures_in_a_row)
         if exc.retry_after is not None:
             # The server's minimum wait; back-off still grows if it keeps refusing.
             delay = max(delay, exc.retry_after)
@@ -438,6 +562,104 @@ async def _ack_after(
     if previous is not None:
         await previous
     return await asyncio.to_thread(spool.ack, name, batch, refused, counted)
+
+
+class _GroupCommit:
+    """Commits the submits that arrive while a commit runs together, with the next commit: one
+    transaction, one chunk, one fsync for all of them.
+
+    One commit per poll costs an fsync and a few pages of write-ahead log each (bench/README);
+    here a lone submit is committed at once, and the submits of busy moments share the commits
+    (a commit takes a few ms, so they come every few ms, not once per poll). Each `commit`
+    returns only once its own points are on disk: "on disk before it counts as collected" holds
+    for every submit. The accounting (`counted`) is done here, not by the submitter, so a poll
+    abandoned at shutdown while its points commit does not lose their count.
+    """
+
+    def __init__(
+        self,
+        append: Callable[[list[str]], AppendResult],
+        counted: Callable[[AppendResult, int], None],
+    ) -> None:
+        self._append = append
+        self._counted = counted
+        self._waiting: list[tuple[list[str], asyncio.Future[int]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def commit(self, lines: list[str]) -> int:
+        """Spool `lines` with the next group; returns how many of them were kept."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append((lines, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="qkdtel-spool-commit")
+        return await asyncio.shield(future)
+
+    async def drain(self) -> None:
+        """Wait for the commits under way and queued."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            lines = [line for part, _ in group for line in part]
+            try:
+                result = await asyncio.to_thread(self._append, lines)
+            except UnicodeEncodeError:
+                # Rare: text that is not Unicode (lone surrogates) has no UTF-8, so no line
+                # protocol.
+                group = [([x for x in part if _encodable(x)], future) for part, future in group]
+                good = [line for part, _ in group for line in part]
+                log.warning(
+                    "%d samples hold text that is not valid Unicode (lone surrogates): not spooled",
+                    len(lines) - len(good),
+                )
+                lines = good
+                result = await asyncio.to_thread(self._append, lines)
+            self._counted(result, len(lines))
+            kept_from, kept_to = result.skipped, result.skipped + result.accepted
+            offset = 0
+            for part, future in group:
+                end = offset + len(part)
+                if not future.done():
+                    future.set_result(max(0, min(end, kept_to) - max(offset, kept_from)))
+                offset = end
+
+
+@dataclass
+class _Losses:
+    """A loss episode: points lost since `since` (monotonic), logged at its start and end."""
+
+    since: float
+    points: int = 0
+
+
+def _limit_detail(spool: Spool, limit: str, error: Exception | None) -> str:
+    """The limit a loss ran into, with its value, for the log."""
+    if limit == "spool_max_points":
+        return f"spool_max_points={spool.max_points}"
+    if limit == "spool_max_bytes":
+        return f"spool_max_bytes={spool.max_bytes}"
+    if error is not None:
+        return f"spool error: {type(error).__name__}: {error}"
+    return limit
+
+
+def _encode(samples: Sequence[Sample]) -> list[str]:
+    """In a worker thread: the line protocol of `samples` (those with a storable field)."""
+    lines: list[str] = []
+    for start in range(0, len(samples), ENCODE_SLICE):
+        lines += encode_lines(samples[start : start + ENCODE_SLICE])
+        # Hand the interpreter lock over: a thread that needs it (a writer whose request
+        # has just been answered, the event loop) would otherwise wait for the
+        # interpreter's switch interval (5 ms) at every step while a large submit encodes.
+        time.sleep(0)
+    if len(lines) < len(samples):
+        log.warning(
+            "%d samples had no field InfluxDB can store (NaN or infinite only): not spooled",
+            len(samples) - len(lines),
+        )
+    return lines
 
 
 def _lines_of(batch: Batch) -> Callable[[], list[str]]:

@@ -165,7 +165,7 @@ def test_telemetry_has_exactly_the_fields_of_the_metrics_contract(tmp_path: Path
             # polls_running is the daemon's to fill in.
             assert set(point.fields) == set(fields) - {"polls_running"}
             for name, value in point.fields.items():
-                assert type(value) is {"int": int, "float": float}[fields[name]], name
+                assert type(value) is {"int": int, "float": float, "bool": bool}[fields[name]], name
 
     run(main)
 
