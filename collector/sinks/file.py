@@ -83,8 +83,11 @@ class FileWriter(SinkWriter):
         return Path(self._file.name)
 
     def _new_file(self) -> io.BufferedWriter:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        micros = time.time_ns() // 1000 % 1_000_000
+        # One clock reading for both parts: two could straddle a second and name this file
+        # before one written earlier in the same second.
+        now_ns = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 1_000_000_000))
+        micros = now_ns // 1000 % 1_000_000
         for n in range(1_000_000):
             path = self.directory / f"qkdtel-{stamp}.{micros:06d}Z-{n}.lp"
             try:
