@@ -49,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qkdtel.daemon import Collector
     from qkdtel.live import LiveLinkTable, run_with_live_table
     from qkdtel.spool import SpoolLayoutError
+    from qkdtel.spool_space import free_bytes, is_disk_full
 
     loaded = _load_or_exit(args.config)
     view = LiveLinkTable() if args.live else None
@@ -61,6 +62,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SpoolLayoutError as exc:
         stderr.print(f"cannot start: {exc}", markup=False, highlight=False)
         return EXIT_CONFIG
+    except Exception as exc:
+        # The spool could not even open on a disk with no byte left, not even its reserve
+        # (SQLITE_FULL, ENOSPC): nothing can be collected without losing it, so say so.
+        if not is_disk_full(exc):
+            raise
+        spool_dir = loaded.config.collector.spool_dir
+        stderr.print(
+            f"cannot start: the disk of spool_dir {spool_dir} is full ({free_bytes(spool_dir)}"
+            " bytes free) and the spool has no reserve left to open with: free some space",
+            markup=False,
+            highlight=False,
+        )
+        return EXIT_POLL_FAILED
     return EXIT_OK
 
 

@@ -76,7 +76,14 @@ class Collector:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A poll or self-telemetry task ended: an exception it raised is logged now, with its
+        traceback, never left to "Task exception was never retrieved" at exit."""
+        self._in_flight.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s failed", task.get_name(), exc_info=exc)
 
     async def _poll(self, poller: DevicePoller) -> None:
         async with self._semaphore:
