@@ -33,6 +33,15 @@ ERROR_STATUS = (
 )  # fmt: skip
 """RFC 3416 error-status names by value."""
 
+MAX_ARCS = 128
+"""Sub-identifiers an OBJECT IDENTIFIER may have (RFC 2578 section 3.5)."""
+MAX_ARC = 0xFFFFFFFF
+"""Largest sub-identifier (RFC 2578: 32-bit unsigned); at most 5 octets on the wire."""
+INT32 = (-(1 << 31), (1 << 31) - 1)
+"""INTEGER / Integer32 range (RFC 2578 section 7.1.1), also request-id and msgID."""
+_UNSIGNED_MAX = {0x41: 0xFFFFFFFF, 0x42: 0xFFFFFFFF, 0x43: 0xFFFFFFFF, 0x46: (1 << 64) - 1}
+"""Counter32, Gauge32/Unsigned32, TimeTicks, Counter64: the largest value of each."""
+
 
 class BerError(ValueError):
     """Bytes that are not the SNMP message they should be."""
@@ -188,26 +197,54 @@ def _expect(data: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
 
 
 def decode_oid(content: bytes) -> Oid:
-    """OBJECT IDENTIFIER content octets -> arcs."""
-    if not content or content[-1] & 0x80:
+    """OBJECT IDENTIFIER content octets -> arcs.
+
+    Bounded before any arithmetic: at most `MAX_ARCS` arcs of at most 32 bits each, so a
+    forged 65 kB sub-identifier costs one length check, not quadratic big-integer shifts.
+    """
+    if not content or content[-1] & 0x80 or len(content) > MAX_ARCS * 5:
         raise BerError("bad OBJECT IDENTIFIER")
     arcs: list[int] = []
     value = 0
     for byte in content:
         value = (value << 7) | (byte & 0x7F)
+        if value > MAX_ARC + 80:  # the first sub-identifier packs two arcs: 2 * 40 + arc
+            raise BerError("OBJECT IDENTIFIER sub-identifier beyond 32 bits")
         if not byte & 0x80:
             arcs.append(value)
             value = 0
+    if len(arcs) > MAX_ARCS - 1 or any(arc > MAX_ARC for arc in arcs[1:]):
+        raise BerError(f"OBJECT IDENTIFIER beyond {MAX_ARCS} 32-bit sub-identifiers")
     first = arcs[0]
     head = (0, first) if first < 40 else (1, first - 40) if first < 80 else (2, first - 80)
     return (*head, *arcs[1:])
 
 
+def _int32(content: bytes) -> int:
+    """An INTEGER's content octets -> int within Integer32 (request-id, msgID, values)."""
+    if not content or len(content) > 5:
+        raise BerError("INTEGER is empty or wider than 32 bits")
+    value = int.from_bytes(content, "big", signed=True)
+    if not INT32[0] <= value <= INT32[1]:
+        raise BerError("INTEGER outside the 32-bit range")
+    return value
+
+
+def _unsigned(tag: int, content: bytes) -> int:
+    """An unsigned application type's content -> int, within that type's range."""
+    if not content or len(content) > 9:
+        raise BerError("unsigned value is empty or wider than 64 bits")
+    value = int.from_bytes(content, "big")  # unsigned: agents that drop the 0x00 pad still read
+    if value > _UNSIGNED_MAX[tag]:
+        raise BerError(f"value of type 0x{tag:02x} out of its range")
+    return value
+
+
 def _value(tag: int, content: bytes) -> Any:
     if tag == 0x02:
-        return int.from_bytes(content, "big", signed=True)
-    if tag in (0x41, 0x42, 0x43, 0x46):  # Counter32, Gauge32/Unsigned32, TimeTicks, Counter64
-        return int.from_bytes(content, "big", signed=False)
+        return _int32(content)
+    if tag in _UNSIGNED_MAX:  # Counter32, Gauge32/Unsigned32, TimeTicks, Counter64
+        return _unsigned(tag, content)
     if tag == 0x04:
         return bytes(content)
     if tag == 0x06:
@@ -228,7 +265,7 @@ def _value(tag: int, content: bytes) -> Any:
 
 def _integer_at(data: bytes, pos: int, end: int) -> tuple[int, int]:
     start, stop = _expect(data, pos, end, 0x02)
-    return int.from_bytes(data[start:stop], "big", signed=True), stop
+    return _int32(data[start:stop]), stop
 
 
 def _octets_at(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -257,14 +294,20 @@ def decode_pdu(data: bytes, pos: int, end: int) -> tuple[int, Response]:
     return tag, Response(numbers[0], numbers[1], numbers[2], varbinds)
 
 
-def decode_response(data: bytes) -> Response:
-    """A v2c message carrying a Response-PDU -> `Response`; `BerError` for anything else."""
+def decode_v2c(data: bytes) -> tuple[int, Response]:
+    """A v2c message -> (PDU tag, PDU in the Response layout, which notifications share);
+    `BerError` for anything else. The community is not returned: agents echo ours."""
     pos, end = _expect(data, 0, len(data), 0x30)
     version, pos = _integer_at(data, pos, end)
     if version != VERSION_2C:
         raise BerError("not an SNMPv2c message")
-    _, pos = _octets_at(data, pos, end)  # community: agents echo ours
-    tag, response = decode_pdu(data, pos, end)
+    _, pos = _octets_at(data, pos, end)
+    return decode_pdu(data, pos, end)
+
+
+def decode_response(data: bytes) -> Response:
+    """A v2c message carrying a Response-PDU -> `Response`; `BerError` for anything else."""
+    tag, response = decode_v2c(data)
     if tag != RESPONSE:
         raise BerError(f"expected a Response-PDU, got tag 0x{tag:02x}")
     return response
@@ -311,7 +354,7 @@ def decode_v3(data: bytes) -> V3Message:
     for kind in (0x04, 0x02, 0x02, 0x04, 0x04, 0x04):
         value_start, value_end = _expect(data, at, usm_stop, kind)
         content = data[value_start:value_end]
-        fields.append(content if kind == 0x04 else int.from_bytes(content, "big", signed=True))
+        fields.append(content if kind == 0x04 else _int32(content))
         spans.append((value_start, value_end))
         at = value_end
     tag, data_start, data_end = _header(data, usm_end, end)
@@ -343,6 +386,13 @@ def decode_scoped_pdu(data: bytes) -> tuple[bytes, int, Response]:
     return data[engine_start:engine_end], tag, response
 
 
+def _bounded_int(value: int) -> int:
+    """An integer pyasn1 decoded (it takes any size) within what SNMP types can carry."""
+    if not INT32[0] <= value <= _UNSIGNED_MAX[0x46]:
+        raise BerError("integer outside every SNMP type's range")
+    return value
+
+
 def from_pyasn1(value: Any) -> Any:
     """A pysnmp (pyasn1) varbind value -> the plain value this module decodes to."""
     from pyasn1.type import univ
@@ -361,9 +411,12 @@ def from_pyasn1(value: Any) -> Any:
     if isinstance(value, univ.Null):  # before OctetString: pyasn1 derives Null from it
         return None
     if isinstance(value, univ.Integer):
-        return int(value)
+        return _bounded_int(int(value))
     if isinstance(value, univ.OctetString):
         return bytes(value)
     if isinstance(value, univ.ObjectIdentifier):
-        return tuple(value)
+        arcs = tuple(value)
+        if len(arcs) > MAX_ARCS or any(arc > MAX_ARC for arc in arcs):
+            raise BerError(f"OBJECT IDENTIFIER beyond {MAX_ARCS} 32-bit sub-identifiers")
+        return arcs
     raise BerError(f"unexpected value type {type(value).__name__}")

@@ -73,8 +73,10 @@ async def connect_udp(
         raise Refused(f"{where}: cannot resolve host: {exc.strerror}") from None
     family, _, _, _, sockaddr = infos[0]
     protocol = make(family)
-    try:
-        await loop.create_datagram_endpoint(lambda: protocol, remote_addr=sockaddr, family=family)
+    try:  # asyncio wants (host, port) even for IPv6, whose sockaddr has 4 fields
+        await loop.create_datagram_endpoint(
+            lambda: protocol, remote_addr=sockaddr[:2], family=family
+        )
     except OSError as exc:
         raise Refused(f"{where}: {exc.strerror or exc}") from None
     return protocol, sockaddr
@@ -194,6 +196,19 @@ class _Socket(asyncio.DatagramProtocol):
         self.client._fail_all(socket_error(self.client.where, exc))
 
 
+class Ignored(Exception):
+    """An answer to drop without failing its request (forged, or below its security level).
+
+    `error` is what the request ends in if no acceptable answer comes before the timeout, so
+    a genuine refusal (e.g. a wrong key's report) is still named, one timeout later.
+    """
+
+    def __init__(self, reason: str, error: PollError):
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
 class UdpClient(SnmpClient, Generic[A]):
     """Requests over one connected UDP socket reused for every poll, answers matched to their
     request by id.
@@ -210,7 +225,10 @@ class UdpClient(SnmpClient, Generic[A]):
         self._socket: _Socket | None = None
         self._open_lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[A]] = {}
+        self._rejected: dict[int, PollError] = {}  # by request id: the last answer ignored
         self._next_id = random.randrange(1, 1 << 30)
+        self.ignored: dict[str, int] = {}
+        """Datagrams dropped without failing a request, by reason (see `_answer`)."""
 
     def _decode(self, data: bytes) -> tuple[int, Any]:
         """(the id it answers, the decoded answer); raises BerError."""
@@ -229,20 +247,31 @@ class UdpClient(SnmpClient, Generic[A]):
             return self._socket
 
     def _answer(self, data: bytes) -> None:
-        """A datagram from the agent: complete the request it answers."""
+        """A datagram from the agent's address: complete the request it answers.
+
+        UDP source addresses are forged at will, so a datagram that does not decode, answers
+        no request in flight, or that `_open_answer` rejects as `Ignored` only costs a counter
+        (`ignored`): it must not fail the requests a genuine answer is still on its way to.
+        """
         try:
             request_id, decoded = self._decode(data)
-        except BerError as exc:
-            # Only the agent can reach a connected socket: it sent something unreadable.
-            self._fail_all(Malformed(f"{self.where}: undecodable answer: {exc}"))
+        except BerError:
+            self._ignore("undecodable")
             return
         future = self._pending.get(request_id)
         if future is None or future.done():
-            return  # a late duplicate of an answer already taken
+            self._ignore("unmatched")  # also a late duplicate of an answer already taken
+            return
         try:
             future.set_result(self._open_answer(data, decoded))
+        except Ignored as exc:
+            self._ignore(exc.reason)
+            self._rejected[request_id] = exc.error
         except PollError as exc:
             future.set_exception(exc)
+
+    def _ignore(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
 
     def _fail_all(self, error: PollError) -> None:
         for future in self._pending.values():
@@ -266,12 +295,16 @@ class UdpClient(SnmpClient, Generic[A]):
                     return await asyncio.wait_for(asyncio.shield(future), settings.request_timeout)
                 except TimeoutError:
                     continue
+            rejected = self._rejected.get(request_id)
+            if rejected is not None:
+                raise rejected
             raise DeviceTimeout(
                 f"{self.where}: no answer within {settings.request_timeout:g}s "
                 f"x {settings.retries + 1} attempt(s){self.timeout_hint}"
             )
         finally:
             del self._pending[request_id]
+            self._rejected.pop(request_id, None)
             if not future.done():
                 future.cancel()
 

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from qkdtel.config import Duration, Model
 
 AuthProtocol = Literal["md5", "sha", "sha224", "sha256", "sha384", "sha512"]
-PrivProtocol = Literal["none", "des", "aes", "aes192", "aes256"]
+PrivProtocol = Literal["none", "des", "aes", "aes192", "aes192c", "aes256", "aes256c"]
 SecurityLevel = Literal["noAuthNoPriv", "authNoPriv", "authPriv"]
 ProfileName = Literal["cerberis3", "toshiba", "hwdu_cv", "ait_cv"]
 

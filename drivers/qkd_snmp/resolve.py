@@ -98,7 +98,7 @@ class Resolved:
                 continue
             try:
                 result = out.convert(*args)
-            except (ValueError, KeyError, TypeError, ZeroDivisionError):
+            except (ValueError, KeyError, TypeError, ZeroDivisionError, OverflowError):
                 shown = ", ".join(repr(a)[:40] for a in args)
                 raise Malformed(
                     f"{out.sources[0]}{where}: cannot read {shown} as {out.name}"

@@ -54,7 +54,7 @@ from qkdtel.drivers.qkd_snmp.ber import (
     encode_v3,
     octet_string,
 )
-from qkdtel.drivers.qkd_snmp.client import Oid, UdpClient, VarBind
+from qkdtel.drivers.qkd_snmp.client import Ignored, Oid, UdpClient, VarBind
 from qkdtel.drivers.qkd_snmp.options import SnmpSettings
 from qkdtel.errors import AuthError, Malformed, PollError
 
@@ -71,8 +71,12 @@ PRIV_PROTOCOLS = {
     "none": config.USM_PRIV_NONE,
     "des": config.USM_PRIV_CBC56_DES,
     "aes": config.USM_PRIV_CFB128_AES,
-    "aes192": config.USM_PRIV_CFB192_AES,  # the Reeder key extension, as Net-SNMP and Cisco
-    "aes256": config.USM_PRIV_CFB256_AES,
+    # AES-192/256 keys are longer than any localised key: two drafts extend them differently,
+    # and agents differ. Named as Net-SNMP names them (createUser ... AES192 / AES192C).
+    "aes192": config.USM_PRIV_CFB192_AES_BLUMENTHAL,  # Blumenthal draft: Net-SNMP AES192
+    "aes192c": config.USM_PRIV_CFB192_AES,  # Reeder draft: Net-SNMP AES192C, Cisco
+    "aes256": config.USM_PRIV_CFB256_AES_BLUMENTHAL,
+    "aes256c": config.USM_PRIV_CFB256_AES,
 }
 HASHES = {
     "md5": hashlib.md5,
@@ -84,6 +88,15 @@ HASHES = {
 }
 MAX_MESSAGE = 65507
 MAX_BOOTS = 2147483647
+"""snmpEngineBoots and snmpEngineTime range (RFC 3414 2.2); boots at the maximum is latched."""
+ENGINE_ID_SIZE = (5, 32)
+"""SnmpEngineID length bounds (RFC 3411 section 5)."""
+
+
+def usm_clock_ok(boots: int, engine_time: int) -> bool:
+    """True for a boots/time pair an engine can have (RFC 3414 2.2: boots at its maximum
+    means the engine can no longer be talked to)."""
+    return 0 <= boots < MAX_BOOTS and 0 <= engine_time <= MAX_BOOTS
 
 
 def add_usm_user(
@@ -127,6 +140,14 @@ def report_name(response: Response) -> str:
 
 class _Resync(Exception):
     """The agent reported its clock or engine ID changed: send the request again."""
+
+
+class _EngineChanged(AuthError):
+    """Only unauthenticated reports of a new engine came for a request: rediscover then.
+
+    A forged report must not make the client forget a working engine, so the report is first
+    ignored (`Ignored`); only if the request then gets no authentic answer is it believed.
+    """
 
 
 @dataclass
@@ -176,6 +197,7 @@ class UsmClient(UdpClient[tuple[V3Message, int, Response]]):
             self._flags |= FLAG_PRIV
         self._peer: _Peer | None = None
         self._lock = asyncio.Lock()
+        self._discovery_ids: set[int] = set()
 
     # ---- the wire ----------------------------------------------------------------------------
 
@@ -184,45 +206,92 @@ class UsmClient(UdpClient[tuple[V3Message, int, Response]]):
         return message.msg_id, message
 
     def _open_answer(self, data: bytes, message: V3Message) -> tuple[V3Message, int, Response]:
-        """Authenticate and decrypt an answer: (message, PDU type, PDU)."""
-        peer = self._peer
+        """Authenticate and decrypt an answer: (message, PDU type, PDU).
+
+        Raises `Ignored` for what anyone could have sent (failed digests, unauthenticated
+        reports to an authenticated request, absurd discovery answers): the request keeps
+        waiting for the agent's own answer.
+        """
         authentic = bool(message.flags & FLAG_AUTH)
         if authentic:
-            if peer is None or message.engine_id != peer.engine_id or self._auth is None:
-                raise AuthError(f"{self.where}: authenticated answer from an unknown engine")
-            start, end = message.auth_at
-            blank = data[:start] + bytes(end - start) + data[end:]
-            digest = hmac.new(peer.auth_key, blank, self._hash).digest()[: self._digest]
-            if not hmac.compare_digest(digest, message.auth):
-                raise AuthError(f"{self.where}: answer failed authentication (wrong auth_key?)")
-            if message.boots > peer.boots or (
-                message.boots == peer.boots and message.time > peer.time
-            ):
-                peer.learn(message.boots, message.time)
-        scoped = message.data
-        if message.encrypted:
-            if not (authentic and message.flags & FLAG_PRIV and self._priv is not None):
-                raise Malformed(f"{self.where}: encrypted answer without authentication")
-            assert peer is not None
-            try:
-                scoped = self._priv.decrypt_data(
-                    peer.priv_key,
-                    (message.boots, message.time, univ.OctetString(message.priv)),
-                    univ.OctetString(message.data),
-                )
-            except Exception:  # pysnmp raises its StatusInformation or a cipher error
-                raise AuthError(f"{self.where}: cannot decrypt the answer") from None
+            self._authenticate(data, message)
+        scoped = self._plaintext(message, authentic)
         try:
             _, tag, response = decode_scoped_pdu(scoped)
         except BerError as exc:
+            if not authentic:
+                raise Ignored(
+                    "undecodable", Malformed(f"{self.where}: unreadable answer")
+                ) from None
             hint = " (wrong priv_key?)" if message.encrypted else ""
             raise Malformed(f"{self.where}: unreadable scoped PDU{hint}: {exc}") from None
-        if tag == RESPONSE and (
-            (self._auth is not None and not authentic)
-            or (self._priv is not None and not message.encrypted)
-        ):  # RFC 3412 7.2.10: an answer comes at the security level of its request
-            raise AuthError(f"{self.where}: answer below the request's security level")
+        if message.msg_id in self._discovery_ids:
+            self._check_discovery(message, tag)
+        elif not authentic and self._auth is not None:
+            raise Ignored("unauthenticated", self._unauthenticated_error(message, tag, response))
+        elif tag == RESPONSE and self._priv is not None and not message.encrypted:
+            # RFC 3412 7.2.10: an answer comes at the security level of its request
+            error = AuthError(f"{self.where}: answer below the request's security level")
+            raise Ignored("below_level", error)
         return message, tag, response
+
+    def _authenticate(self, data: bytes, message: V3Message) -> None:
+        """Check an answer's digest (and learn the clock it vouches for); `Ignored` if bad."""
+        peer = self._peer
+        if peer is None or message.engine_id != peer.engine_id or self._auth is None:
+            error = AuthError(f"{self.where}: authenticated answer from an unknown engine")
+            raise Ignored("unknown_engine", error)
+        start, end = message.auth_at
+        blank = data[:start] + bytes(end - start) + data[end:]
+        digest = hmac.new(peer.auth_key, blank, self._hash).digest()[: self._digest]
+        if not hmac.compare_digest(digest, message.auth):
+            error = AuthError(f"{self.where}: answer failed authentication (wrong auth_key?)")
+            raise Ignored("wrong_digest", error)
+        if not usm_clock_ok(message.boots, message.time):
+            raise Malformed(f"{self.where}: agent's engine boots/time out of RFC 3414 range")
+        if message.boots > peer.boots or (message.boots == peer.boots and message.time > peer.time):
+            peer.learn(message.boots, message.time)
+
+    def _plaintext(self, message: V3Message, authentic: bool) -> bytes:
+        """The ScopedPDU TLV of an answer, decrypted if it is encrypted."""
+        if not message.encrypted:
+            return message.data
+        if not (authentic and message.flags & FLAG_PRIV and self._priv is not None):
+            error = Malformed(f"{self.where}: encrypted answer without authentication")
+            raise Ignored("unauthenticated", error)
+        assert self._peer is not None  # authenticated, so a peer is known
+        try:
+            return self._priv.decrypt_data(
+                self._peer.priv_key,
+                (message.boots, message.time, univ.OctetString(message.priv)),
+                univ.OctetString(message.data),
+            )
+        except Exception:  # pysnmp raises its StatusInformation or a cipher error
+            raise AuthError(f"{self.where}: cannot decrypt the answer") from None
+
+    def _check_discovery(self, message: V3Message, tag: int) -> None:
+        """Take a discovery answer only with an engine ID and clock RFC 3411/3414 allow."""
+        low, high = ENGINE_ID_SIZE
+        if tag != REPORT or not low <= len(message.engine_id) <= high:
+            error = Malformed(f"{self.where}: no engine ID in the answer to discovery")
+            raise Ignored("bad_discovery", error)
+        if not usm_clock_ok(message.boots, message.time):
+            error = Malformed(f"{self.where}: discovery answer with boots/time out of range")
+            raise Ignored("bad_discovery", error)
+
+    def _unauthenticated_error(self, message: V3Message, tag: int, response: Response) -> PollError:
+        """What an unauthenticated answer to an authenticated request would mean, if true."""
+        if tag != REPORT:
+            return AuthError(f"{self.where}: answer below the request's security level")
+        name = report_name(response)
+        peer = self._peer
+        if name == "usmStatsUnknownEngineIDs" or (
+            peer is not None and message.engine_id not in (b"", peer.engine_id)
+        ):
+            return _EngineChanged(f"{self.where}: the agent's engine changed ({name})")
+        if name.startswith("usmStats"):
+            return AuthError(f"{self.where}: SNMPv3 authentication failed: agent reports {name}")
+        return PollError(f"{self.where}: agent reports {name}")
 
     # ---- engine discovery and requests -------------------------------------------------------
 
@@ -233,13 +302,15 @@ class UsmClient(UdpClient[tuple[V3Message, int, Response]]):
                 return self._peer
 
             def build(msg_id: int) -> bytes:
+                self._discovery_ids.add(msg_id)
                 usm = encode_usm_parameters(b"", 0, 0, b"", b"", b"")
                 scoped = encode_scoped_pdu(b"", b"", encode_pdu(GET, msg_id, []))
                 return encode_v3(msg_id, MAX_MESSAGE, FLAG_REPORTABLE, usm, scoped)
 
-            message, tag, _ = await self._round_trip(build)
-            if tag != REPORT or not message.engine_id:
-                raise Malformed(f"{self.where}: no engine ID in the answer to discovery")
+            try:
+                message, _, _ = await self._round_trip(build)
+            finally:
+                self._discovery_ids.clear()
             peer = _Peer(message.engine_id)
             peer.learn(message.boots, message.time)
             engine_id = univ.OctetString(message.engine_id)
@@ -281,16 +352,28 @@ class UsmClient(UdpClient[tuple[V3Message, int, Response]]):
         a, b = (0, 0) if max_repetitions is None else (non_repeaters, max_repetitions)
         for attempt in range(2):
             peer = self._peer or await self._discover()
-            message, tag, response = await self._round_trip(
-                lambda msg_id, peer=peer: self._message(
-                    peer, msg_id, encode_pdu(pdu_type, msg_id, list(oids), a, b)
+            try:
+                message, tag, response = await self._round_trip(
+                    lambda msg_id, peer=peer: self._message(
+                        peer, msg_id, encode_pdu(pdu_type, msg_id, list(oids), a, b)
+                    )
                 )
-            )
+            except _EngineChanged:
+                if attempt:
+                    raise
+                self._forget(peer)
+                continue
             try:
                 return self._result(peer, message, tag, response, retry=attempt == 0)
             except _Resync:
                 continue
         raise AuthError(f"{self.where}: cannot synchronise with the agent's engine")
+
+    def _forget(self, peer: _Peer) -> None:
+        """Drop the engine `peer` so the next request discovers again (unless a concurrent
+        request already has)."""
+        if self._peer is peer:
+            self._peer = None
 
     def _result(
         self, peer: _Peer, message: V3Message, tag: int, response: Response, retry: bool
@@ -313,8 +396,7 @@ class UsmClient(UdpClient[tuple[V3Message, int, Response]]):
             # Another engine answers there now (some agents then report an unknown user, not
             # an unknown engine ID, but their report names their own engine): discover it,
             # unless a concurrent request already has.
-            if self._peer is peer:
-                self._peer = None
+            self._forget(peer)
             raise _Resync
         if name.startswith("usmStats"):
             raise AuthError(f"{self.where}: SNMPv3 authentication failed: agent reports {name}")
