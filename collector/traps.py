@@ -6,38 +6,52 @@ only record of it. The receiver decodes each notification by its MIB name (throu
 maps it to one `qkd_event` point (docs/metrics.md) and hands it to the daemon, which spools it
 like any polled sample.
 
-Security: v2c notifications must carry one of the configured communities, v3 ones must
-authenticate as a configured user (pysnmp's USM checks digests and decrypts). A v3 *trap*
-is keyed to the sender's engine ID; the receiver learns it from the first message of a
-configured device's address (never from strangers, so a flood of forged engine IDs cannot
-grow the user table), or takes it from the user's `engine_id`.
+Security: every datagram passes a gate (`TrapReceiver._admit`, this module's own BER
+decoder: bounded, fast) before pysnmp sees it. v2c notifications must carry one of the
+configured communities. v3 ones must name a configured user at no less than the security
+level configured for it (as snmptrapd's `authUser`), and the gate checks their digest itself.
+A v3 *trap* is keyed to the sender's engine ID: taken from the user's `engine_id` (any
+address), or learnt from an authentic trap from a configured device's address and bound to
+that address. Authenticated traps must be timely (RFC 3414 3.2 step 7b, non-authoritative
+side) and not an exact replay. What is refused is counted by reason in `refused`.
+Decryption and PDU decoding stay pysnmp's (USM again checks the digest).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import socket
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyasn1.codec.ber import decoder
-from pyasn1.error import PyAsn1Error
 from pydantic import ValidationError
 from pysnmp.carrier.asyncio.dgram import udp
 from pysnmp.entity import config
 from pysnmp.entity.engine import SnmpEngine
 from pysnmp.entity.rfc3413 import ntfrcv
-from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
-from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
 
 from qkdtel.config import TrapListener, format_loc
-from qkdtel.drivers.qkd_snmp.ber import BerError, from_pyasn1
+from qkdtel.drivers.qkd_snmp.ber import (
+    FLAG_AUTH,
+    FLAG_PRIV,
+    INFORM,
+    TRAP,
+    BerError,
+    V3Message,
+    decode_v2c,
+    decode_v3,
+    from_pyasn1,
+)
 from qkdtel.drivers.qkd_snmp.options import TrapUser, split_address
 from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out
 from qkdtel.drivers.qkd_snmp.resolve import Notification, Resolved, resolve
-from qkdtel.drivers.qkd_snmp.usm import add_usm_user
+from qkdtel.drivers.qkd_snmp.usm import ENGINE_ID_SIZE, Authenticator, add_usm_user, usm_clock_ok
 from qkdtel.errors import Malformed
 from qkdtel.sample import Sample, now_ns
 
@@ -51,8 +65,30 @@ EVENT_OUTPUTS = frozenset(
 )
 """Profile outputs a notification's objects may fill in a `qkd_event` point (docs/metrics.md)."""
 
+LEVELS = {"noAuthNoPriv": 0, "authNoPriv": 1, "authPriv": 2}
+TIME_WINDOW = 150.0
+"""Seconds an authenticated message may lag its engine's clock (RFC 3414 2.2.3)."""
+MAX_ENGINES = 256
+"""Learnt (engine ID, user) pairs kept; the least recently used is forgotten beyond that."""
+MAX_SEEN = 8192
+"""Authenticated messages remembered (by hash) for one time window to drop exact replays."""
+REFUSALS = (
+    "undecodable", "wrong_community", "not_a_notification", "unknown_user", "below_level",
+    "unknown_engine", "wrong_address", "wrong_digest", "not_in_time_window", "duplicate",
+    "error",
+)  # fmt: skip
+"""Reasons a datagram is refused, the keys of `TrapReceiver.refused` (see README.md)."""
+
 Source = tuple[str, str, dict[str, str]]
 SampleSink = Callable[[list[Sample]], Awaitable[None]]
+
+
+def _user(settings: TrapUser) -> _User:
+    """A configured trap user with its passphrase hashed once, for the gate."""
+    auth = None
+    if settings.auth_protocol is not None and settings.auth_key is not None:
+        auth = Authenticator(settings.auth_protocol, settings.auth_key.get_secret_value())
+    return _User(settings, LEVELS[settings.security_level], auth)
 
 
 def validate_users(raw_users: Iterable[dict[str, Any]]) -> list[TrapUser]:
@@ -81,32 +117,57 @@ class _Kind:
 
 
 class _TrapSocket(udp.UdpAsyncioTransport):
-    """pysnmp's UDP transport with a look at each datagram before the engine gets it.
+    """pysnmp's UDP transport with the receiver's gate in front of the engine."""
 
-    The look is only to learn a v3 sender's engine ID (see the module docstring).
-    """
-
-    def __init__(self, on_datagram: Callable[[bytes, tuple], None]):
+    def __init__(self, admit: Callable[[bytes, tuple], bool], failed: Callable[[], None]):
         super().__init__()
-        self._on_datagram = on_datagram
+        self._admit = admit
+        self._failed = failed
 
     def datagram_received(self, datagram: bytes, transportAddress: Any) -> None:
-        self._on_datagram(datagram, transportAddress)
-        super().datagram_received(datagram, transportAddress)
+        """Gate, then pysnmp; nothing a datagram provokes may escape into the event loop."""
+        try:
+            if self._admit(datagram, transportAddress):
+                super().datagram_received(datagram, transportAddress)
+        except Exception:  # pysnmp raises many kinds on junk; counted, the next datagram goes on
+            log.debug("SNMP notification from %s raised", transportAddress[0], exc_info=True)
+            self._failed()
 
 
-def _v3_sender(datagram: bytes) -> tuple[bytes, bytes] | None:
-    """(authoritative engine ID, user name) of an SNMPv3 message; None for v1/v2c or junk."""
-    try:
-        message, _ = decoder.decode(datagram, asn1Spec=SNMPv3Message())
-        if int(message["msgVersion"]) != 3:
-            return None
-        params, _ = decoder.decode(
-            bytes(message["msgSecurityParameters"]), asn1Spec=UsmSecurityParameters()
-        )
-    except PyAsn1Error:
+@dataclass
+class _User:
+    """A configured trap user as the gate needs it."""
+
+    settings: TrapUser
+    level: int
+    auth: Authenticator | None
+
+
+@dataclass
+class _Engine:
+    """An engine ID a user's traps are accepted from: from `address` only (None: any)."""
+
+    address: str | None
+    auth_key: bytes
+
+
+@dataclass
+class _Clock:
+    """The latest snmpEngineBoots/Time seen from an engine, and when (RFC 3414 2.3)."""
+
+    boots: int
+    time: int
+    at: float
+
+    def now(self) -> float:
+        return self.time + time.monotonic() - self.at
+
+
+def _level(flags: int) -> int | None:
+    """The security level msgFlags claim; None for priv without auth (invalid)."""
+    if flags & FLAG_PRIV and not flags & FLAG_AUTH:
         return None
-    return bytes(params["msgAuthoritativeEngineId"]), bytes(params["msgUserName"])
+    return bool(flags & FLAG_AUTH) + bool(flags & FLAG_PRIV)
 
 
 class TrapReceiver:
@@ -130,7 +191,18 @@ class TrapReceiver:
         self._kinds: dict[tuple[int, ...], _Kind] = {}
         self._by_address: dict[tuple[str, int], list[tuple[str, dict[str, str]]]] = {}
         self._by_ip: dict[str, list[tuple[str, dict[str, str]]]] = {}
-        self._learned: set[tuple[bytes, bytes]] = set()
+        self._users = {u.user.encode(): _user(u) for u in self.users if u.user is not None}
+        self._configured: dict[tuple[bytes, bytes], _Engine] = {}
+        self._learned: OrderedDict[tuple[bytes, bytes], _Engine] = OrderedDict()
+        self._clocks: dict[bytes, _Clock] = {}
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._own_engine_id = b""
+        self.refused: Counter[str] = Counter()
+        """Datagrams refused, by reason (`REFUSALS`)."""
+        self.accepted = 0
+        """Datagrams passed to pysnmp."""
+        self.evicted = 0
+        """Learnt engines forgotten to stay within `MAX_ENGINES`."""
         self._tasks: set[asyncio.Task] = set()
         self._trap_oid: tuple[int, ...] = ()
 
@@ -147,7 +219,8 @@ class TrapReceiver:
         engine = SnmpEngine()
         (trap_oid,) = engine.get_mib_builder().import_symbols("SNMPv2-MIB", "snmpTrapOID")
         self._trap_oid = (*trap_oid.name, 0)
-        transport = _TrapSocket(self._peek)
+        self._own_engine_id = bytes(engine.snmpEngineID)
+        transport = _TrapSocket(self._admit, self._failed)
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(
             lambda: transport, local_addr=(self.host, self.port), family=socket.AF_INET
@@ -159,7 +232,8 @@ class TrapReceiver:
             add_usm_user(engine, user)  # informs: this receiver is the authoritative engine
             if user.engine_id_bytes:
                 add_usm_user(engine, user, user.engine_id_bytes)
-                self._learned.add((user.engine_id_bytes, user.user.encode()))
+                key = (user.engine_id_bytes, user.user.encode())
+                self._configured[key] = _Engine(None, self._auth_key(key))
         self._receiver = ntfrcv.NotificationReceiver(engine, self._on_notification)
         self._engine, self._transport = engine, transport
         log.info("receiving SNMP notifications on %s:%d", *self.address)
@@ -217,19 +291,133 @@ class TrapReceiver:
                 return candidates[0]
         return UNKNOWN_DEVICE, {}
 
-    def _peek(self, datagram: bytes, address: tuple) -> None:
-        """Before USM checks a v3 trap, register the users for a known device's engine ID."""
-        if not self.users or self._engine is None or address[0] not in self._by_ip:
+    # ---- the gate ------------------------------------------------------------------------------
+
+    def _admit(self, datagram: bytes, address: tuple) -> bool:
+        """Whether a datagram goes on to pysnmp; every refusal is counted in `refused`."""
+        try:
+            message = decode_v3(datagram)
+        except BerError:
+            reason = self._check_v2c(datagram)
+        else:
+            reason = self._check_v3(datagram, message, address[0])
+        if reason is not None:
+            self.refused[reason] += 1
+            return False
+        self.accepted += 1
+        return True
+
+    def _failed(self) -> None:
+        self.refused["error"] += 1
+
+    def _check_v2c(self, datagram: bytes) -> str | None:
+        """Refusal reason for a v2c notification (or junk), None to accept."""
+        try:
+            community, tag, _ = decode_v2c(datagram)
+        except BerError:
+            return "undecodable"  # SNMPv1 included: QKD modules send v2c or v3
+        known = self.listener.communities
+        if not any(hmac.compare_digest(community, c.get_secret_value().encode()) for c in known):
+            return "wrong_community"
+        return None if tag in (TRAP, INFORM) else "not_a_notification"
+
+    def _check_v3(self, datagram: bytes, message: V3Message, ip: str) -> str | None:
+        """Refusal reason for an SNMPv3 message, None to accept (see the module docstring)."""
+        level = _level(message.flags)
+        if level is None:
+            return "undecodable"
+        if not message.user and not message.engine_id and level == 0:
+            return None  # engine discovery by an inform sender: pysnmp answers with a report
+        user = self._users.get(message.user)
+        if user is None:
+            return "unknown_user"
+        if level < user.level:
+            return "below_level"
+        key = (message.engine_id, message.user)
+        own = message.engine_id == self._own_engine_id  # an inform: this engine is authoritative
+        engine = self._sender_engine(key, ip, user) if not own else _Engine(None, b"")
+        if isinstance(engine, str):
+            return engine
+        if level:
+            if user.auth is None:
+                return "wrong_digest"
+            auth_key = engine.auth_key or self._auth_key(key)
+            if not user.auth.verify(auth_key, datagram, message):
+                return "wrong_digest"
+            if not own and not self._timely(message):
+                return "not_in_time_window"  # pysnmp checks informs: it is their authority
+            if not self._first_sight(datagram):
+                return "duplicate"
+            if not own:
+                self._tick(message)
+        if not own:
+            self._keep(key, engine, user)
+        return None
+
+    def _sender_engine(self, key: tuple[bytes, bytes], ip: str, user: _User) -> _Engine | str:
+        """The engine a trap names, or the refusal reason: a learnt engine only from the
+        address it was learnt from, a new one only from a configured device's address."""
+        known = self._configured.get(key) or self._learned.get(key)
+        if known is not None:
+            if known.address is not None and known.address != ip:
+                return "wrong_address"
+            return known
+        if ip not in self._by_ip or not ENGINE_ID_SIZE[0] <= len(key[0]) <= ENGINE_ID_SIZE[1]:
+            return "unknown_engine"
+        return _Engine(ip, self._auth_key(key) if user.auth else b"")
+
+    def _auth_key(self, key: tuple[bytes, bytes]) -> bytes:
+        """The user's authentication key localised to the engine (cheap: the passphrase was
+        hashed once, at start)."""
+        auth = self._users[key[1]].auth
+        return auth.localize(key[0]) if auth is not None else b""
+
+    def _timely(self, message: V3Message) -> bool:
+        """RFC 3414 3.2 step 7b for a non-authoritative receiver: not from an older boot,
+        not more than the time window behind the engine's clock as last seen."""
+        if not usm_clock_ok(message.boots, message.time):
+            return False
+        clock = self._clocks.get(message.engine_id)
+        if clock is None:
+            return True
+        if message.boots != clock.boots:
+            return message.boots > clock.boots
+        return message.time >= clock.now() - TIME_WINDOW
+
+    def _tick(self, message: V3Message) -> None:
+        """Move the engine's clock forward to an accepted message's boots/time."""
+        clock = self._clocks.get(message.engine_id)
+        if clock is None or (message.boots, message.time) > (clock.boots, clock.time):
+            self._clocks[message.engine_id] = _Clock(message.boots, message.time, time.monotonic())
+
+    def _first_sight(self, datagram: bytes) -> bool:
+        """False for an exact copy of an authenticated message seen within the time window."""
+        now = time.monotonic()
+        seen = self._seen
+        while seen and (next(iter(seen.values())) < now or len(seen) >= MAX_SEEN):
+            seen.popitem(last=False)
+        fingerprint = hashlib.sha256(datagram).digest()
+        if fingerprint in seen:
+            return False
+        seen[fingerprint] = now + TIME_WINDOW + 1
+        return True
+
+    def _keep(self, key: tuple[bytes, bytes], engine: _Engine, user: _User) -> None:
+        """Register an accepted trap's engine with pysnmp (once), most recently used last."""
+        if key in self._configured:
             return
-        sender = _v3_sender(datagram)
-        if sender is None or sender in self._learned or not sender[0]:
+        if key in self._learned:
+            self._learned.move_to_end(key)
             return
-        engine_id, user_name = sender
-        for user in self.users:
-            if user.user is not None and user.user.encode() == user_name:
-                add_usm_user(self._engine, user, engine_id)
-                self._learned.add(sender)
-                log.info("learned SNMP engine ID %s of %s", engine_id.hex(), address[0])
+        assert self._engine is not None
+        add_usm_user(self._engine, user.settings, key[0])
+        self._learned[key] = engine
+        log.info("learned SNMP engine ID %s of %s", key[0].hex(), engine.address)
+        if len(self._learned) > MAX_ENGINES:
+            (old_engine, old_user), _ = self._learned.popitem(last=False)
+            config.delete_v3_user(self._engine, old_user.decode(), old_engine)
+            self._clocks.pop(old_engine, None)
+            self.evicted += 1
 
     def _on_notification(
         self,

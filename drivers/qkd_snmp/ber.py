@@ -23,6 +23,7 @@ Oid = tuple[int, ...]
 
 VERSION_2C, VERSION_3 = 1, 3
 GET, GET_NEXT, RESPONSE, GET_BULK, REPORT = 0xA0, 0xA1, 0xA2, 0xA5, 0xA8
+INFORM, TRAP = 0xA6, 0xA7  # InformRequest-PDU, SNMPv2-Trap-PDU
 USM = 3  # msgSecurityModel of the User-based Security Model
 FLAG_AUTH, FLAG_PRIV, FLAG_REPORTABLE = 0x01, 0x02, 0x04
 ERROR_STATUS = (
@@ -294,20 +295,22 @@ def decode_pdu(data: bytes, pos: int, end: int) -> tuple[int, Response]:
     return tag, Response(numbers[0], numbers[1], numbers[2], varbinds)
 
 
-def decode_v2c(data: bytes) -> tuple[int, Response]:
-    """A v2c message -> (PDU tag, PDU in the Response layout, which notifications share);
-    `BerError` for anything else. The community is not returned: agents echo ours."""
+def decode_v2c(data: bytes) -> tuple[bytes, int, Response]:
+    """A v2c message -> (community, PDU tag, PDU in the Response layout, which notifications
+    share); `BerError` for anything else."""
     pos, end = _expect(data, 0, len(data), 0x30)
     version, pos = _integer_at(data, pos, end)
     if version != VERSION_2C:
         raise BerError("not an SNMPv2c message")
-    _, pos = _octets_at(data, pos, end)
-    return decode_pdu(data, pos, end)
+    start, pos = _octets_at(data, pos, end)
+    tag, pdu = decode_pdu(data, pos, end)
+    return data[start:pos], tag, pdu
 
 
 def decode_response(data: bytes) -> Response:
-    """A v2c message carrying a Response-PDU -> `Response`; `BerError` for anything else."""
-    tag, response = decode_v2c(data)
+    """A v2c message carrying a Response-PDU -> `Response`; `BerError` for anything else.
+    The community is not checked: agents echo ours."""
+    _, tag, response = decode_v2c(data)
     if tag != RESPONSE:
         raise BerError(f"expected a Response-PDU, got tag 0x{tag:02x}")
     return response
