@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qkdtel import __version__
@@ -24,10 +25,12 @@ stderr = Console(stderr=True, soft_wrap=True)
 
 
 def _load_or_exit(path: str) -> LoadedConfig:
+    """The loaded file, or exit 2 after printing every problem (`check`, `run` and `poll`
+    all load through here, so each refuses a file with the same words)."""
     try:
         return load_config(path)
     except ConfigError as exc:
-        stderr.print(f"[bold red]{exc.source}: invalid configuration[/]", highlight=False)
+        stderr.print(f"[bold red]{escape(exc.source)}: invalid configuration[/]", highlight=False)
         for problem in exc.problems:
             stderr.print(f"  {problem}", markup=False, highlight=False)
         raise SystemExit(EXIT_CONFIG) from None
@@ -40,6 +43,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     stdout.print(
         f"{args.config}: OK — {len(loaded.devices)} device(s) enabled of {len(cfg.devices)}, "
         f"sinks: {sinks}",
+        markup=False,
         highlight=False,
     )
     return EXIT_OK
