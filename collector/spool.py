@@ -78,9 +78,6 @@ at most this much between checkpoints (plus the one transaction that crosses it)
 FULL_AUTOCHECKPOINT_PAGES = 16
 """`wal_autocheckpoint` while the disk is full: the log stays within the released reserve."""
 
-CHUNK_OVERHEAD = 64
-"""Bytes a chunk takes beyond its body and ends (row header, b-tree cell), for the byte budget."""
-
 _SCHEMA = f"""
 PRAGMA user_version = {LAYOUT_VERSION};
 CREATE TABLE chunks (
@@ -331,22 +328,6 @@ def _last_seq(conn: sqlite3.Connection) -> int:
     return row[0] if row else 0
 
 
-def _chunk_bytes(body: bytes, ends: bytes | None) -> int:
-    """Bytes a chunk takes in the database, for the byte budget."""
-    return len(body) + len(ends or b"") + CHUNK_OVERHEAD
-
-
-def _fitting(lines: Sequence[str], points: int, room: int) -> int:
-    """How many of `lines`, from the first, fit in `points` points and `room` bytes."""
-    keep, size = 0, CHUNK_OVERHEAD
-    for line in lines:
-        size += len(line.encode()) + 1
-        if keep >= points or size > room:
-            break
-        keep += 1
-    return keep
-
-
 def _insert_chunk(
     conn: sqlite3.Connection, after: int, points: int, body: bytes, ends: bytes | None
 ) -> int:
@@ -497,86 +478,87 @@ class Spool:
             return AppendResult(0, dict.fromkeys(self._cursors, lost), lost, lost, "disk full")
 
     def _append(self, lines: Sequence[str]) -> AppendResult:
-        body, ends = _pack(lines)
+        newest = self.overflow == "drop_oldest"
         with _Transaction(self._conn) as conn:
             self._first, self._last = self._bounds(conn)
             held = self._last - self._first + 1
-            excess = held + len(lines) - self.max_points
-            excess_bytes = self._used_bytes(conn) + _chunk_bytes(body, ends) - self._cap
-            limit = self._limit_name(excess, excess_bytes)
-            dropped = dict.fromkeys(self._cursors, 0)
-            discarded = skipped = 0
-            if limit and self.overflow == "reject_new":
-                room = self._cap - self._used_bytes(conn)
-                keep = _fitting(lines, self.max_points - held, room)
-                discarded = len(lines) - keep
-                lines = lines[:keep]
-                dropped = dict.fromkeys(self._cursors, discarded)
-            elif limit:
-                # Kept whatever else goes: the newest of `lines` that fit in an empty spool.
-                keep = _fitting(lines[::-1], self.max_points, self._cap - 8 * self._page_size)
-                if keep < len(lines):
-                    skipped = discarded = len(lines) - keep
-                    lines = lines[discarded:]
-                    dropped = dict.fromkeys(self._cursors, discarded)
-                body, ends = _pack(lines) if lines else (b"", None)
-                excess = held + len(lines) - self.max_points
-                excess_bytes = self._used_bytes(conn) + _chunk_bytes(body, ends) - self._cap
-                cut, freed = self._drop_oldest(conn, excess, excess_bytes)
-                for sink, acked in self._cursors.items():
-                    dropped[sink] += max(0, cut - acked)
-                discarded += freed
-            if limit and self.overflow == "reject_new":
-                body, ends = _pack(lines) if lines else (b"", None)
-            last = _insert_chunk(conn, self._last, len(lines), body, ends) if lines else self._last
+            limit = "spool_max_points" if held + len(lines) > self.max_points else ""
+            keep = min(len(lines), self.max_points if newest else max(0, self.max_points - held))
+            cut = self._first - 1
+            if newest and held + keep > self.max_points:
+                cut = self._oldest_through(conn, cut, held + keep - self.max_points, 0)
+                self._drop_through(conn, cut)
+            while True:
+                part = lines[len(lines) - keep :] if newest else lines[:keep]
+                body, ends = _pack(part) if part else (b"", None)
+                if self._fits(conn, len(part), body, ends):
+                    break
+                limit = "disk full" if self._full_since is not None else "spool_max_bytes"
+                if newest and cut < self._last:
+                    # Whole chunks again, a few pages' worth at a time: SQLite frees a page
+                    # only once every chunk on it is gone.
+                    cut = self._oldest_through(conn, cut, 0, len(body) + 4 * self._page_size)
+                    self._drop_through(conn, cut)
+                elif keep:
+                    keep //= 2
+                else:
+                    break
+            last = self._last + len(part)
         # Published once committed: no one sees points (or cursors) a rollback would take back.
-        if limit and self.overflow == "drop_oldest":
+        dropped = {s: len(lines) - keep + max(0, cut - a) for s, a in self._cursors.items()}
+        discarded = len(lines) - keep + max(0, cut - self._first + 1)
+        if cut >= self._first:
             self._cursors = {s: max(a, cut) for s, a in self._cursors.items()}
             self._first = cut + 1
             self._forget_before(self._first)
-        if lines:
+        if part:
             self._remember(last, body, ends)
         self._last = last
+        skipped = len(lines) - keep if newest else 0
         dropped = {s: n for s, n in dropped.items() if n}
-        return AppendResult(len(lines), dropped, discarded, skipped, limit if discarded else "")
+        return AppendResult(keep, dropped, discarded, skipped, limit if discarded else "")
 
-    def _limit_name(self, excess: int, excess_bytes: int) -> str:
-        """Which limit an append of this excess (points, bytes) runs into; "" if none."""
-        if excess_bytes > 0:
-            return "disk full" if self._full_since is not None else "spool_max_bytes"
-        return "spool_max_points" if excess > 0 else ""
+    def _fits(self, conn: sqlite3.Connection, points: int, body: bytes, ends: bytes | None) -> bool:
+        """Insert the chunk after `self._last` if the spool then keeps to its byte limit (the
+        pages SQLite really uses, so no estimate); returns whether it did."""
+        conn.execute("SAVEPOINT fit")
+        if points:
+            _insert_chunk(conn, self._last, points, body, ends)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        if self._full_since is None:
+            pages -= conn.execute("PRAGMA freelist_count").fetchone()[0]
+        fits = pages * self._page_size <= self._cap
+        if not fits:
+            conn.execute("ROLLBACK TO fit")
+        conn.execute("RELEASE fit")
+        return fits
 
-    def _drop_oldest(
-        self, conn: sqlite3.Connection, excess: int, excess_bytes: int
-    ) -> tuple[int, int]:
-        """Delete the oldest whole chunks holding at least `excess` points and `excess_bytes`
-        bytes (all of them if need be) and move the cursors past them; returns (the last
-        sequence number dropped, the points dropped)."""
-        cut, freed, freed_bytes = self._first - 1, 0, 0
+    @staticmethod
+    def _oldest_through(conn: sqlite3.Connection, after: int, points: int, size: int) -> int:
+        """The last sequence number of the oldest whole chunks after `after` that hold at least
+        `points` points and `size` bytes (at least one chunk; all of them if need be)."""
+        cut, freed, freed_bytes = after, 0, 0
         rows = conn.execute(
             "SELECT last_seq, points, length(body) + ifnull(length(ends), 0) FROM chunks"
-            " ORDER BY last_seq"
+            " WHERE last_seq > ? ORDER BY last_seq",
+            (after,),
         )
         try:
-            for last_seq, points, size in rows:
-                if freed >= excess and freed_bytes >= excess_bytes:
+            for last_seq, held, held_bytes in rows:
+                cut, freed, freed_bytes = last_seq, freed + held, freed_bytes + held_bytes
+                if freed >= points and freed_bytes >= size:
                     break
-                cut, freed, freed_bytes = last_seq, freed + points, freed_bytes + size
-                freed_bytes += CHUNK_OVERHEAD
         finally:
             rows.close()
+        return cut
+
+    def _drop_through(self, conn: sqlite3.Connection, cut: int) -> None:
+        """Delete the chunks up to sequence number `cut` and move the cursors past them."""
         conn.execute("DELETE FROM chunks WHERE last_seq <= ?", (cut,))
         conn.executemany(
             "UPDATE cursors SET acked_seq = ? WHERE sink = ?",
             [(max(acked, cut), sink) for sink, acked in self._cursors.items()],
         )
-        return cut, freed
-
-    def _used_bytes(self, conn: sqlite3.Connection) -> int:
-        """Bytes of the database's pages in use (free pages inside the file not counted)."""
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return (pages - free) * self._page_size
 
     # -- a full disk ---------------------------------------------------------------------------
 
@@ -584,10 +566,10 @@ class Spool:
         """SQLite reported a full disk (caller holds `_lock`): release the reserve, hold the
         data to the pages the file has, and checkpoint the log so it gives its space back; the
         caller then retries once."""
-        pages = self._conn.execute("PRAGMA page_count").fetchone()[0] * self._page_size
+        size = self._conn.execute("PRAGMA page_count").fetchone()[0] * self._page_size
         if self._full_since is None:
             self._full_since = time.monotonic()
-            self._cap = min(self._budget, pages)
+            self._cap = size  # the file as it is: it may not grow
             # Frequent checkpoints: the log then reuses its first frames instead of growing.
             self._conn.execute(f"PRAGMA wal_autocheckpoint = {FULL_AUTOCHECKPOINT_PAGES}")
             log.warning(
@@ -621,10 +603,11 @@ class Spool:
         self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
 
     def _tighten(self) -> None:
-        """Even the retry met a full disk: the file must shrink, so hold the data to a few
-        pages less than it uses now (caller holds `_lock`)."""
-        used = self._used_bytes(self._conn)
-        self._cap = max(self._page_size, min(self._cap, used) - 4 * self._page_size)
+        """Even the retry met a full disk: hold the spool to a few pages less than its file
+        (caller holds `_lock`)."""
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        self._cap = max(self._page_size, min(self._cap, pages * self._page_size))
+        self._cap -= 4 * self._page_size
 
     def _on_full_retry(self, action: Callable[[], int]) -> int:
         """`action()`, once more after `_enter_full` if it met a full disk (caller holds

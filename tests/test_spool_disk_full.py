@@ -66,7 +66,7 @@ def test_a_full_disk_is_handled_by_the_overflow_policy_and_every_loss_counted(
     else:
         # What was stored before the disk filled is all kept; the new points were refused.
         assert numbers[:10_000] == list(range(10_000))
-        assert numbers == list(range(len(numbers)))
+        assert numbers == sorted(set(numbers))  # in order; some submits kept a first part
         assert accepted == len(numbers) - 10_000 < 50_000
 
     disk.free()
