@@ -278,14 +278,17 @@ def test_counter_reset_by_a_module_restart_gives_no_rate_that_poll(madqci_topolo
 
 # ---- interoperability: Net-SNMP's agent -------------------------------------------------------
 
-NETSNMP_USERS = {  # user: (auth_protocol, priv_protocol), as Net-SNMP's createUser spells them
-    "sha256-aes": ("sha256", "aes", "SHA-256", "AES"),
-    "md5-des": ("md5", "des", "MD5", "DES"),
-    "sha512-aes256": ("sha512", "aes256", "SHA-512", "AES256"),
-    "sha224-aes192": ("sha224", "aes192", "SHA-224", "AES192"),
-    "sha-nopriv": ("sha", "none", "SHA", ""),
-    "noauth": (None, "none", "", ""),
-}
+NETSNMP_AUTH = {"md5": "MD5", "sha": "SHA", "sha224": "SHA-224", "sha256": "SHA-256",
+                "sha384": "SHA-384", "sha512": "SHA-512"}  # fmt: skip
+NETSNMP_PRIV = {"none": "", "des": "DES", "aes": "AES", "aes192": "AES192",
+                "aes192c": "AES192C", "aes256": "AES256", "aes256c": "AES256C"}  # fmt: skip
+NETSNMP_USERS = {  # user: (auth_protocol, priv_protocol, as Net-SNMP's createUser spells them)
+    f"{auth}-{priv}": (auth, priv, NETSNMP_AUTH[auth], NETSNMP_PRIV[priv])
+    for auth in NETSNMP_AUTH
+    for priv in NETSNMP_PRIV
+} | {"noauth": (None, "none", "", "")}
+"""Every auth x priv combination. MD5 and SHA-1 keys are shorter than AES-192/256 keys, so
+there the two key extensions differ (with SHA-384/512 they coincide)."""
 NETSNMP_ROW = {  # what snmpd serves for one Cerberis 3 link (MIB name: snmpd type, value)
     "cerbDetectorTemperature": ("integer", "-5012"),
     "cerbLaserTemperature": ("integer", "2534"),
@@ -310,9 +313,10 @@ def netsnmp_agent(tmp_path_factory: pytest.TempPathFactory) -> Any:
     if not shutil.which("snmpd"):
         pytest.skip("Net-SNMP snmpd is not installed")
     folder = tmp_path_factory.mktemp("snmpd")
-    port = free_udp_port()
+    port, port6 = free_udp_port(), free_udp_port()
     mib = resolve("cerberis3")
-    lines = [f"agentAddress udp:127.0.0.1:{port}", "rocommunity netsnmp-ro 127.0.0.1"]
+    lines = [f"agentAddress udp:127.0.0.1:{port},udp6:[::1]:{port6}"]
+    lines += ["rocommunity netsnmp-ro 127.0.0.1", "rocommunity6 netsnmp-ro ::1"]
     for user, (_, _, auth, priv) in NETSNMP_USERS.items():
         keys = (
             f" {auth} netsnmp-auth {priv} netsnmp-priv"
@@ -344,27 +348,56 @@ def netsnmp_agent(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        yield port
+        yield port, port6
     finally:
         agent.terminate()
         agent.wait(timeout=10)
 
 
-@pytest.mark.parametrize("user", ["v2c", *NETSNMP_USERS])
-def test_netsnmp_agent_is_polled_over_every_security_combination(netsnmp_agent, user):
+def netsnmp_settings(user: str, priv: str | None = None) -> dict[str, Any]:
+    """`snmp:` settings for a Net-SNMP user (`priv` overrides its privacy protocol)."""
     if user == "v2c":
-        snmp: dict[str, Any] = {"version": "2c", "community": "netsnmp-ro"}
-    else:
-        auth, priv = NETSNMP_USERS[user][:2]
-        snmp = {"version": "3", "user": user, "auth_protocol": auth, "priv_protocol": priv}
-        snmp |= {"auth_key": "netsnmp-auth"} if auth else {}
-        snmp |= {"priv_key": "netsnmp-priv"} if priv != "none" else {}
-    options = QkdSnmpOptions(address=f"127.0.0.1:{netsnmp_agent}", profile="cerberis3", snmp=snmp)
+        return {"version": "2c", "community": "netsnmp-ro"}
+    auth, own_priv = NETSNMP_USERS[user][:2]
+    priv = priv or own_priv
+    snmp = {"version": "3", "user": user, "auth_protocol": auth, "priv_protocol": priv}
+    snmp |= {"auth_key": "netsnmp-auth"} if auth else {}
+    return snmp | ({"priv_key": "netsnmp-priv"} if priv != "none" else {})
+
+
+NETSNMP_POLLS = [
+    ("v2c", "127.0.0.1"),
+    *((user, "127.0.0.1") for user in NETSNMP_USERS),
+    *((user, "::1") for user in ("v2c", "sha-aes256", "md5-aes192c")),  # IPv6: [::1]:port
+]
+
+
+@pytest.mark.parametrize(("user", "ip"), NETSNMP_POLLS)
+def test_netsnmp_agent_is_polled_over_every_security_combination(netsnmp_agent, user, ip):
+    address = f"127.0.0.1:{netsnmp_agent[0]}" if ip == "127.0.0.1" else f"[::1]:{netsnmp_agent[1]}"
+    options = QkdSnmpOptions(address=address, profile="cerberis3", snmp=netsnmp_settings(user))
     (samples,) = poll(QkdSnmpDriver(user, options, timeout=10.0))
     (link,), module = split(samples)
     assert link.tags["peer"] == "Norte" and (link.tags["band"], link.tags["channel"]) == ("C", "34")
     assert link.fields["qber"] == 0.0381 and link.fields["key_store_bits"] == 9278 * 256
     assert module.fields["detector_temperature_c"] == -50.12
+
+
+@pytest.mark.parametrize(
+    ("user", "wrong"),
+    [("md5-aes192", "aes192c"), ("sha-aes192c", "aes192"), ("md5-aes256c", "aes256")],
+)
+def test_the_other_aes_key_extension_is_not_what_the_user_was_created_with(
+    netsnmp_agent, user, wrong
+):
+    """The variants really differ where the auth hash is shorter than the AES key: Net-SNMP
+    cannot decrypt, stays silent, and the poll times out (why the README names both)."""
+    snmp = netsnmp_settings(user, priv=wrong) | {"request_timeout": 0.3, "retries": 0}
+    options = QkdSnmpOptions(
+        address=f"127.0.0.1:{netsnmp_agent[0]}", profile="cerberis3", snmp=snmp
+    )
+    error, _ = poll_error(QkdSnmpDriver(user, options, timeout=10.0))
+    assert isinstance(error, DeviceTimeout), repr(error)
 
 
 # ---- errors ------------------------------------------------------------------------------------
