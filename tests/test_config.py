@@ -134,6 +134,180 @@ def test_unreadable_file(tmp_path):
     assert "cannot read the file" in info.value.problems[0]
 
 
+def test_durations_and_numbers_are_finite_and_bounded():
+    found = problems("""
+collector:
+  shutdown_grace: .inf
+  flush_interval: 1.0e+308
+  max_backoff: 999999999999999999999999999999999999999999999999999999999999999999h
+  retry_max_delay: .nan
+  self_telemetry_interval: 2h
+  concurrency: 100000000000000000000
+  batch_size: .inf
+sinks:
+  - {type: influxdb_v2, url: "http://127.0.0.1:8086", bucket: b, timeout: 8d}
+""")
+    assert sorted(found) == [
+        "collector.batch_size (line 9): Input should be a finite number",
+        "collector.concurrency (line 8): Input should be less than or equal to 4096",
+        "collector.flush_interval (line 4): Input should be less than or equal to 3600",
+        "collector.max_backoff (line 5): Input should be less than or equal to 86400",
+        "collector.retry_max_delay (line 6): Input should be a finite number",
+        "collector.self_telemetry_interval (line 7): Input should be less than or equal to 3600",
+        "collector.shutdown_grace (line 3): Input should be a finite number",
+        "sinks[0].timeout (line 11): Input should be less than or equal to 600",
+    ]
+
+
+def test_a_driver_duration_is_at_most_a_week():
+    (problem,) = problems("""
+devices:
+  - name: idq
+    driver: qkd_snmp
+    address: 127.0.0.1
+    profile: cerberis3
+    snmp: {request_timeout: 169h}
+""")
+    assert (
+        problem
+        == "devices[0].snmp.request_timeout (line 7): a duration is at most 7 days (604800 s)"
+    )
+
+
+def test_yaml_errors_give_line_and_column_never_the_offending_text():
+    for text, expected in [
+        (
+            "sinks:\n  - type: influxdb_v1\n    password: hunter2: x\n",
+            "line 3, column 22: not valid YAML: mapping values are not allowed here",
+        ),
+        (
+            "sinks:\n  - {type: influxdb_v1, password: *hunter2}\n",
+            "line 2, column 35: not valid YAML: found undefined alias (not shown)",
+        ),
+        (
+            "collector:\n  concurrency: !!int hunter2\n",
+            "line 2, column 16: not valid YAML: the value is not a valid int",
+        ),
+        (
+            "collector:\n\tconcurrency: 2\n",
+            "line 2, column 1: not valid YAML: found character '\\t' that cannot start any token"
+            " (while scanning for the next token)",
+        ),
+    ]:
+        assert problems(text) == [expected]
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines():
+    found = problems("""
+sinks:
+  - type: influxdb_v1
+    password: hunter2-first
+    url: http://127.0.0.1:8086
+    password: hunter2-second
+""")
+    assert found == [
+        "line 6, column 5: not valid YAML: password given twice (first at line 4, column 5)"
+    ]
+
+
+def test_merge_keys_may_still_be_overridden(tcp_probe_driver):
+    loaded = load_config_text("""
+devices:
+  - &probe {name: a, driver: tcp_probe, interval: 10s, address: "127.0.0.1:1"}
+  - {<<: *probe, name: b, interval: 20s}
+""")
+    assert [(d.config.name, d.config.interval) for d in loaded.devices] == [("a", 10), ("b", 20)]
+
+
+def test_environment_values_never_appear_in_errors(monkeypatch):
+    monkeypatch.setenv("QKDTEL_TEST_SECRET", "hunter2-from-env")
+    found = problems("""
+collector:
+  concurrency: ${QKDTEL_TEST_SECRET}
+  overflow: ${QKDTEL_TEST_SECRET}
+  spool_dir: ${QKDTEL_TEST_SECRET
+sinks:
+  - {type: "${QKDTEL_TEST_SECRET}", url: "http://127.0.0.1:8086"}
+""")
+    assert "hunter2" not in "\n".join(found)
+    assert sorted(found) == [
+        "collector.concurrency (line 3): Input should be a valid integer, unable to parse string"
+        " as an integer",
+        "collector.overflow (line 4): Input should be 'drop_oldest' or 'reject_new'",
+        "collector.spool_dir (line 5): an unfinished ${ reference: write ${NAME} or"
+        " ${NAME:-default}",
+        "sinks[0] (line 7): 'type' should be one of 'influxdb_v2', 'influxdb_v1', 'file'",
+    ]
+
+
+def test_invalid_utf8_names_line_and_offset_and_a_bom_is_fine(tmp_path):
+    cfg = tmp_path / "qkdtel.yaml"
+    cfg.write_bytes(b"collector:\n  concurrency: 4\nsinks: [{type: file, name: caf\xe9}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.problems == ["line 3: not UTF-8 text (invalid byte at offset 58)"]
+    cfg.write_bytes(f"\ufeffsinks: [{{type: file, path: '{tmp_path / 'lp'}'}}]\n".encode())
+    assert load_config(cfg).config.sinks[0].name == "file"
+
+
+def test_secret_file_that_is_not_text_is_named_not_shown(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_bytes(b"hunter2-\xff")
+    (problem,) = problems(f"""
+sinks:
+  - {{type: influxdb_v2, url: "http://127.0.0.1:8086", bucket: b, token_file: "{secret}"}}
+""")
+    assert problem == f"sinks[0] (line 3): token_file: {secret} is not UTF-8 text"
+
+
+def test_environment_checks_find_what_run_would_trip_on_and_create_nothing(tmp_path):
+    """Only a file loaded to be run is checked against this machine; nothing is created."""
+    import certifi
+
+    cfg = tmp_path / "qkdtel.yaml"
+    spool = tmp_path / "var" / "lib" / "spool"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    cfg.write_text(f"""
+collector: {{spool_dir: "{spool}"}}
+sinks:
+  - {{type: file, path: "{a_file}/lp"}}
+  - {{type: influxdb_v2, url: "https://x:8086", bucket: b, ca_file: "{certifi.where()}"}}
+  - {{type: influxdb_v1, url: "https://x:8086", database: d, name: v1, ca_file: "{a_file}"}}
+traps: {{listen: "127.0.0.1:0"}}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.problems == [
+        f"sinks[0].path (line 4): {a_file}/lp cannot be created: {a_file} is not a directory",
+        f"sinks[2].ca_file (line 6): {a_file} holds no usable PEM certificate"
+        " (NO_CERTIFICATE_OR_CRL_FOUND)",
+        "traps.listen (line 7): port 0 would listen on a random port no device sends to;"
+        " give 1..65535",
+    ]
+    assert not (tmp_path / "var").exists()
+    # The same text as a document alone: nothing about this machine is asked.
+    assert load_config_text(cfg.read_text()).config.traps.listen == "127.0.0.1:0"
+
+
+def test_trap_listen_must_be_an_ipv4_address_of_this_machine(tmp_path):
+    cfg = tmp_path / "qkdtel.yaml"
+    for listen, problem in [
+        ("127.0.0.1:10162", None),
+        ("localhost:10162", None),
+        ("[::1]:10162", "the trap receiver listens on IPv4 only: give an IPv4 address"),
+        ("127.0.0.1", "expected host:port, e.g. 0.0.0.0:162"),
+        ("192.0.2.1:162", "cannot listen on 192.0.2.1: Cannot assign requested address"),
+    ]:
+        cfg.write_text(f"traps: {{listen: '{listen}'}}\nsinks: [{{type: file, path: lp}}]\n")
+        if problem is None:
+            assert load_config(cfg).config.traps.listen == listen
+            continue
+        with pytest.raises(ConfigError) as info:
+            load_config(cfg)
+        assert info.value.problems == [f"traps.listen (line 1): {problem}"], listen
+
+
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "qkdtel.cli", *args], capture_output=True, text=True, timeout=60

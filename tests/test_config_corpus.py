@@ -181,7 +181,7 @@ CORPUS = [
     ),
     Case(
         "bound-flush-1e308",
-        "collector:\n  flush_interval: 1.0e308\n",
+        "collector:\n  flush_interval: 1.0e+308\n",
         "collector.flush_interval (line 2)",
     ),
     Case(
