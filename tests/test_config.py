@@ -145,7 +145,7 @@ collector:
   concurrency: 100000000000000000000
   batch_size: .inf
 sinks:
-  - {type: influxdb_v2, url: "http://127.0.0.1:8086", bucket: b, timeout: 8d}
+  - {type: influxdb_v2, url: "http://127.0.0.1:8086", bucket: b, timeout: 11m}
 """)
     assert sorted(found) == [
         "collector.batch_size (line 9): Input should be a finite number",
