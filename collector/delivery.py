@@ -59,6 +59,10 @@ TELEMETRY_MEASUREMENT = "qkdtel_collector"
 ACK_INTERVAL = 0.1
 """Seconds between two commits of acknowledgements while a sink's batches stream out."""
 
+GROUP_COMMIT_INTERVAL = 0.005
+"""Shortest time between the starts of two spool commits: the submits of busy moments gather
+into one commit every 5 ms at most; a lone submit is committed at once."""
+
 ENCODE_SLICE = 256
 """Samples encoded between two hand-overs of the interpreter lock (about half a millisecond)."""
 
@@ -568,9 +572,9 @@ class _GroupCommit:
     """Commits the submits that arrive while a commit runs together, with the next commit: one
     transaction, one chunk, one fsync for all of them.
 
-    One commit per poll costs an fsync and a few pages of write-ahead log each (bench/README);
-    here a lone submit is committed at once, and the submits of busy moments share the commits
-    (a commit takes a few ms, so they come every few ms, not once per poll). Each `commit`
+    One commit per poll costs an fsync and two pages of write-ahead log each (bench/README);
+    here a lone submit is committed at once, and the submits of busy moments share the commits,
+    which start GROUP_COMMIT_INTERVAL apart at the closest, not once per poll. Each `commit`
     returns only once its own points are on disk: "on disk before it counts as collected" holds
     for every submit. The accounting (`counted`) is done here, not by the submitter, so a poll
     abandoned at shutdown while its points commit does not lose their count.
@@ -585,6 +589,7 @@ class _GroupCommit:
         self._counted = counted
         self._waiting: list[tuple[list[str], asyncio.Future[int]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._started = -GROUP_COMMIT_INTERVAL
 
     async def commit(self, lines: list[str]) -> int:
         """Spool `lines` with the next group; returns how many of them were kept."""
@@ -601,6 +606,10 @@ class _GroupCommit:
 
     async def _run(self) -> None:
         while self._waiting:
+            wait = self._started + GROUP_COMMIT_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # busy: let more submits join this commit
+            self._started = time.monotonic()
             group, self._waiting = self._waiting, []
             lines = [line for part, _ in group for line in part]
             try:
