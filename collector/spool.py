@@ -27,6 +27,38 @@ Only deletions at the front ever remove chunks (acknowledged by all, or dropped 
 sequence numbers are consecutive and counting the spool is `last - first + 1`, with no table
 scan. Overflow drops whole chunks, oldest first, and counts exactly the points they held.
 
+Disk: the spool takes at most `spool_max_bytes` (default: the smaller of 1 GiB and half the
+space free in spool_dir at start, `qkdtel.spool_space.default_max_bytes`), database and
+write-ahead log together. The overflow policy holds the database's pages in use to
+`spool_max_bytes - WAL_MAX_BYTES`, measured on the pages SQLite really uses once the chunk is
+inserted (in a savepoint, undone if it does not fit), so no size estimate is involved; the log is
+held to WAL_MAX_BYTES (4 MiB: a checkpoint every 256 pages, and `journal_size_limit` truncates it
+back after one; a single transaction may cross it). With the reserve file (RESERVE_BYTES, 2 MiB)
+and the -shm file (32 KiB), the filesystem must offer
+
+    spool_max_bytes + 2 MiB + the largest submit
+
+and `spool_max_points` applies as well, whichever limit comes first (a point takes 70-100 bytes:
+the default 2,000,000 points are ~160 MB). A poll's commit writes two 16 KiB pages to the log
+(its chunk's leaf and `sqlite_sequence`), ~35 KiB whatever its size: delivery groups the commits
+of concurrent polls (bench/README).
+
+A full disk (filled by someone else, or spool_max_bytes above the free space): the first
+SQLITE_FULL releases the reserve file (`qkdtel.spool_space`), checkpoints and truncates the log,
+and holds the database to the pages its file has, checkpointing every 16 pages so the log
+reuses its space; the overflow policy then makes room within the file (drop_oldest: the oldest
+chunks go; reject_new: the new points are refused), every point lost counted, and
+acknowledgements, deletes and checkpoints commit in the reserve's room. The episode ends once
+the filesystem has room for the reserve, a second one and a log at its bound: the reserve is
+written again and spool_max_bytes applies again. Should the retry after releasing the reserve
+fail as well, the submit is lost (counted) and the spool holds itself to a few pages fewer.
+
+Known limit, not chased: SQLite checks the log frame by frame (checksums) and replays only up to
+the last complete commit. Commits whose frames were fsync'ed but that the storage lost or tore
+at the log's tail (storage that does not honour fsync, a power cut) are dropped silently at the
+next open, as if never committed: "on disk before it counts as collected" is as good as the
+storage's fsync.
+
 A spool file of another layout (the one-row-per-point layout of earlier versions, or a newer one)
 is refused with `SpoolLayoutError`, never read as if it were this one.
 """
