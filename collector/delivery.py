@@ -611,28 +611,39 @@ class _GroupCommit:
                 await asyncio.sleep(wait)  # busy: let more submits join this commit
             self._started = time.monotonic()
             group, self._waiting = self._waiting, []
-            lines = [line for part, _ in group for line in part]
             try:
-                result = await asyncio.to_thread(self._append, lines)
-            except UnicodeEncodeError:
-                # Rare: text that is not Unicode (lone surrogates) has no UTF-8, so no line
-                # protocol.
-                group = [([x for x in part if _encodable(x)], future) for part, future in group]
-                good = [line for part, _ in group for line in part]
-                log.warning(
-                    "%d samples hold text that is not valid Unicode (lone surrogates): not spooled",
-                    len(lines) - len(good),
-                )
-                lines = good
-                result = await asyncio.to_thread(self._append, lines)
-            self._counted(result, len(lines))
-            kept_from, kept_to = result.skipped, result.skipped + result.accepted
-            offset = 0
-            for part, future in group:
-                end = offset + len(part)
-                if not future.done():
-                    future.set_result(max(0, min(end, kept_to) - max(offset, kept_from)))
-                offset = end
+                await self._commit_group(group)
+            except Exception as exc:
+                # A bug here must neither leave submitters waiting forever nor pass unseen.
+                log.error("spool commit of %d submits failed", len(group), exc_info=exc)
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+
+    async def _commit_group(self, group: list[tuple[list[str], asyncio.Future[int]]]) -> None:
+        """One commit for the submits of `group`; each one's future gets its points kept."""
+        lines = [line for part, _ in group for line in part]
+        try:
+            result = await asyncio.to_thread(self._append, lines)
+        except UnicodeEncodeError:
+            # Rare: text that is not Unicode (lone surrogates) has no UTF-8, so no line
+            # protocol.
+            group = [([x for x in part if _encodable(x)], future) for part, future in group]
+            good = [line for part, _ in group for line in part]
+            log.warning(
+                "%d samples hold text that is not valid Unicode (lone surrogates): not spooled",
+                len(lines) - len(good),
+            )
+            lines = good
+            result = await asyncio.to_thread(self._append, lines)
+        self._counted(result, len(lines))
+        kept_from, kept_to = result.skipped, result.skipped + result.accepted
+        offset = 0
+        for part, future in group:
+            end = offset + len(part)
+            if not future.done():
+                future.set_result(max(0, min(end, kept_to) - max(offset, kept_from)))
+            offset = end
 
 
 @dataclass

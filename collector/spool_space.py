@@ -100,9 +100,8 @@ class Reserve:
             return False
         partial = self.path.with_suffix(".partial")
         try:
-            with open(partial, "wb") as file:
-                # Allocated blocks, not a sparse file: deleting it must give real space back.
-                os.posix_fallocate(file.fileno(), 0, RESERVE_BYTES)
+            with open(partial, "wb", buffering=0) as file:
+                _allocate(file.fileno(), RESERVE_BYTES)
                 os.fsync(file.fileno())
             partial.rename(self.path)
         except OSError as exc:
@@ -111,3 +110,17 @@ class Reserve:
                 raise
             return False
         return True
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file `size` bytes of allocated blocks, not a sparse file: deleting it must give
+    real space back. posix_fallocate where the filesystem has it, written zeros elsewhere."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    zeros = bytes(1 << 20)
+    for offset in range(0, size, len(zeros)):
+        os.write(fd, zeros[: size - offset])
