@@ -204,3 +204,25 @@ def test_concurrent_submits_share_commits_and_each_returns_once_on_disk(tmp_path
 
     run(main)
     assert len(file_lines(tmp_path / "lp")) == 600
+
+
+def test_text_that_is_not_unicode_is_left_out_of_its_group_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = FileSink(type="file", name="a", path=tmp_path / "lp")
+    bad = samples(3, start=1000)
+    bad[1].fields["link_status"] = "broken \ud800"  # a lone surrogate: no UTF-8
+
+    async def main() -> None:
+        delivery = Delivery(settings(tmp_path), [sink])
+        await delivery.start()
+        accepted = await asyncio.gather(
+            delivery.submit(samples(5)), delivery.submit(bad), delivery.submit(samples(4, 10))
+        )
+        assert accepted == [5, 2, 4]
+        await wait_for(lambda: delivery.spool.pending("a") == 0)
+        await delivery.stop(5)
+
+    run(main)
+    assert len(file_lines(tmp_path / "lp")) == 11
+    assert "1 samples hold text that is not valid Unicode" in caplog.text
