@@ -61,7 +61,7 @@ def _at_most_a_week(seconds: float) -> float:
 
 
 Duration = Annotated[
-    float, BeforeValidator(parse_duration), Field(gt=0), AfterValidator(_at_most_a_week)
+    float, Field(gt=0), BeforeValidator(parse_duration), AfterValidator(_at_most_a_week)
 ]
 """A length of time in seconds, written in the file as a number or with a unit; finite, more
 than zero and at most a week (a field may bound it tighter with `Field(le=...)`)."""

@@ -345,3 +345,6 @@ def test_schema_is_json_schema():
     schema = json.loads(result.stdout)
     assert schema["type"] == "object"
     assert {"collector", "sinks", "devices"} <= set(schema["properties"])
+    grace = schema["$defs"]["CollectorSettings"]["properties"]["shutdown_grace"]
+    assert (grace["exclusiveMinimum"], grace["maximum"]) == (0, 300)
+    assert '"gt"' not in result.stdout  # pydantic's own keyword when a bound is not expressed
