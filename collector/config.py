@@ -397,22 +397,39 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
             loader.dispose()
 
 
-def _interpolate(
-    data: Any, loc: tuple[str | int, ...], problems: list[tuple], parents: tuple[int, ...] = ()
-) -> Any:
+def _interpolate(data: Any, problems: list[tuple]) -> Any:
     """Replace `${VAR}` / `${VAR:-default}` in strings; a missing variable, an unfinished
-    `${`, or an alias that contains itself (`a: &x [*x]`) is a config error."""
-    if isinstance(data, dict | list):
-        if id(data) in parents:
+    `${`, or an alias that contains itself (`a: &x [*x]`) is a config error.
+
+    An aliased mapping or list is one object however often it is referred to: it is
+    interpolated once and shared, so a file of nested aliases (a "billion laughs") stays as
+    small as it is written.
+    """
+    done: dict[int, Any] = {}
+
+    def walk(value: Any, loc: tuple[str | int, ...], parents: frozenset[int]) -> Any:
+        if isinstance(value, str):
+            return _substitute(value, loc, problems)
+        if not isinstance(value, dict | list):
+            return value
+        if id(value) in parents:
             problems.append((loc, "a YAML alias that contains itself"))
             return None
-        parents = (*parents, id(data))
-    if isinstance(data, dict):
-        return {k: _interpolate(v, (*loc, k), problems, parents) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_interpolate(v, (*loc, i), problems, parents) for i, v in enumerate(data)]
-    if not isinstance(data, str) or "${" not in data:
-        return data
+        if id(value) not in done:
+            inner = parents | {id(value)}
+            if isinstance(value, dict):
+                done[id(value)] = {k: walk(v, (*loc, k), inner) for k, v in value.items()}
+            else:
+                done[id(value)] = [walk(v, (*loc, i), inner) for i, v in enumerate(value)]
+        return done[id(value)]
+
+    return walk(data, (), frozenset())
+
+
+def _substitute(text: str, loc: tuple[str | int, ...], problems: list[tuple]) -> str:
+    """One string's `${...}` references replaced, each problem recorded at `loc`."""
+    if "${" not in text:
+        return text
 
     def sub(match: re.Match[str]) -> str:
         value = os.environ.get(match.group(1), match.group(2))
@@ -421,9 +438,9 @@ def _interpolate(
             return ""
         return value
 
-    if "${" in _ENV_REF.sub("", data):
+    if "${" in _ENV_REF.sub("", text):
         problems.append((loc, "an unfinished ${ reference: write ${NAME} or ${NAME:-default}"))
-    return _ENV_REF.sub(sub, data)
+    return _ENV_REF.sub(sub, text)
 
 
 def _message(err: Any) -> str:
@@ -556,7 +573,7 @@ def load_config_text(
         raise ConfigError(source, ["(top level): expected a mapping of settings"])
 
     problems: list[tuple[tuple, str]] = []
-    raw = _interpolate(raw, (), problems)
+    raw = _interpolate(raw, problems)
     raw_devices = raw.get("devices") or []
     if not isinstance(raw_devices, list):
         problems.append((("devices",), "expected a list of devices"))

@@ -98,6 +98,13 @@ CORPUS = [
         "devices[0] (line 1): a YAML alias that contains itself",
     ),
     Case(
+        "syntax-alias-bomb",  # ten to the ninth strings if aliases were expanded
+        'a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]\n'
+        + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+        + "devices: *a8\n",
+        "devices[0] (line 8): Input should be a valid dictionary",
+    ),
+    Case(
         "syntax-nested-too-deeply",
         "devices: " + "[" * 5000 + "]" * 5000 + "\n",
         "not valid YAML: nested too deeply",
@@ -231,7 +238,9 @@ CORPUS = [
         "sinks[0].rotate_bytes (line 2)",
     ),
     Case(
-        "bound-sink-timeout-week", f"sinks:\n  - {V2}, timeout: 7d}}\n", "sinks[0].timeout (line 2)"
+        "bound-sink-timeout-11m",
+        f"sinks:\n  - {V2}, timeout: 11m}}\n",
+        "sinks[0].timeout (line 2): Input should be less than or equal to 600",
     ),
     Case(
         "bound-visa-timeout-inf",
