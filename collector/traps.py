@@ -44,6 +44,7 @@ from qkdtel.drivers.qkd_snmp.ber import (
     TRAP,
     BerError,
     V3Message,
+    decode_scoped_pdu,
     decode_v2c,
     decode_v3,
     from_pyasn1,
@@ -161,6 +162,16 @@ class _Clock:
 
     def now(self) -> float:
         return self.time + time.monotonic() - self.at
+
+
+def _readable(scoped: bytes) -> bool:
+    """True if a plaintext ScopedPDU decodes with the driver's bounded decoder (pyasn1, which
+    pysnmp uses, takes integers and sub-identifiers of any size, at quadratic cost)."""
+    try:
+        decode_scoped_pdu(scoped)
+    except BerError:
+        return False
+    return True
 
 
 def _level(flags: int) -> int | None:
@@ -331,6 +342,8 @@ class TrapReceiver:
         user = self._users.get(message.user)
         if user is None:
             return "unknown_user"
+        if not message.encrypted and not _readable(message.data):
+            return "undecodable"
         if level < user.level:
             return "below_level"
         key = (message.engine_id, message.user)

@@ -81,13 +81,22 @@ def handled(h: Harness) -> int:
     return h.receiver.accepted + sum(h.receiver.refused.values())
 
 
+def batches(datagrams: list[bytes], size: int = 50, octets: int = 64 * 1024) -> list[list[bytes]]:
+    """Datagrams in batches that fit a default socket receive buffer."""
+    out: list[list[bytes]] = [[]]
+    for datagram in datagrams:
+        if len(out[-1]) >= size or sum(map(len, out[-1])) + len(datagram) > octets:
+            out.append([])
+        out[-1].append(datagram)
+    return [batch for batch in out if batch]
+
+
 async def blast(h: Harness, datagrams: list[bytes], source: str = "127.0.0.1") -> None:
     """Send datagrams to the receiver from `source`, in batches it can keep up with."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source, 0))
         sock.setblocking(False)
-        for start in range(0, len(datagrams), 50):
-            batch = datagrams[start : start + 50]
+        for batch in batches(datagrams):
             expected = handled(h) + len(batch)
             for datagram in batch:
                 sock.sendto(datagram, h.receiver.address)
@@ -212,13 +221,14 @@ def test_engines_of_a_no_auth_user_are_kept_in_a_bounded_table():
 
 class Attacker(asyncio.DatagramProtocol):
     """A relay between client and agent that also speaks for the agent: before forwarding a
-    request it sends the client whatever `forge(request)` returns, and it can stop forwarding
-    (the agent unreachable while the attack goes on)."""
+    request it sends the client whatever `forge(request)` returns, it can stop forwarding
+    (the agent unreachable while the attack goes on) or alter answers (`transform`)."""
 
     def __init__(self, agent: tuple[str, int]):
         self.agent = agent
         self.forge: Callable[[bytes], list[bytes]] = lambda request: []
         self.forward = True
+        self.transform: Callable[[bytes], bytes] = lambda answer: answer
         self.requests: list[bytes] = []
         self.client: tuple[str, int] | None = None
         self.front: asyncio.DatagramTransport | None = None
@@ -234,7 +244,7 @@ class Attacker(asyncio.DatagramProtocol):
         class Back(asyncio.DatagramProtocol):
             def datagram_received(self, data: bytes, addr: tuple) -> None:
                 if relay.forward and relay.front is not None:
-                    relay.front.sendto(data, relay.client)
+                    relay.front.sendto(relay.transform(data), relay.client)
 
         self.back, _ = await loop.create_datagram_endpoint(Back, remote_addr=self.agent)
         return f"127.0.0.1:{self.front.get_extra_info('sockname')[1]}"

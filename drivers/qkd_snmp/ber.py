@@ -40,7 +40,8 @@ MAX_ARC = 0xFFFFFFFF
 """Largest sub-identifier (RFC 2578: 32-bit unsigned); at most 5 octets on the wire."""
 INT32 = (-(1 << 31), (1 << 31) - 1)
 """INTEGER / Integer32 range (RFC 2578 section 7.1.1), also request-id and msgID."""
-_UNSIGNED_MAX = {0x41: 0xFFFFFFFF, 0x42: 0xFFFFFFFF, 0x43: 0xFFFFFFFF, 0x46: (1 << 64) - 1}
+UNSIGNED64_MAX = (1 << 64) - 1
+_UNSIGNED_MAX = {0x41: 0xFFFFFFFF, 0x42: 0xFFFFFFFF, 0x43: 0xFFFFFFFF, 0x46: UNSIGNED64_MAX}
 """Counter32, Gauge32/Unsigned32, TimeTicks, Counter64: the largest value of each."""
 
 
@@ -391,7 +392,7 @@ def decode_scoped_pdu(data: bytes) -> tuple[bytes, int, Response]:
 
 def _bounded_int(value: int) -> int:
     """An integer pyasn1 decoded (it takes any size) within what SNMP types can carry."""
-    if not INT32[0] <= value <= _UNSIGNED_MAX[0x46]:
+    if not INT32[0] <= value <= UNSIGNED64_MAX:
         raise BerError("integer outside every SNMP type's range")
     return value
 

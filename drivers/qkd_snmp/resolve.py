@@ -14,6 +14,7 @@ from typing import Any
 
 from pyasn1.type import univ
 
+from qkdtel.drivers.qkd_snmp.ber import INT32, UNSIGNED64_MAX
 from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out, Profile
 from qkdtel.errors import Malformed
 
@@ -44,6 +45,8 @@ class ObjectInfo:
                 raise Malformed(f"{where}: not UTF-8 text: {_show(value)}") from None
         if type(value) is not int:
             raise Malformed(f"{where}: expected an integer, got {_show(value)}")
+        if not INT32[0] <= value <= UNSIGNED64_MAX:  # what no SNMP type carries
+            raise Malformed(f"{where}: {_show(value)} is outside every SNMP integer type")
         if self.enum is None:
             return value
         try:
@@ -55,7 +58,9 @@ class ObjectInfo:
 def _show(value: Any) -> str:
     """A device value for an error message: its kind and at most 40 characters."""
     if isinstance(value, bytes):
-        kind, shown = "string", repr(value.decode("utf-8", "replace"))
+        kind, shown = "string", repr(value[:64].decode("utf-8", "replace"))
+    elif isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"  # str() of a huge int is itself an attack
     else:
         kind, shown = type(value).__name__, repr(value)
     return f"{kind} {shown if len(shown) <= 40 else shown[:37] + '...'}"
