@@ -4,6 +4,7 @@ decoder: what one writes the other must read back identically, for generated mes
 from __future__ import annotations
 
 import contextlib
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -147,3 +148,68 @@ def test_wrong_messages_are_refused(mutation):
     assert decode_response(wire).varbinds == [((1, 3, 6, 1), 5)]
     with pytest.raises(BerError):
         decode_response(mutation(wire))
+
+
+# ---- bounds: what no agent sends, refused before it costs anything ----------------------------
+
+
+def response_with_raw_value(
+    tag: int, content: bytes, oid_content: bytes = b"\x2b\x06\x01"
+) -> bytes:
+    """A v2c Response whose one varbind carries `content` under `tag` (hand-built TLVs)."""
+
+    def tlv(t: int, body: bytes) -> bytes:
+        n = len(body)
+        size = bytes((n,)) if n < 0x80 else bytes((0x82, n >> 8, n & 0xFF))
+        return bytes((t,)) + size + body
+
+    varbind = tlv(0x30, tlv(0x06, oid_content) + tlv(tag, content))
+    pdu = tlv(0xA2, b"\x02\x01\x07\x02\x01\x00\x02\x01\x00" + tlv(0x30, varbind))
+    return tlv(0x30, b"\x02\x01\x01" + tlv(0x04, b"public") + pdu)
+
+
+def test_a_65_kb_sub_identifier_is_refused_in_constant_time():
+    huge = b"\x2b" + b"\xff" * 65000 + b"\x01"  # one sub-identifier of 455,000 bits
+    wire = response_with_raw_value(0x05, b"", oid_content=huge)
+    started = time.perf_counter()
+    with pytest.raises(BerError, match="OBJECT IDENTIFIER"):
+        decode_response(wire)
+    assert time.perf_counter() - started < 0.005
+
+
+@pytest.mark.parametrize(
+    ("tag", "content", "accepted"),
+    [
+        (0x02, b"\x7f\xff\xff\xff", 2**31 - 1),
+        (0x02, b"\x01\x00\x00\x00\x00", None),  # beyond Integer32
+        (0x02, b"\x01" * 2000, None),  # the 4,300-digit int-to-str limit lives past this
+        (0x41, b"\x00\xff\xff\xff\xff", 2**32 - 1),
+        (0x41, b"\xff\xff\xff\xff", 2**32 - 1),  # without the 0x00 pad: still read
+        (0x41, b"\x01\x00\x00\x00\x00", None),  # Counter32 beyond 32 bits
+        (0x46, b"\x00" + b"\xff" * 8, 2**64 - 1),
+        (0x46, b"\x01" + b"\x00" * 8, None),
+        (0x02, b"", None),
+    ],
+)
+def test_integers_beyond_their_snmp_type_are_ber_errors(tag, content, accepted):
+    wire = response_with_raw_value(tag, content)
+    if accepted is None:
+        with pytest.raises(BerError):
+            decode_response(wire)
+    else:
+        assert decode_response(wire).varbinds[0][1] == accepted
+
+
+def test_oids_beyond_128_sub_identifiers_are_refused():
+    assert len(decode_response(response_with_raw_value(0x06, b"\x2b" + b"\x01" * 126)).varbinds)
+    with pytest.raises(BerError):
+        decode_response(response_with_raw_value(0x06, b"\x2b" + b"\x01" * 127))
+
+
+def test_pyasn1_values_beyond_snmp_ranges_are_ber_errors():
+    """The trap receiver's values come from pyasn1, which decodes integers of any size."""
+    with pytest.raises(BerError):
+        from_pyasn1(univ.Integer(2**64))
+    with pytest.raises(BerError):
+        from_pyasn1(univ.ObjectIdentifier((1, 3, 2**33)))
+    assert from_pyasn1(rfc1902.Counter64(2**64 - 1)) == 2**64 - 1
