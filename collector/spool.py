@@ -520,6 +520,7 @@ class Spool:
             if newest and held + keep > self.max_points:
                 cut = self._oldest_through(conn, cut, held + keep - self.max_points, 0)
                 self._drop_through(conn, cut)
+            step = 0
             while True:
                 part = lines[len(lines) - keep :] if newest else lines[:keep]
                 body, ends = _pack(part) if part else (b"", None)
@@ -527,9 +528,11 @@ class Spool:
                     break
                 limit = "disk full" if self._full_since is not None else "spool_max_bytes"
                 if newest and cut < self._last:
-                    # Whole chunks again, a few pages' worth at a time: SQLite frees a page
-                    # only once every chunk on it is gone.
-                    cut = self._oldest_through(conn, cut, 0, len(body) + 4 * self._page_size)
+                    # Whole chunks again, twice as many bytes at each turn: the new chunk may
+                    # fit where the dropped ones were, or need a page SQLite frees only once
+                    # every chunk on it is gone.
+                    step = max(2 * step, len(body))
+                    cut = self._oldest_through(conn, cut, 0, step)
                     self._drop_through(conn, cut)
                 elif keep:
                     keep //= 2

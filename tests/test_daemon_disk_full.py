@@ -74,7 +74,8 @@ def test_run_on_a_full_disk_counts_every_loss_and_delivers_the_rest(
     tmp_path: Path,
 ) -> None:
     devices = [
-        {"name": "good", "driver": "tcp_probe", "interval": 0.1, "address": tcp_servers.banner()}
+        {"name": f"d{i}", "driver": "tcp_probe", "interval": 0.1, "address": tcp_servers.banner()}
+        for i in range(5)
     ]
     document = collector_document(
         tmp_path, devices, shutdown_grace=3, retry_max_delay=0.5, flush_interval=0.1
@@ -85,7 +86,7 @@ def test_run_on_a_full_disk_counts_every_loss_and_delivers_the_rest(
     config.write_text(yaml.safe_dump(document))
     influxdb.stop()
     try:
-        first, log1 = run_daemon(config, 6.0, during=disk.fill)
+        first, log1 = run_daemon(config, 8.0, during=disk.fill)
         second, log2 = run_daemon(config, 3.0)  # started on the still-full disk
         disk.free()
         influxdb.start()
