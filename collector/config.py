@@ -189,6 +189,10 @@ Sink = Annotated[InfluxV2Sink | InfluxV1Sink | FileSink, Field(discriminator="ty
 _SINK_TYPES = {"influxdb_v2", "influxdb_v1", "file"}
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+"""An IPv4 address or an ASCII host name (letters, digits, dots, hyphens; up to 253)."""
+
+
 class TrapListener(Model):
     """Where the collector listens for SNMP notifications (traps/informs) from devices."""
 
@@ -212,6 +216,8 @@ class TrapListener(Model):
         host, _ = split_address(value)
         if ":" in host:
             raise ValueError("the trap receiver listens on IPv4 only: give an IPv4 address")
+        if not _HOST_NAME.fullmatch(host):
+            raise ValueError("the host is neither an IPv4 address nor a host name")
         return value
 
 
@@ -526,7 +532,7 @@ def _listen_problem(listen: str) -> str | None:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((host, 0))
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):  # UnicodeError: a label over 63 characters
         return f"{host} is not an IPv4 address or a name of one"
     except OSError as exc:
         return f"cannot listen on {host}: {exc.strerror}"

@@ -297,6 +297,8 @@ def test_trap_listen_must_be_an_ipv4_address_of_this_machine(tmp_path):
         ("localhost:10162", None),
         ("[::1]:10162", "the trap receiver listens on IPv4 only: give an IPv4 address"),
         ("127.0.0.1", "expected host:port, e.g. 0.0.0.0:162"),
+        ("legan\u00e9s:162", "the host is neither an IPv4 address nor a host name"),
+        ("x" * 64 + ":162", f"{'x' * 64} is not an IPv4 address or a name of one"),
         ("192.0.2.1:162", "cannot listen on 192.0.2.1: Cannot assign requested address"),
     ]:
         cfg.write_text(f"traps: {{listen: '{listen}'}}\nsinks: [{{type: file, path: lp}}]\n")

@@ -443,6 +443,16 @@ CORPUS = [
         "collector.concurrency (line 2)",
     ),
     Case(
+        "unicode-surrogate-trap-host",
+        'traps:\n  listen: "\\udcff:162"\n',
+        "traps.listen (line 2): the host is neither an IPv4 address nor a host name",
+    ),
+    Case(
+        "unicode-trap-host",
+        "traps:\n  listen: legan\u00e9s:162\n",
+        "traps.listen (line 2): the host is neither an IPv4 address nor a host name",
+    ),
+    Case(
         "unicode-device-name",
         "devices:\n  - {name: nodo-Legan\u00e9s, driver: qkd_snmp}\n",
         "devices[0].name (line 2)",
