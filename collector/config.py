@@ -308,8 +308,18 @@ class _StrictLoader(yaml.SafeLoader):
 
     A key given twice in one mapping is an error naming both lines (PyYAML keeps the last one
     silently). A tagged value it cannot build (`!!int abc`, `!!timestamp x`) becomes a YAML
-    error at its line, instead of a bare ValueError whose message shows the value.
+    error at its line, instead of a bare ValueError whose message shows the value. A lone
+    surrogate (`"\\udcff"`) is refused: no path, name or secret can be encoded with one.
     """
+
+    def construct_scalar(self, node: yaml.Node) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise yaml.constructor.ConstructorError(
+                problem="a \\u escape of a lone surrogate (U+D800..U+DFFF)",
+                problem_mark=node.start_mark,
+            )
+        return value
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         if isinstance(node, yaml.MappingNode):
@@ -342,6 +352,7 @@ class _StrictLoader(yaml.SafeLoader):
             ) from None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 _SHOWABLE = re.compile(r"<[a-z ]+>|\\[tnr]|[^\w\s]")

@@ -445,7 +445,12 @@ CORPUS = [
     Case(
         "unicode-surrogate-trap-host",
         'traps:\n  listen: "\\udcff:162"\n',
-        "traps.listen (line 2): the host is neither an IPv4 address nor a host name",
+        "line 2, column 11: not valid YAML: a \\u escape of a lone surrogate",
+    ),
+    Case(
+        "unicode-surrogate-ca-file",
+        f'sinks:\n  - {V1}, password: {SECRET}, ca_file: "/etc/\\ud800.pem"}}\n',
+        "line 2, column",
     ),
     Case(
         "unicode-trap-host",
