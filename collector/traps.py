@@ -70,7 +70,8 @@ LEVELS = {"noAuthNoPriv": 0, "authNoPriv": 1, "authPriv": 2}
 TIME_WINDOW = 150.0
 """Seconds an authenticated message may lag its engine's clock (RFC 3414 2.2.3)."""
 MAX_ENGINES = 256
-"""Learnt (engine ID, user) pairs kept; the least recently used is forgotten beyond that."""
+"""Learnt (engine ID, user) pairs kept, per kind of user (with and without authentication);
+the least recently used is forgotten beyond that."""
 MAX_SEEN = 8192
 """Authenticated messages remembered (by hash) for one time window to drop exact replays."""
 REFUSALS = (
@@ -204,7 +205,13 @@ class TrapReceiver:
         self._by_ip: dict[str, list[tuple[str, dict[str, str]]]] = {}
         self._users = {u.user.encode(): _user(u) for u in self.users if u.user is not None}
         self._configured: dict[tuple[bytes, bytes], _Engine] = {}
-        self._learned: OrderedDict[tuple[bytes, bytes], _Engine] = OrderedDict()
+        # Learnt engines by whether their user authenticates: unauthenticated traps (anyone can
+        # forge them from a device's address) must not push authenticated engines, and with
+        # them their clocks, out of the table.
+        self._learned: dict[bool, OrderedDict[tuple[bytes, bytes], _Engine]] = {
+            True: OrderedDict(),
+            False: OrderedDict(),
+        }
         self._clocks: dict[bytes, _Clock] = {}
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._own_engine_id = b""
@@ -370,7 +377,7 @@ class TrapReceiver:
     def _sender_engine(self, key: tuple[bytes, bytes], ip: str, user: _User) -> _Engine | str:
         """The engine a trap names, or the refusal reason: a learnt engine only from the
         address it was learnt from, a new one only from a configured device's address."""
-        known = self._configured.get(key) or self._learned.get(key)
+        known = self._configured.get(key) or self._learned[user.auth is not None].get(key)
         if known is not None:
             if known.address is not None and known.address != ip:
                 return "wrong_address"
@@ -419,17 +426,19 @@ class TrapReceiver:
         """Register an accepted trap's engine with pysnmp (once), most recently used last."""
         if key in self._configured:
             return
-        if key in self._learned:
-            self._learned.move_to_end(key)
+        learned = self._learned[user.auth is not None]
+        if key in learned:
+            learned.move_to_end(key)
             return
         assert self._engine is not None
         add_usm_user(self._engine, user.settings, key[0])
-        self._learned[key] = engine
+        learned[key] = engine
         log.info("learned SNMP engine ID %s of %s", key[0].hex(), engine.address)
-        if len(self._learned) > MAX_ENGINES:
-            (old_engine, old_user), _ = self._learned.popitem(last=False)
+        if len(learned) > MAX_ENGINES:
+            (old_engine, old_user), _ = learned.popitem(last=False)
             config.delete_v3_user(self._engine, old_user.decode(), old_engine)
-            self._clocks.pop(old_engine, None)
+            if user.auth is not None:
+                self._clocks.pop(old_engine, None)
             self.evicted += 1
 
     def _on_notification(
