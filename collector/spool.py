@@ -61,19 +61,31 @@ storage's fsync.
 
 A spool file of another layout (the one-row-per-point layout of earlier versions, or a newer one)
 is refused with `SpoolLayoutError`, never read as if it were this one.
+
+Damage (a truncated file, garbage over the header, a corrupt page, a damaged write-ahead log) is
+looked for when the daemon opens the spool: `PRAGMA quick_check` (measured on a spool of 2 M
+points, 230 MB: 35 ms with the file in the page cache, 0.35 s cold, so it runs at every start)
+and a look at the write-ahead log's header and frame headers (`_wal_problem`: SQLite silently
+ignores a log whose header or a frame's checksum is wrong, and with it every commit after the
+damage). During the run, any operation that meets SQLITE_CORRUPT or SQLITE_NOTADB raises
+`SpoolCorruptError`; `qkdtel.spool_salvage` moves the file aside, salvages what can be read and
+counts what was lost. A spool the daemon may not read or write raises `SpoolAccessError`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sqlite3
+import struct
 import threading
 import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 from qkdtel.spool_space import (
     RESERVE_BYTES,
@@ -142,6 +154,67 @@ CREATE TABLE rejected (
 
 class SpoolLayoutError(RuntimeError):
     """The spool file was written by another version of qkdtel in another layout."""
+
+
+class SpoolCorruptError(RuntimeError):
+    """The spool file is damaged: SQLite reports it corrupt or not a database, or its
+    write-ahead log is damaged. Not a layout problem: the file is moved aside and salvaged
+    (`qkdtel.spool_salvage`)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"spool file {path} is damaged: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class SpoolAccessError(RuntimeError):
+    """This process may not read or write the spool file or its directory: an operator's fix
+    (owner, mode, mount), never a reason to move the file aside."""
+
+
+_DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+_ACCESS_CODES = (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM)
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite saying the file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_CODES  # extended codes keep the primary in the low byte
+    text = str(exc)
+    return "database disk image is malformed" in text or "file is not a database" in text
+
+
+def _is_access_problem(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite refusing to open or write the file (permissions, read-only)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and code is not None
+        and (code & 0xFF in _ACCESS_CODES)
+    )
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _raises_corrupt(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Spool method decorator: SQLite's corruption errors become `SpoolCorruptError` naming the
+    file, so that delivery can salvage the spool instead of failing on a bare DatabaseError."""
+
+    @functools.wraps(method)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise SpoolCorruptError(args[0].path, str(exc)) from exc  # type: ignore[attr-defined]
+            raise
+
+    return guarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,25 +331,39 @@ def _join(parts: list[tuple[bytes, array | None]]) -> tuple[bytes, array | None]
 # -- the database --------------------------------------------------------------------------------
 
 
-def _connect(path: Path, create: bool = True) -> sqlite3.Connection:
+def _connect(path: Path, create: bool = True, check: bool = False) -> sqlite3.Connection:
     """A connection to the spool at `path`, its layout checked; a missing spool is created when
-    `create`, else FileNotFoundError."""
+    `create`, else FileNotFoundError.
+
+    `check`: look for damage first (`_check_integrity`, the daemon's first connection), raising
+    `SpoolCorruptError`; a file or directory this process may not use raises `SpoolAccessError`.
+    """
+    _check_access(path, create)
     if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
         target, uri = str(path), False
     elif path.exists():
         target, uri = f"{path.resolve().as_uri()}?mode=rw", True
     else:
         raise FileNotFoundError(f"no spool at {path}")
     # Autocommit mode: every transaction is an explicit BEGIN ... COMMIT below.
-    conn = sqlite3.connect(
-        target, uri=uri, isolation_level=None, check_same_thread=False, timeout=30.0
-    )
     try:
+        conn = sqlite3.connect(
+            target, uri=uri, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+    except sqlite3.OperationalError as exc:
+        if _is_access_problem(exc):
+            raise SpoolAccessError(f"spool file {path}: {exc}") from exc
+        raise
+    try:
+        if check and (problem := _wal_problem(path)):
+            # Before any read: SQLite would ignore such a log and show an older database.
+            raise SpoolCorruptError(path, problem)
         # Looked at before anything is set: a file this version does not read is left as it is.
         version, tables = _layout(conn)
         if version != LAYOUT_VERSION and not (version == 0 and not tables and create):
             raise SpoolLayoutError(_layout_problem(path, version, tables))
+        if check:
+            _check_integrity(conn, path)
         # page_size only takes effect on a database that has no page yet.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
@@ -292,10 +379,121 @@ def _connect(path: Path, create: bool = True) -> sqlite3.Connection:
                         conn.execute(statement)
             elif version != LAYOUT_VERSION:
                 raise SpoolLayoutError(_layout_problem(path, version, tables))
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if is_damage(exc):
+            raise SpoolCorruptError(path, str(exc)) from exc
+        if _is_access_problem(exc):
+            raise SpoolAccessError(f"spool file {path}: {exc}") from exc
+        raise
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _check_access(path: Path, create: bool) -> None:
+    """Raise `SpoolAccessError` naming the path when this process may not read and write the
+    spool (its directory, the file, its -wal and -shm): SQLite would only say "unable to open
+    database file" or "attempt to write a readonly database", naming nothing."""
+    who = f"uid {os.geteuid()}"
+    directory = path.parent
+    if create and not directory.exists():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolAccessError(
+                f"spool directory {directory} cannot be created by {who}: {exc.strerror}"
+            ) from exc
+    if directory.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        raise SpoolAccessError(
+            f"spool directory {directory} is not writable by {who}{_why_not(directory)}: SQLite "
+            "needs to create its -wal and -shm files there; fix its owner or mode, or set "
+            "collector.spool_dir elsewhere"
+        )
+    for file in (path, _sibling(path, "-wal"), _sibling(path, "-shm")):
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+            raise SpoolAccessError(
+                f"spool file {file} cannot be read and written by {who}{_why_not(file)}: fix "
+                "its owner or mode (the daemon's user must own it)"
+            )
+
+
+def _why_not(path: Path) -> str:
+    """` (owner uid N, mode 0o...)`, or ` (read-only file system)`."""
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return " (read-only file system)"
+    st = path.stat()
+    return f" (owner uid {st.st_uid}, mode {st.st_mode & 0o7777:#o})"
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    """`path` with `suffix` appended to its name (SQLite's -wal and -shm files)."""
+    return path.with_name(path.name + suffix)
+
+
+def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise `SpoolCorruptError` if `PRAGMA quick_check` finds damage."""
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    if rows != [("ok",)]:
+        raise SpoolCorruptError(path, "; ".join(str(r[0]) for r in rows[:3]))
+
+
+WAL_HEADER = 32
+WAL_FRAME_HEADER = 24
+_WAL_MAGIC = {0x377F0682: "<", 0x377F0683: ">"}  # checksum word order
+_WAL_VERSION = 3007000
+
+
+def wal_checksum(data: bytes, order: str, s0: int = 0, s1: int = 0) -> tuple[int, int]:
+    """SQLite's write-ahead log checksum of `data` (a multiple of 8 bytes) from (s0, s1)."""
+    words = iter(struct.unpack(f"{order}{len(data) // 4}I", data))
+    for a, b in zip(words, words, strict=True):
+        s0 = (s0 + a + s1) & 0xFFFFFFFF
+        s1 = (s1 + b + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _wal_problem(path: Path) -> str | None:
+    """What is wrong with the spool's write-ahead log, if anything. SQLite treats a log with a
+    bad header as empty, and stops reading at the first frame whose checksum fails: every
+    commit in it, or after that frame, would be lost without a word. Pure-Python checksums:
+    about 0.1 s for a full log (WAL_AUTOCHECKPOINT_PAGES), only at start."""
+    wal = _sibling(path, "-wal")
+    try:
+        with wal.open("rb") as f:
+            header = f.read(WAL_HEADER)
+            if not header:
+                return None
+            if len(header) < WAL_HEADER:
+                return f"write-ahead log {wal} is cut short ({len(header)} bytes)"
+            magic, version, page_size = struct.unpack(">III", header[:12])
+            if magic not in _WAL_MAGIC or version != _WAL_VERSION:
+                return f"write-ahead log {wal} has no valid header (overwritten)"
+            order = _WAL_MAGIC[magic]
+            sums = wal_checksum(header[:24], order)
+            if sums != struct.unpack(">II", header[24:]):
+                return f"write-ahead log {wal} has a header with a wrong checksum"
+            broken, committed, frame, frame_size = 0, 0, 0, WAL_FRAME_HEADER + page_size
+            while len(data := f.read(frame_size)) == frame_size:
+                frame += 1
+                if data[8:16] != header[16:24]:
+                    broken = broken or frame  # a frame left from an earlier log, or garbage
+                    continue
+                if data[4:8] != b"\0\0\0\0":
+                    committed = frame
+                if not broken:
+                    sums = wal_checksum(data[:8] + data[WAL_FRAME_HEADER:], order, *sums)
+                    if sums != struct.unpack(">II", data[16:24]):
+                        broken = frame
+    except FileNotFoundError:
+        return None
+    if broken and committed > broken:
+        return (
+            f"write-ahead log {wal} is damaged at frame {broken} of {committed} committed "
+            "(SQLite would silently drop the commits after it)"
+        )
+    return None
 
 
 def _layout(conn: sqlite3.Connection) -> tuple[int, set[str]]:
@@ -382,6 +580,7 @@ class Spool:
     append's fsync.
     """
 
+    @_raises_corrupt
     def __init__(
         self,
         path: Path,
@@ -407,7 +606,7 @@ class Spool:
         # first (RECENT_MAX_BYTES); changed under `_lock`, looked up without it.
         self._recent: dict[int, tuple[bytes, bytes | None]] = {}
         self._recent_bytes = 0
-        self._conn = _connect(path)
+        self._conn = _connect(path, check=True)
         try:
             self._reader = _connect(path)
         except BaseException:
@@ -480,6 +679,7 @@ class Spool:
 
     # -- the poller's side -------------------------------------------------------------------
 
+    @_raises_corrupt
     def append(self, lines: Sequence[str]) -> AppendResult:
         """Store `lines` durably as one chunk, applying the overflow policy; returns what was
         kept and what was lost.
@@ -657,6 +857,7 @@ class Spool:
 
     # -- a writer's side ---------------------------------------------------------------------
 
+    @_raises_corrupt
     def read(self, sink: str, limit: int, after: int | None = None) -> Batch | None:
         """The oldest points `sink` has not acknowledged, at most `limit`; None if none.
 
@@ -715,11 +916,13 @@ class Spool:
         first = plan[0][0] + plan[0][2]
         return Batch(first, first + taken - 1, body, offsets)
 
+    @_raises_corrupt
     def refresh(self) -> None:
         """Take in points another process (`qkdtel spool rejected --requeue`) appended."""
         with self._lock:
             self._first, self._last = self._bounds(self._conn)
 
+    @_raises_corrupt
     def ack(
         self,
         sink: str,
