@@ -57,7 +57,7 @@ class SmallDisk:
         commit = spool_module._Transaction.__exit__
 
         def exit_or_full(self, exc_type, exc, tb) -> None:
-            if disk.full and exc_type is None and (disk.path / RESERVE_FILE).exists():
+            if disk.full and exc_type is None and any(disk.path.rglob(RESERVE_FILE)):
                 self._rollback()
                 full = sqlite3.OperationalError("database or disk is full")
                 full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
