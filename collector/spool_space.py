@@ -66,8 +66,8 @@ def default_max_bytes(directory: Path, held: int) -> int:
     """The default `spool_max_bytes`: the smaller of DEFAULT_MAX_BYTES and half of what the
     spool could use at start (free space plus the `held` bytes its files already take), so a
     spool never fills its filesystem by itself; never below MIN_MAX_BYTES."""
-    directory.mkdir(parents=True, exist_ok=True)
-    usable = shutil.disk_usage(directory).free + held
+    existing = next(d for d in (directory, *directory.parents) if d.exists())  # before mkdir
+    usable = shutil.disk_usage(existing).free + held
     return max(MIN_MAX_BYTES, min(DEFAULT_MAX_BYTES, usable // 2))
 
 
