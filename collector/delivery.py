@@ -39,6 +39,7 @@ import concurrent.futures
 import contextlib
 import logging
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +48,8 @@ from dataclasses import dataclass, field
 from qkdtel.config import CollectorSettings, FileSink, InfluxV1Sink, InfluxV2Sink
 from qkdtel.sample import Sample, encode_lines
 from qkdtel.sinks import RetryableWriteError, SinkWriter, make_writer, write_batch
-from qkdtel.spool import SPOOL_FILE, AppendResult, Batch, Spool
+from qkdtel.spool import SPOOL_FILE, AppendResult, Batch, Spool, SpoolCorruptError
+from qkdtel.spool_salvage import SalvageReport, open_spool, salvage
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ class Delivery:
         self._losses: _Losses | None = None
         self._spool_error: Exception | None = None
         self._closed = asyncio.Event()
+        # A damaged spool file: salvaged once (`_recover`), counted for the telemetry.
+        self._salvage_lock = threading.Lock()
+        self._salvaged = SalvageCounts()
 
     @property
     def spool(self) -> Spool:
@@ -121,15 +126,8 @@ class Delivery:
     async def start(self) -> None:
         """Open the spool and start one writer task per sink; replays what a last run left."""
         path = self.settings.spool_dir / SPOOL_FILE
-        names = [s.name for s in self._sink_configs]
-        self._spool = await asyncio.to_thread(
-            Spool,
-            path,
-            names,
-            self.settings.spool_max_points,
-            self.settings.overflow,
-            self.settings.spool_max_bytes,
-        )
+        self._spool, report = await asyncio.to_thread(open_spool, path, self._open_spool)
+        self._salvaged.add(report)
         self._closing = False
         self._closed = asyncio.Event()
         self._group = _GroupCommit(self._append, self._count)
@@ -165,14 +163,19 @@ class Delivery:
             return 0
         return await self._group.commit(lines)
 
-    def _append(self, lines: list[str]) -> AppendResult:
+    def _append(self, lines: list[str], salvage_first: bool = True) -> AppendResult:
         """In a worker thread: `Spool.append`; a failure of the spool loses these points,
-        counted like an overflow (the error is logged with the loss, `_note_losses`)."""
+        counted like an overflow (the error is logged with the loss, `_note_losses`). A
+        damaged spool is salvaged first (`_recover`) and the append tried once more."""
+        spool = self.spool
         try:
-            return self.spool.append(lines)
+            return spool.append(lines)
         except UnicodeEncodeError:
             raise  # `_GroupCommit` leaves the lines that have no UTF-8 out
         except Exception as exc:
+            if isinstance(exc, SpoolCorruptError) and salvage_first:
+                self._recover(spool, exc)
+                return self._append(lines, salvage_first=False)
             self._spool_error = exc
             lost = len(lines)
             return AppendResult(0, dict.fromkeys(self._sinks, lost), lost, lost, "spool error")
@@ -280,6 +283,9 @@ class Delivery:
                     "write_latency_s": state.write_latency_s,
                     "writer_restarts": state.restarts,
                     "writer_stalled": state.stalled,
+                    "spool_damaged": self._salvaged.files,
+                    "points_salvaged": self._salvaged.points,
+                    "points_lost_damage": self._salvaged.lost,
                     **spool_fields,
                 },
                 now,
@@ -398,10 +404,18 @@ class Delivery:
         """
         try:
             while True:
+                spool = self._spool
                 try:
                     await self._run(name, state)
                     return
+                except SpoolCorruptError as exc:
+                    # A damaged spool file: salvaged (one error logged), then written from the
+                    # fresh spool; not a writer failure.
+                    await asyncio.to_thread(self._recover, spool, exc)
+                    continue
                 except Exception as exc:
+                    if spool is not self._spool:
+                        continue  # salvaged and replaced under this writer: use the new one
                     state.restarts += 1
                     state.crashes_in_a_row += 1
                     state.stalled = True
@@ -432,6 +446,32 @@ class Delivery:
         finally:
             # A chain still writing stops after its request.
             state.stopped.set()
+
+    def _open_spool(self) -> Spool:
+        """The spool at `collector.spool_dir`, as configured."""
+        return Spool(
+            self.settings.spool_dir / SPOOL_FILE,
+            [s.name for s in self._sink_configs],
+            self.settings.spool_max_points,
+            self.settings.overflow,
+            self.settings.spool_max_bytes,
+        )
+
+    def _recover(self, damaged: Spool | None, exc: SpoolCorruptError) -> None:
+        """In a worker thread: the spool file turned out damaged while running. Close it,
+        move it aside and salvage it (`qkdtel.spool_salvage`), then carry on with the fresh
+        spool. Once per damaged spool: whoever meets the damage next finds it replaced."""
+        with self._salvage_lock:
+            if damaged is None or damaged is not self._spool:
+                return
+            last = damaged.last_seq  # committed, as far as this process knows
+            try:
+                damaged.close()
+            except sqlite3.Error as close_error:
+                log.debug("closing the damaged spool: %s", close_error)
+            report = salvage(damaged.path, exc.problem, last)
+            self._salvaged.add(report)
+            self._spool = self._open_spool()
 
     def _backoff(self, failures: int) -> float:
         """Seconds to wait after `failures` failures in a row."""
@@ -644,6 +684,22 @@ class _GroupCommit:
             if not future.done():
                 future.set_result(max(0, min(end, kept_to) - max(offset, kept_from)))
             offset = end
+
+
+@dataclass
+class SalvageCounts:
+    """Damaged spool files salvaged since start, with the points saved and lost (a loss of
+    unknown size counts what is known of it)."""
+
+    files: int = 0
+    points: int = 0
+    lost: int = 0
+
+    def add(self, report: SalvageReport | None) -> None:
+        if report is not None:
+            self.files += 1
+            self.points += report.points_saved
+            self.lost += report.points_lost
 
 
 @dataclass

@@ -589,6 +589,7 @@ class Spool:
         overflow: Literal["drop_oldest", "reject_new"] = "drop_oldest",
         max_bytes: int | None = None,
     ) -> None:
+        _check_access(path, create=True)  # before anything looks into the directory
         self.path = path
         self.max_points = max_points
         self.overflow = overflow

@@ -119,14 +119,13 @@ def open_spool(
         return open_(), None
     except SpoolCorruptError as exc:
         report = salvage(path, exc.problem, last_known)
-    log.error("%s", report.message())
     return open_(), report
 
 
 def salvage(path: Path, problem: str, last_known: int | None = None) -> SalvageReport:
     """Move the damaged spool at `path` aside and write what can be read of it into a fresh
     spool at `path` (built aside and renamed into place, so a crash never leaves a half-made
-    spool where the daemon looks)."""
+    spool where the daemon looks); logs the one error line (`SalvageReport.message`)."""
     size = sum(f.stat().st_size for f in _family(path) if f.exists())
     moved = move_aside(path)
     report = SalvageReport(path, moved, problem, size)
@@ -143,6 +142,7 @@ def salvage(path: Path, problem: str, last_known: int | None = None) -> SalvageR
             dst.close()
     os.replace(fresh, path)  # closed: its log was checkpointed and removed
     _fsync_dir(path.parent)
+    log.error("%s", report.message())
     return report
 
 
