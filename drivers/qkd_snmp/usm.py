@@ -7,8 +7,11 @@ pysnmp and Net-SNMP. Digests are HMACs from hashlib, truncated per protocol.
 
 What the client keeps per agent: its snmpEngineID (learnt by discovery, RFC 3414 section 4),
 the keys localised to it, and its boots/time clock (to stay inside the agent's 150 s window).
-A `notInTimeWindow` report resynchronises the clock and the request is sent again once; an
-`unknownEngineID` report (the agent was replaced) starts discovery again.
+An authenticated `notInTimeWindow` report resynchronises the clock and the request is sent
+again once; an `unknownEngineID` report (the agent was replaced) starts discovery again. With
+authentication configured, reports that are not authenticated (which anyone can forge for a
+sniffed msgID) are only believed when the request got no authentic answer in all its attempts;
+until then they are ignored and counted (`UdpClient.ignored`). See the threat model in README.md.
 
 Answers are not checked against a time window of the client's own (RFC 3414 3.2 step 7b): an
 answer is taken only for the msgID of a request still waiting, once, and msgIDs count up from a
