@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -43,17 +43,9 @@ def _escape_field_key(text: str) -> str:
 
 
 def _field_value(value: FieldValue) -> str | None:
-    """Encode one field value; None for a value InfluxDB cannot store (NaN, infinities)."""
-    kind = type(value)
-    if kind is float:
-        return repr(value) if math.isfinite(value) else None
-    if kind is str:
-        return '"' + value.translate(_STRING_ESCAPES) + '"'
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int:
-        return f"{value}i"
-    # Subclasses (IntEnum, numpy scalars...) take the slower path.
+    """Encode a field value of a subclass of bool, int, float or str (IntEnum, numpy scalars...);
+    None for a value InfluxDB cannot store (NaN, infinities). `_fields_text` writes the exact
+    built-in types itself."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -62,33 +54,31 @@ def _field_value(value: FieldValue) -> str | None:
         return repr(float(value)) if math.isfinite(value) else None
     if isinstance(value, str):
         return '"' + str(value).translate(_STRING_ESCAPES) + '"'
-    raise TypeError(f"field value of type {kind.__name__} is not supported")
+    raise TypeError(f"field value of type {type(value).__name__} is not supported")
 
 
-# The encoder. A collector polls the same series again and again, with the same fields of the
-# same types, so what depends only on those is done once and cached:
-# - the escaped `measurement,tags ` head of a line, per (measurement, tags);
-# - per tuple of field keys, a function compiled for the value types first seen with them (see
-#   `_compile_fields`), which writes the whole line in one f-string; a sample whose values do not
-#   have those types (or are NaN or infinite) takes the general path, `_fields_text`.
-# Each cache is emptied when it reaches its bound: a collector with more series or field sets
-# than that only loses the speed-up, never correctness. Only text keys and values are cached:
-# 1, 1.0 and True are equal as dict keys, yet are written "1", "1.0" and "True".
+# The encoder: a plain loop over the fields, with two caches because a collector writes the same
+# series and field keys again and again: the escaped `measurement,tags ` head of a line per
+# (measurement, tags), and the escaped `key=` per field key. Each cache is emptied when it reaches
+# its bound: a collector with more series than that only loses the speed-up, never correctness.
+# Only text keys and values are cached: 1, 1.0 and True are equal as dict keys, yet are written
+# "1", "1.0" and "True".
+#
+# Decision (issue 14): an encoder that exec-generated one f-string function per field shape was
+# tried and removed. At the capacity target (issue 12: 1,000 polls/s, up to ~30,000 points/s) on
+# this 2-vCPU VM, 200,000 qkd_link points of 6 fields (bench/delivery.py's samples), best of 5:
+# generated 4.0 us/point, this loop 5.1 us/point with the machine loaded (load 4), i.e. 12 % and
+# 15 % of a core at 30,000 points/s; quiet, the generated one measured 2.0 us (6 %), so this one
+# should take ~2.6 us (~8 %) by the same ratio. Polling those 1,000 devices/s costs ~57 % of a
+# core (bench/README.md), so the generated code saved ~3 % of a core for ~70 lines of code
+# generation, a cache of compiled functions and a second path to keep equal to this one.
+# `python bench/delivery.py --encoder` prints this loop's figure.
 _SERIES_CACHE_MAX = 65536
-_SHAPE_CACHE_MAX = 4096
 _FIELD_KEY_CACHE_MAX = 4096
-
-_FieldsEncoder = Callable[[Iterable[object], str, int], "str | None"]
+_BOOL_TEXT = ("false", "true")
 
 _series_heads: dict[tuple[object, ...], str] = {}
-_field_shapes: dict[tuple[object, ...], _FieldsEncoder | None] = {}
 _field_heads: dict[str, str] = {}
-
-
-def _series_key(measurement: str, tags: Mapping[str, str]) -> tuple[object, ...]:
-    # Flat (measurement, keys..., values...): quicker to build and hash than a tuple of pairs,
-    # and unambiguous since there are as many keys as values. encode_lines inlines it.
-    return (measurement, *tags, *tags.values())
 
 
 def _series_head(measurement: str, tags: Mapping[str, str]) -> str:
@@ -104,7 +94,9 @@ def _series_head(measurement: str, tags: Mapping[str, str]) -> str:
     if type(measurement) is str and all(type(k) is str and type(v) is str for k, v in tags.items()):
         if len(_series_heads) >= _SERIES_CACHE_MAX:
             _series_heads.clear()
-        _series_heads[_series_key(measurement, tags)] = head
+        # Flat (measurement, keys..., values...): quicker to build and hash than a tuple of
+        # pairs, and unambiguous since there are as many keys as values.
+        _series_heads[(measurement, *tags, *tags.values())] = head
     return head
 
 
@@ -122,8 +114,18 @@ def _tab_led(field: str) -> bool:
     return field[0] in "\t\0"
 
 
+def _escape_string(value: str) -> str:
+    if '"' in value or "\\" in value:
+        return value.translate(_STRING_ESCAPES)
+    return value
+
+
 def _fields_text(fields: Mapping[str, FieldValue]) -> str:
-    """`k=v,k=v` of the storable fields, "" if none: the general path of the encoder."""
+    """`k=v,k=v` of the storable fields, "" if none.
+
+    The exact built-in types are written inline (`_field_value`'s text, character for
+    character): a function call per value would cost ~0.2 us of the ~2.6 us a point takes.
+    """
     parts: list[str] = []
     add = parts.append
     field_get = _field_heads.get
@@ -131,99 +133,41 @@ def _fields_text(fields: Mapping[str, FieldValue]) -> str:
         head = field_get(key)
         if head is None:
             head = _field_head(key)
-        encoded = _field_value(value)
-        if encoded is not None:
-            add(head + encoded)
+        kind = type(value)
+        if kind is float:
+            if value - value == 0.0:  # finite: NaN - NaN is NaN, inf - inf is NaN
+                add(f"{head}{value!r}")
+        elif kind is int:
+            add(f"{head}{value}i")
+        elif kind is bool:
+            add(head + _BOOL_TEXT[value])
+        elif kind is str:
+            add(f'{head}"{_escape_string(value)}"')
+        else:
+            encoded = _field_value(value)
+            if encoded is not None:
+                add(head + encoded)
     if parts and parts[0][0] in "\t\0":
         # InfluxDB skips tabs and NULs before the first field: lead with another field.
         parts.sort(key=_tab_led)
     return ",".join(parts)
 
 
-def _escape_string(value: str) -> str:
-    if '"' in value or "\\" in value:
-        return value.translate(_STRING_ESCAPES)
-    return value
-
-
-# Per value type: the guard a value must pass, and how the compiled f-string writes it (`{v}`
-# stands for the value's variable). The text is `_field_value`'s, character for character.
-_FAST_TYPES = {
-    float: ("type({v}) is float and {v} - {v} == 0.0", "{{{v}!r}}"),  # NaN - NaN is NaN
-    int: ("type({v}) is int", "{{{v}}}i"),
-    bool: ("type({v}) is bool", "{{_BOOL[{v}]}}"),
-    str: ("type({v}) is str", '"{{_escape_string({v})}}"'),
-}
-_LINE = "{{head}}{fields} {{time_ns}}"
-
-
-def _compile_fields(keys: tuple[object, ...], values: Iterable[object]) -> _FieldsEncoder | None:
-    """A function `(values, head, time_ns) -> line` for fields with these keys whose values
-    have the types of `values`, returning None for values of other types (or NaN, infinite);
-    None when such fields cannot take this path at all.
-
-    Generated code, as `collections.namedtuple` and `dataclasses` do: its text depends only on
-    the number and types of the fields; the keys reach it as variables, never as source text.
-    """
-    kinds = [type(v) for v in values]
-    if not keys or len(kinds) != len(keys) or not all(type(k) is str for k in keys):
-        return None
-    lead = _escape_field_key(keys[0])
-    if any(kind not in _FAST_TYPES for kind in kinds) or lead.startswith(("\t", "\0")):
-        return None
-    namespace: dict[str, object] = {"_BOOL": ("false", "true"), "_escape_string": _escape_string}
-    guards, parts = [], []
-    for i, (key, kind) in enumerate(zip(keys, kinds, strict=True)):
-        guard, text = _FAST_TYPES[kind]
-        namespace[f"_k{i}"] = ("," if i else "") + _escape_field_key(key) + "="
-        guards.append(guard.format(v=f"v{i}"))
-        parts.append(f"{{_k{i}}}" + text.format(v=f"v{i}"))
-    line = _LINE.format(fields="".join(parts))
-    source = (
-        "def encode(values, head, time_ns):\n"
-        f"    {''.join(f'v{i}, ' for i in range(len(keys)))}= values\n"
-        f"    if {' and '.join(guards)}:\n"
-        f"        return f{line!r}\n"
-        "    return None\n"
-    )
-    exec(source, namespace)  # see the docstring
-    return namespace["encode"]  # type: ignore[return-value]
-
-
-def _unseen(values: Iterable[object], head: str, time_ns: int) -> str | None:
-    """Marks a tuple of field keys not compiled yet (None means: cannot be)."""
-    return None
-
-
 def encode_lines(samples: Iterable[Sample]) -> list[str]:
     """The line protocol of `samples`, in order, leaving out those with no storable field.
 
     The rules are `Sample.to_line`'s (which is this function for one sample). This is the
-    collector's hot path: what depends only on the series and on the field keys and types is
-    cached (see above), so that a sample costs about 2 us rather than 4.6.
+    collector's hot path: the series heads and field keys are cached (see above).
     """
     out: list[str] = []
     append = out.append
     series_get = _series_heads.get
-    shape_get = _field_shapes.get
     for sample in samples:
-        measurement, tags, fields = sample.measurement, sample.tags, sample.fields
+        measurement, tags = sample.measurement, sample.tags
         head = series_get((measurement, *tags, *tags.values()))
         if head is None:
             head = _series_head(measurement, tags)
-        keys = tuple(fields)
-        encode = shape_get(keys, _unseen)
-        if encode is _unseen:
-            encode = _compile_fields(keys, fields.values())
-            if len(_field_shapes) >= _SHAPE_CACHE_MAX:
-                _field_shapes.clear()
-            _field_shapes[keys] = encode
-        if encode is not None:
-            line = encode(fields.values(), head, sample.time_ns)
-            if line is not None:
-                append(line)
-                continue
-        text = _fields_text(fields)
+        text = _fields_text(sample.fields)
         if text:
             append(f"{head}{text} {sample.time_ns}")
     return out
