@@ -53,7 +53,7 @@ from qkdtel.drivers.otdr.options import OtdrOptions
 from qkdtel.drivers.otdr.trace import Event, EventType
 from qkdtel.drivers.otdr.trace import Trace as OtdrTrace
 from qkdtel.drivers.scpi import ScpiInstrument, VisaSettings
-from qkdtel.errors import PollError
+from qkdtel.sdk import PollError
 
 __all__ = [
     "Alarm",

@@ -23,7 +23,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from qkdtel.config import LoadedConfig
 from qkdtel.delivery import Delivery
 from qkdtel.poller import DevicePoller, PollResult
-from qkdtel.sample import Sample
+from qkdtel.sdk import Sample
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from qkdtel.sample import Sample
+from qkdtel.sdk import Sample
 
 if TYPE_CHECKING:
     from qkdtel.daemon import Collector

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.table import Table
 
-from qkdtel.sample import Sample
+from qkdtel.sample import encode_lines
+from qkdtel.sdk import Sample
 
 FORMATS = ("table", "json", "line")
 
@@ -48,7 +49,7 @@ def print_samples(samples: list[Sample], fmt: str, console: Console) -> None:
             }
             console.out(json.dumps(record, ensure_ascii=False), highlight=False)
     elif fmt == "line":
-        for s in samples:
-            console.out(s.to_line(), highlight=False)
+        for line in encode_lines(samples):
+            console.out(line, highlight=False)
     else:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
-from qkdtel.drivers.base import Driver
+from qkdtel.sdk import Driver
 
 GROUP = "qkdtel.drivers"
 

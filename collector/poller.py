@@ -12,10 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 from qkdtel.config import Device
-from qkdtel.drivers.base import Driver
-from qkdtel.errors import PollError
 from qkdtel.plugins import load_driver
-from qkdtel.sample import Sample, now_ns
+from qkdtel.sdk import Driver, PollError, Sample, now_ns
 
 log = logging.getLogger(__name__)
 

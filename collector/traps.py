@@ -53,8 +53,7 @@ from qkdtel.drivers.qkd_snmp.options import TrapUser, split_address
 from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out
 from qkdtel.drivers.qkd_snmp.resolve import Notification, Resolved, resolve
 from qkdtel.drivers.qkd_snmp.usm import ENGINE_ID_SIZE, Authenticator, add_usm_user, usm_clock_ok
-from qkdtel.errors import Malformed
-from qkdtel.sample import Sample, now_ns
+from qkdtel.sdk import Malformed, Sample, now_ns
 
 log = logging.getLogger(__name__)
 

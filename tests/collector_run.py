@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from qkdtel.sample import Sample
+from qkdtel.sdk import Sample
 
 
 def collector_document(tmp_path: Path, devices: list[dict], **collector: Any) -> dict[str, Any]:

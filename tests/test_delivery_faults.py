@@ -22,7 +22,7 @@ import pytest
 
 from qkdtel.config import InfluxV2Sink
 from qkdtel.delivery import Delivery
-from qkdtel.sample import Sample
+from qkdtel.sdk import Sample
 from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.sinks import InfluxV1Writer
 from qkdtel.sinks.base import parse_retry_after

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qkdtel.config import InfluxV1Sink
-from qkdtel.sample import Sample
+from qkdtel.sdk import Sample
 from qkdtel.sims.influxd import InfluxServer
 from qkdtel.sinks import InfluxV1Writer
 

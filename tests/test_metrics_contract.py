@@ -18,7 +18,7 @@ import pytest
 
 from qkdtel.config import TrapListener, load_config
 from qkdtel.poller import DevicePoller
-from qkdtel.sample import Sample
+from qkdtel.sdk import Sample
 from qkdtel.sims.snmp.profiles import PROFILES as SIM_PROFILES
 from qkdtel.sims.snmp.profiles import Event
 from qkdtel.traps import TrapReceiver

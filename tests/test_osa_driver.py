@@ -17,8 +17,7 @@ from pydantic import ValidationError
 from qkdtel.drivers.osa import OsaDriver, Trace
 from qkdtel.drivers.osa.options import OsaOptions
 from qkdtel.drivers.scpi import ScpiError
-from qkdtel.errors import DeviceTimeout, Malformed
-from qkdtel.sample import Sample
+from qkdtel.sdk import DeviceTimeout, Malformed, Sample
 
 PUBLISHED = {"4": "21,22,23,30", "8": "25,29,34,59,60"}
 

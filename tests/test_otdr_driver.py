@@ -11,8 +11,7 @@ import pytest
 from qkdtel.drivers.otdr import OtdrDriver
 from qkdtel.drivers.otdr.driver import Progress
 from qkdtel.drivers.scpi import ScpiError
-from qkdtel.errors import DeviceTimeout, Malformed
-from qkdtel.sample import Sample
+from qkdtel.sdk import DeviceTimeout, Malformed, Sample
 
 
 def driver(bench, timeout: float = 5.0, **options) -> OtdrDriver:

@@ -9,7 +9,7 @@ import pytest
 
 from qkdtel.drivers.powermeter import PowerMeterDriver
 from qkdtel.drivers.scpi import ScpiError
-from qkdtel.errors import Refused
+from qkdtel.sdk import Refused
 
 
 def meter(bench, **options) -> PowerMeterDriver:

@@ -26,8 +26,7 @@ from qkdtel.config import ConfigError, load_config_text
 from qkdtel.drivers.qkd_snmp import QkdSnmpDriver
 from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions
 from qkdtel.drivers.qkd_snmp.resolve import resolve
-from qkdtel.errors import AuthError, DeviceTimeout, Malformed, NoSuchObject, PollError, Refused
-from qkdtel.sample import Sample
+from qkdtel.sdk import AuthError, DeviceTimeout, Malformed, NoSuchObject, PollError, Refused, Sample
 from qkdtel.sims.clock import ManualClock
 from qkdtel.sims.snmp.agent import Credentials
 from qkdtel.sims.snmp.network import BackgroundNetwork, SimNetwork

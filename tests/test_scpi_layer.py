@@ -39,7 +39,7 @@ from qkdtel.drivers.scpi import (
     setting,
 )
 from qkdtel.drivers.scpi.transport import resource_manager
-from qkdtel.errors import DeviceTimeout, Malformed, PollError, Refused
+from qkdtel.sdk import DeviceTimeout, Malformed, PollError, Refused
 from qkdtel.sims.scpi import ScpiFailure, ScpiServer
 from qkdtel.sims.scpi.server import header_pattern, normal_header
 from tests.fixtures_scpi import free_tcp_port

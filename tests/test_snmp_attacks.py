@@ -30,7 +30,7 @@ from qkdtel.drivers.qkd_snmp.ber import (
     encode_v3,
 )
 from qkdtel.drivers.qkd_snmp.usm import MAX_BOOTS
-from qkdtel.errors import PollError
+from qkdtel.sdk import PollError
 from qkdtel.sims.snmp.agent import engine_id
 from tests.fixtures_hil import driver_options
 from tests.test_traps import QUEVEDO, SENDER_ENGINE, V3, Harness, oid, run, varbinds

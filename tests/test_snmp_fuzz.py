@@ -36,7 +36,7 @@ from qkdtel.drivers.qkd_snmp.ber import (
 )
 from qkdtel.drivers.qkd_snmp.profiles import PROFILES
 from qkdtel.drivers.qkd_snmp.resolve import resolve
-from qkdtel.errors import Malformed, PollError
+from qkdtel.sdk import Malformed, PollError
 from tests.fixtures_hil import driver_options
 from tests.test_snmp_attacks import Attacker, blast, capture, v3_args
 from tests.test_traps import QUEVEDO, V3, Harness, run

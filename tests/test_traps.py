@@ -15,7 +15,7 @@ import pytest
 
 from qkdtel.config import TrapListener
 from qkdtel.drivers.qkd_snmp.resolve import resolve
-from qkdtel.sample import Sample
+from qkdtel.sdk import Sample
 from qkdtel.traps import TrapReceiver, validate_users
 
 pytestmark = pytest.mark.skipif(not shutil.which("snmptrap"), reason="Net-SNMP tools missing")

@@ -11,20 +11,17 @@ instance on the same instrument from interleaving with it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from qkdtel.drivers.base import BlockingDriver
 from qkdtel.drivers.osa.analysis import Analysis, Trace, analyse, total_power_dbm
 from qkdtel.drivers.osa.options import OsaOptions
 from qkdtel.drivers.osa.osa import Osa
 from qkdtel.drivers.scpi import ScpiInstrument
-from qkdtel.errors import Malformed
-from qkdtel.sample import FieldValue, Sample, now_ns
+from qkdtel.sdk import BlockingDriver, FieldValue, Malformed, Sample, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +31,15 @@ def job_budget(timeout: float) -> float:
     return timeout - min(0.5, timeout * 0.1)
 
 
-class OsaDriver(BlockingDriver):
+class OsaDriver(BlockingDriver[OsaOptions]):
     """Optical spectrum analysers (Yokogawa AQ6370 and Anritsu MS9740A classes) over VISA."""
 
-    options_model: ClassVar[type[OsaOptions]] = OsaOptions
     description: ClassVar[str] = (
         "optical spectrum analyser over VISA/SCPI (osa_sweep, osa_channel, osa_quantum_channel)"
     )
 
     def __init__(self, name: str, options: OsaOptions, timeout: float):
         super().__init__(name, options, timeout)
-        self.options: OsaOptions = options
         self.instrument = ScpiInstrument(
             options.visa, options.profile.commands, recovery_timeout=options.recovery_timeout
         )
@@ -74,8 +69,8 @@ class OsaDriver(BlockingDriver):
             trace_file = self._save(trace)
         return self._samples(trace, analysis, swept, trace_file)
 
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.instrument.close)
+    def close_blocking(self) -> None:
+        self.instrument.close()
 
     def _tags(self, **more: str) -> dict[str, str]:
         tags = {"dialect": self.options.dialect, **more}

@@ -12,11 +12,11 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from qkdtel.config import Duration, Model
 from qkdtel.drivers.osa.analysis import C_NM_THZ, channel_thz, on_grid
 from qkdtel.drivers.osa.osa import SweepSettings
 from qkdtel.drivers.osa.profiles import PROFILES, Dialect, OsaProfile, Sensitivity
 from qkdtel.drivers.scpi import VisaSettings
+from qkdtel.sdk import Duration, Model
 
 C_BAND_START_NM = 1528.0
 C_BAND_STOP_NM = 1567.0

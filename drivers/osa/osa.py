@@ -19,7 +19,7 @@ import numpy as np
 from qkdtel.drivers.osa.analysis import Trace
 from qkdtel.drivers.osa.profiles import OsaProfile
 from qkdtel.drivers.scpi import Job, ScpiInstrument
-from qkdtel.errors import Malformed
+from qkdtel.sdk import Malformed
 
 
 @dataclass(frozen=True)

@@ -19,25 +19,21 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
-from qkdtel.drivers.base import BlockingDriver
 from qkdtel.drivers.otdr.baseline import Alarm, BaselineStore, Thresholds, compare
 from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
 from qkdtel.drivers.otdr.otdr import AcquisitionSettings, Otdr, Progress
 from qkdtel.drivers.otdr.trace import EventType, Trace
 from qkdtel.drivers.scpi import Job, ScpiInstrument
-from qkdtel.errors import PollError
-from qkdtel.sample import Sample, now_ns
+from qkdtel.sdk import BlockingDriver, PollError, Sample, now_ns
 
 log = logging.getLogger(__name__)
 
 
-class OtdrDriver(BlockingDriver):
+class OtdrDriver(BlockingDriver[OtdrOptions]):
     """One OTDR port testing one link."""
 
-    options_model: ClassVar[type[OtdrOptions]] = OtdrOptions
     description: ClassVar[str] = "OTDR over SCPI: trace, event table, baseline alarms"
-    options: OtdrOptions
 
     def __init__(self, name: str, options: OtdrOptions, timeout: float):
         super().__init__(name, options, timeout)
@@ -179,5 +175,5 @@ class OtdrDriver(BlockingDriver):
             "otdr_alarm", alarm_tags, {k: v for k, v in values.items() if v is not None}, at
         )
 
-    async def aclose(self) -> None:
+    def close_blocking(self) -> None:
         self.instrument.close()

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from qkdtel.config import Duration, Model
 from qkdtel.drivers.scpi import VisaSettings
+from qkdtel.sdk import Duration, Model
 
 
 class OtdrOptions(Model):

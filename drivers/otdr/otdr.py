@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from qkdtel.drivers.otdr.commands import EVENT_TYPES, MEASURING, SCPI_NAN
 from qkdtel.drivers.otdr.trace import Event, Trace
 from qkdtel.drivers.scpi import Job, ScpiInstrument
-from qkdtel.errors import DeviceTimeout, Malformed
+from qkdtel.sdk import DeviceTimeout, Malformed
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,6 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from qkdtel.config import Duration, Model
-from qkdtel.drivers.base import BlockingDriver
 from qkdtel.drivers.scpi import (
     ScpiInstrument,
     VisaSettings,
@@ -27,8 +25,7 @@ from qkdtel.drivers.scpi import (
     scaled,
     setting,
 )
-from qkdtel.errors import Malformed
-from qkdtel.sample import Sample, now_ns
+from qkdtel.sdk import BlockingDriver, Duration, Malformed, Model, Sample, now_ns
 
 _HEAD = ":SENSe{slot}:CHANnel{channel}:POWer"
 
@@ -75,12 +72,10 @@ class PowerMeterOptions(Model):
         return heads
 
 
-class PowerMeterDriver(BlockingDriver):
+class PowerMeterDriver(BlockingDriver[PowerMeterOptions]):
     """One `optical_power` point per head per poll."""
 
-    options_model: ClassVar[type[PowerMeterOptions]] = PowerMeterOptions
     description: ClassVar[str] = "optical power meter (Keysight 816x SCPI) over RS-232"
-    options: PowerMeterOptions
 
     def __init__(self, name: str, options: PowerMeterOptions, timeout: float):
         super().__init__(name, options, timeout)
@@ -117,5 +112,5 @@ class PowerMeterDriver(BlockingDriver):
                 samples.append(Sample("optical_power", tags, fields, now_ns()))
         return samples
 
-    async def aclose(self) -> None:
+    def close_blocking(self) -> None:
         self.instrument.close()

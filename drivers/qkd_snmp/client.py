@@ -34,7 +34,7 @@ from qkdtel.drivers.qkd_snmp.ber import (
     BerError,
 )
 from qkdtel.drivers.qkd_snmp.options import SnmpSettings
-from qkdtel.errors import AuthError, DeviceTimeout, Malformed, PollError, Refused
+from qkdtel.sdk import AuthError, DeviceTimeout, Malformed, PollError, Refused
 
 Oid = tuple[int, ...]
 VarBind = tuple[Oid, Any]

@@ -13,12 +13,10 @@ import asyncio
 import time
 from typing import Any, ClassVar
 
-from qkdtel.drivers.base import Driver
 from qkdtel.drivers.qkd_snmp.client import is_missing, make_client
 from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions
 from qkdtel.drivers.qkd_snmp.resolve import Resolved, resolve
-from qkdtel.errors import NoSuchObject
-from qkdtel.sample import Sample, now_ns
+from qkdtel.sdk import Driver, NoSuchObject, Sample, now_ns
 
 Index = tuple[int, ...]
 
@@ -27,15 +25,13 @@ def _dotted(index: Index) -> str:
     return "." + ".".join(map(str, index))
 
 
-class QkdSnmpDriver(Driver):
+class QkdSnmpDriver(Driver[QkdSnmpOptions]):
     """QKD modules (ID Quantique Cerberis 3, Toshiba, HWDU CV, AIT CV) over SNMP v2c/v3."""
 
-    options_model: ClassVar[type[QkdSnmpOptions]] = QkdSnmpOptions
     description: ClassVar[str] = "QKD module over SNMP (qkd_link, qkd_module)"
 
     def __init__(self, name: str, options: QkdSnmpOptions, timeout: float):
         super().__init__(name, options, timeout)
-        self.options: QkdSnmpOptions = options
         self._mib: Resolved = resolve(options.profile)  # MIB errors surface at start-up
         host, port = options.host_port
         self._client = make_client(host, port, options.snmp)

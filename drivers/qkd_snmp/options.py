@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from qkdtel.config import Duration, Model
+from qkdtel.sdk import Duration, Model
 
 AuthProtocol = Literal["md5", "sha", "sha224", "sha256", "sha384", "sha512"]
 PrivProtocol = Literal["none", "des", "aes", "aes192", "aes192c", "aes256", "aes256c"]

@@ -16,7 +16,7 @@ from pyasn1.type import univ
 
 from qkdtel.drivers.qkd_snmp.ber import INT32, UNSIGNED64_MAX
 from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out, Profile
-from qkdtel.errors import Malformed
+from qkdtel.sdk import Malformed
 
 Oid = tuple[int, ...]
 

@@ -59,7 +59,7 @@ from qkdtel.drivers.qkd_snmp.ber import (
 )
 from qkdtel.drivers.qkd_snmp.client import Ignored, Oid, UdpClient, VarBind
 from qkdtel.drivers.qkd_snmp.options import SnmpSettings
-from qkdtel.errors import AuthError, Malformed, PollError
+from qkdtel.sdk import AuthError, Malformed, PollError
 
 AUTH_PROTOCOLS = {
     None: config.USM_AUTH_NONE,

@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from qkdtel.errors import Malformed
+from qkdtel.sdk import Malformed
 
 
 def encode_block(payload: bytes) -> bytes:

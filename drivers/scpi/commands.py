@@ -25,7 +25,7 @@ from functools import cache
 from string import Formatter
 from typing import Any
 
-from qkdtel.errors import Malformed
+from qkdtel.sdk import Malformed
 
 Parser = Callable[[str], Any]
 Validator = Callable[[Any], Any]

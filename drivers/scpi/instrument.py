@@ -42,7 +42,7 @@ from qkdtel.drivers.scpi.transport import (
     raw_socket,
     visa_errors,
 )
-from qkdtel.errors import DeviceTimeout, Malformed, PollError
+from qkdtel.sdk import DeviceTimeout, Malformed, PollError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pyvisa import constants, rname
 from pyvisa.errors import VisaIOError
 
-from qkdtel.config import Duration, Model
-from qkdtel.errors import DeviceTimeout, Malformed, PollError, Refused
+from qkdtel.sdk import DeviceTimeout, Duration, Malformed, Model, PollError, Refused
 
 _SERIAL_KEYS = ("baud_rate", "data_bits", "parity", "stop_bits")
 _PARITY = {

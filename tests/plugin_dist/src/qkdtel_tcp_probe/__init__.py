@@ -5,22 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pydantic import BaseModel, ConfigDict
-
-from qkdtel.drivers.base import Driver
-from qkdtel.errors import Malformed, Refused
-from qkdtel.sample import Sample
+from qkdtel.sdk import Driver, Malformed, Model, Refused, Sample
 
 
-class TcpProbeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TcpProbeOptions(Model):
     address: str
     read_banner: bool = False
 
 
-class TcpProbeDriver(Driver):
-    options_model = TcpProbeOptions
+class TcpProbeDriver(Driver[TcpProbeOptions]):
     description = "TCP connect time and banner of a management port"
 
     async def poll(self) -> list[Sample]:
@@ -29,7 +22,7 @@ class TcpProbeDriver(Driver):
         try:
             reader, writer = await asyncio.open_connection(host, int(port))
         except OSError as exc:
-            raise Refused(f"{self.options.address}: {exc.strerror or exc}") from None
+            raise Refused(f"{self.options.address}: {exc.strerror or exc}") from exc
         connect_s = time.perf_counter() - started
         fields: dict[str, float | str] = {"connect_time_s": connect_s}
         try:
