@@ -4,6 +4,7 @@
     qkdtel spool rejected -c qkdtel.yaml --sink influxdb # only those one sink refused
     qkdtel spool rejected -c qkdtel.yaml --requeue       # send them all again
     qkdtel spool rejected -c qkdtel.yaml --requeue 12 13 # send these again
+    qkdtel spool check -c qkdtel.yaml                    # look for damage (exit 1 if damaged)
 
 Works while the daemon runs (the spool is SQLite in WAL mode); the daemon picks requeued lines
 up within `collector.flush_interval`. Requeued lines that are still refused are set aside again
@@ -27,7 +28,15 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from qkdtel.spool import SPOOL_FILE, SpoolLayoutError, list_rejected, requeue_rejected
+from qkdtel.spool import (
+    SPOOL_FILE,
+    SpoolAccessError,
+    SpoolCorruptError,
+    SpoolLayoutError,
+    check_spool,
+    list_rejected,
+    requeue_rejected,
+)
 
 HINT = (
     "lines refused for a field type conflict: DROP SERIES does not clear it on InfluxDB 1.x; "
@@ -55,7 +64,7 @@ def cmd_rejected(args: argparse.Namespace) -> int:
             stdout.print(f"requeued {moved} line(s)", highlight=False)
             return EXIT_OK
         rows = list_rejected(path, sink=args.sink)
-    except SpoolLayoutError as exc:
+    except (SpoolLayoutError, SpoolCorruptError, SpoolAccessError) as exc:
         stderr.print(str(exc), markup=False, highlight=False)
         return EXIT_CONFIG
     for row in rows:
@@ -65,6 +74,31 @@ def cmd_rejected(args: argparse.Namespace) -> int:
     stdout.print(f"{len(rows)} rejected line(s)", highlight=False)
     if any("field type conflict" in row.reason for row in rows):
         stdout.print(HINT, markup=False, highlight=False)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check the spool for damage as the daemon does at start; exit 1 if damaged (the daemon
+    moves a damaged spool aside and salvages it when it starts), 2 if it cannot be checked."""
+    from qkdtel.cli import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, stderr, stdout
+
+    path = _spool_path(args)
+    try:
+        check_spool(path)
+    except FileNotFoundError:
+        stderr.print(f"no spool at {path}", highlight=False)
+        return EXIT_CONFIG
+    except SpoolCorruptError as exc:
+        stderr.print(
+            f"{exc}; `qkdtel run` moves it aside and salvages what it can when it starts",
+            markup=False,
+            highlight=False,
+        )
+        return EXIT_POLL_FAILED
+    except (SpoolLayoutError, SpoolAccessError) as exc:
+        stderr.print(str(exc), markup=False, highlight=False)
+        return EXIT_CONFIG
+    stdout.print(f"{path}: OK", highlight=False)
     return EXIT_OK
 
 
@@ -93,3 +127,8 @@ def add_subcommand(subparsers: Any) -> None:
         help="send the listed lines (all when no id is given) to the sinks again",
     )
     rejected.set_defaults(func=cmd_rejected)
+    check = spool_sub.add_parser(
+        "check", help="look for damage in the spool file, as the daemon does when it starts"
+    )
+    check.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    check.set_defaults(func=cmd_check)

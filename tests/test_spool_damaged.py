@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from qkdtel.delivery import Delivery
+from qkdtel.sample import to_line
 from qkdtel.sims.influxd import InfluxServer
 from qkdtel.spool import SPOOL_FILE, Spool, SpoolAccessError, SpoolCorruptError
 from tests.collector_run import collector_document, written
@@ -47,7 +48,7 @@ def fill(path: Path, chunks: int = CHUNKS, sink: str = "file", keep_open: bool =
     spool = Spool(path, [sink], 10 * TOTAL)
     points = samples(chunks * PER_CHUNK)
     for i in range(0, len(points), PER_CHUNK):
-        spool.append([p.to_line() for p in points[i : i + PER_CHUNK]])
+        spool.append([to_line(p) for p in points[i : i + PER_CHUNK]])
     if not keep_open:
         spool.close()
     return spool
@@ -225,6 +226,24 @@ def test_damaged_write_ahead_log_is_noticed_and_read_past(tmp_path: Path, damage
         assert not lost  # only the header was garbage: every frame is read
 
 
+def test_garbage_shared_memory_file_is_rebuilt_not_salvaged(tmp_path: Path) -> None:
+    """The -shm file is only an index of the log: SQLite rebuilds it when the first connection
+    opens the spool, so garbage in it is no damage -- nothing moved aside, every point sent."""
+    live = fill(tmp_path / "live" / SPOOL_FILE, keep_open=True)
+    try:
+        path = crash_copy(live.path, tmp_path / "spool")
+        shm = Path(f"{path}-shm")
+        shutil.copyfile(f"{live.path}-shm", shm)
+    finally:
+        live.close()
+    shm.write_bytes(os.urandom(shm.stat().st_size))
+    result = run_daemon(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "damaged" not in result.stderr and "Traceback" not in result.stderr
+    assert sorted(delivered_seqs(tmp_path)) == list(range(TOTAL))
+    assert not list(path.parent.glob("*.damaged-*"))
+
+
 # -- permissions: never moved aside, exit 2 naming the path ---------------------------------------
 
 
@@ -284,6 +303,22 @@ def test_unwritable_spool_directory_is_exit_2_naming_it(shared_dir: Path) -> Non
     # spool opens: either way one line naming the directory.
     assert f"{directory} is not writable" in result.stderr
     assert os.listdir(directory) == []
+
+
+def test_spool_check_names_the_damage_and_moves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "spool" / SPOOL_FILE
+    fill(path)
+    cfg = tmp_path / "qkdtel.yaml"
+    cfg.write_text(yaml.safe_dump(collector_document(tmp_path, [])))
+    argv = [sys.executable, "-m", "qkdtel.cli", "spool", "check", "-c", str(cfg)]
+    healthy = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert healthy.returncode == 0 and f"{path}: OK" in healthy.stdout, healthy.stderr
+    overwrite_page(path, chunk_leaf_pages(path)[1])
+    damaged = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert damaged.returncode == 1, damaged.stderr
+    assert f"spool file {path} is damaged" in damaged.stderr
+    assert "Traceback" not in damaged.stderr
+    assert path.exists() and not list(path.parent.glob("*.damaged-*"))  # nothing moved
 
 
 def test_damage_found_by_open_is_not_taken_for_access(tmp_path: Path) -> None:
