@@ -46,7 +46,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from qkdtel.config import CollectorSettings, FileSink, InfluxV1Sink, InfluxV2Sink
-from qkdtel.sample import Sample, encode_lines
+from qkdtel.sample import encode_lines
+from qkdtel.sdk import Sample
 from qkdtel.sinks import RetryableWriteError, SinkWriter, make_writer, write_batch
 from qkdtel.spool import SPOOL_FILE, AppendResult, Batch, Spool, SpoolCorruptError
 from qkdtel.spool_salvage import SalvageReport, open_spool, salvage

@@ -1,19 +1,19 @@
-"""The one unit of data that flows from drivers to sinks.
+"""InfluxDB line protocol of `Sample`s (the SDK's unit of data, `qkdtel.sdk.Sample`).
 
-A driver turns one poll into a list of `Sample`s; the collector adds the device's configured
-tags, encodes them as InfluxDB line protocol and spools them. Field and measurement names must
-be those of docs/metrics.md (tests enforce it).
+The collector adds a device's configured tags to what its driver returns, encodes it here and
+spools the lines. Hand-written rather than `influxdb_client.Point`: Point turns tabs and carriage
+returns in tag values into the literal characters `\\t` / `\\r` and appends a space to a
+trailing backslash, all of which InfluxDB then stores as an altered value; and it takes three to
+four times as long on the collector's hot path.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
 
-FieldValue = float | int | bool | str
+from qkdtel.sdk import FieldValue, Sample
 
 # Line-protocol escaping as InfluxDB's parser undoes it. Only `,`, `=` and space are escaped in
 # keys and tag values (and `,` and space in measurement names); tabs, carriage returns and any
@@ -156,7 +156,7 @@ def _fields_text(fields: Mapping[str, FieldValue]) -> str:
 def encode_lines(samples: Iterable[Sample]) -> list[str]:
     """The line protocol of `samples`, in order, leaving out those with no storable field.
 
-    The rules are `Sample.to_line`'s (which is this function for one sample). This is the
+    The rules are `to_line`'s (which is this function for one sample). This is the
     collector's hot path: the series heads and field keys are cached (see above).
     """
     out: list[str] = []
@@ -173,43 +173,12 @@ def encode_lines(samples: Iterable[Sample]) -> list[str]:
     return out
 
 
-def now_ns() -> int:
-    """Wall-clock time in nanoseconds, the precision every sample is stored at."""
-    return time.time_ns()
+def to_line(sample: Sample) -> str:
+    """One sample as one line of InfluxDB line protocol (nanosecond precision).
 
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One point: a measurement, its tags and fields at one instant.
-
-    The timestamp is always explicit: replaying a spooled point after a crash then rewrites the
-    same series and timestamp, which InfluxDB treats as the same point (no duplicates).
+    Tags are sorted (InfluxDB's preferred order), empty tag keys and values are left out (a
+    tag cannot be empty). Returns "" when no field can be stored (all NaN or infinite),
+    since a point without fields does not exist in InfluxDB.
     """
-
-    measurement: str
-    tags: Mapping[str, str]
-    fields: Mapping[str, FieldValue]
-    time_ns: int = field(default_factory=now_ns)
-
-    def with_default_tags(self, defaults: Mapping[str, str]) -> Sample:
-        """Fill in tags the driver did not set (the driver's own per-row tags win)."""
-        if not defaults:
-            return self
-        merged = dict(defaults)
-        merged.update(self.tags)
-        return Sample(self.measurement, merged, self.fields, self.time_ns)
-
-    def to_line(self) -> str:
-        """Encode as one line of InfluxDB line protocol (nanosecond precision).
-
-        Tags are sorted (InfluxDB's preferred order), empty tag keys and values are left out (a
-        tag cannot be empty). Returns "" when no field can be stored (all NaN or infinite),
-        since a point without fields does not exist in InfluxDB.
-
-        Hand-written rather than `influxdb_client.Point`: Point turns tabs and carriage returns in
-        tag values into the literal characters `\\t` / `\\r` and appends a space to a trailing
-        backslash, all of which InfluxDB then stores as an altered value; and it takes three to four
-        times as long on the collector's hot path.
-        """
-        lines = encode_lines((self,))
-        return lines[0] if lines else ""
+    lines = encode_lines((sample,))
+    return lines[0] if lines else ""

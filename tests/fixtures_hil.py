@@ -19,10 +19,11 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from qkdtel.config import DeviceConfig, Model, format_loc
+from qkdtel.config import DeviceConfig, format_loc
 from qkdtel.drivers.qkd_snmp import QkdSnmpDriver
 from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions
 from qkdtel.plugins import DriverNotFound, load_driver
+from qkdtel.sdk import Model
 
 SIM_TARGETS = [(p, v) for p in ("cerberis3", "toshiba", "hwdu_cv", "ait_cv") for v in ("2c", "3")]
 """Without --hil, `qkd_target` runs per profile and SNMP version on a representative simulated

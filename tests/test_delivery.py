@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from qkdtel.cli_spool import add_subcommand
 from qkdtel.config import CollectorSettings, FileSink, InfluxV1Sink, InfluxV2Sink
 from qkdtel.delivery import Delivery
-from qkdtel.sample import Sample, encode_lines
+from qkdtel.sample import encode_lines, to_line
+from qkdtel.sdk import Sample
 from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.sinks import FileWriter, InfluxV1Writer, RetryableWriteError
 from qkdtel.spool import SPOOL_FILE, Spool, list_rejected
@@ -293,7 +294,7 @@ def test_file_sink_rotates_and_its_files_import_into_influxdb_1x(
     # Rotation happens between batches: no file grows past rotate_bytes by more than one batch.
     assert all(f.stat().st_size < 8192 + 50 * 200 for f in files)
     content = "".join(f.read_text() for f in files)
-    assert content.splitlines() == [p.to_line() for p in points]
+    assert content.splitlines() == [to_line(p) for p in points]
 
     # The import command of the FileWriter docstring, against the real server.
     dump = tmp_path / "import.txt"
@@ -505,4 +506,4 @@ def test_the_encoder_writes_what_the_reference_encoder_writes(keys, rows) -> Non
     expected = [line for line in map(_reference_line, points) if line]
     assert encode_lines(points) == expected
     assert encode_lines(points) == expected  # again, from the caches
-    assert [p.to_line() for p in points] == [_reference_line(p) for p in points]
+    assert [to_line(p) for p in points] == [_reference_line(p) for p in points]

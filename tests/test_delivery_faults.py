@@ -22,6 +22,7 @@ import pytest
 
 from qkdtel.config import InfluxV2Sink
 from qkdtel.delivery import Delivery
+from qkdtel.sample import to_line
 from qkdtel.sdk import Sample
 from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.sinks import InfluxV1Writer
@@ -35,7 +36,7 @@ def test_outage_every_point_arrives_in_order(
     influxdb: InfluxServer, influx_db: str, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     points = samples(1500)
-    sent_order = [p.to_line() for p in points]
+    sent_order = [to_line(p) for p in points]
 
     async def main() -> None:
         delivery = Delivery(
@@ -159,10 +160,10 @@ def test_400_keeps_the_good_lines_and_sets_the_bad_ones_aside(
         good
     )
     rejected = list_rejected(tmp_path / "spool" / SPOOL_FILE)
-    assert sorted(r.line for r in rejected) == sorted(s.to_line() for s in conflict + unparsable)
+    assert sorted(r.line for r in rejected) == sorted(to_line(s) for s in conflict + unparsable)
     reasons = {r.line: r.reason for r in rejected}
-    assert all("field type conflict" in reasons[s.to_line()] for s in conflict)
-    assert all("unable to parse" in reasons[s.to_line()] for s in unparsable)
+    assert all("field type conflict" in reasons[to_line(s)] for s in conflict)
+    assert all("unable to parse" in reasons[to_line(s)] for s in unparsable)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and all("influx" in r.getMessage() for r in errors)
     assert any("refused" in r.getMessage() for r in errors)

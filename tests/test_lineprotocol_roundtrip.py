@@ -10,9 +10,9 @@ no encoder could round-trip it:
   (the encoder leaves them so that the write fails and is reported, never stored altered);
 - `time` as a tag or field key (InfluxDB refuses it);
 - field keys that all start with a tab or NUL (InfluxDB skips those before the first field;
-  `Sample.to_line` puts any other field first, so one such key among others does round-trip);
+  `to_line` puts any other field first, so one such key among others does round-trip);
 - UTF-16 surrogates (not encodable as UTF-8, so not text InfluxDB could receive);
-- NaN and infinities (InfluxDB has no such floats; `Sample.to_line` leaves those fields out).
+- NaN and infinities (InfluxDB has no such floats; `to_line` leaves those fields out).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qkdtel.config import InfluxV1Sink
+from qkdtel.sample import to_line
 from qkdtel.sdk import Sample
 from qkdtel.sims.influxd import InfluxServer
 from qkdtel.sinks import InfluxV1Writer
@@ -68,7 +69,7 @@ def roundtrip(influxdb: InfluxServer):
     )
 
     def run(sample: Sample) -> list[dict]:
-        writer.write(sample.to_line().encode())
+        writer.write(to_line(sample).encode())
         return influxdb.query(f'SELECT * FROM "{sample.measurement}" GROUP BY *', db)
 
     yield run

@@ -21,7 +21,8 @@ import pytest
 from qkdtel.cli_spool import HINT, add_subcommand
 from qkdtel.cli_spool import __doc__ as spool_doc
 from qkdtel.delivery import Delivery
-from qkdtel.sample import Sample, encode_lines
+from qkdtel.sample import encode_lines
+from qkdtel.sdk import Sample
 from qkdtel.sims.influxd import InfluxServer
 from qkdtel.sinks import (
     InfluxV1Writer,

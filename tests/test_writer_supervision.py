@@ -20,6 +20,7 @@ import pytest
 
 from qkdtel.config import FileSink
 from qkdtel.delivery import Delivery
+from qkdtel.sample import to_line
 from qkdtel.sinks import SinkWriter
 from tests.test_delivery import run, samples, settings, wait_for
 
@@ -81,7 +82,7 @@ def test_a_writer_that_raises_is_logged_counted_restarted_and_delivers(
         await delivery.stop(5)
 
     run(main)
-    assert sorted(file_lines(tmp_path / "lp")) == sorted(p.to_line() for p in points)
+    assert sorted(file_lines(tmp_path / "lp")) == sorted(to_line(p) for p in points)
     failures = [r for r in caplog.records if "writer failed" in r.getMessage()]
     assert len(failures) == 3 and all(r.levelno == logging.ERROR for r in failures)
     # The traceback once, when it first happens; the repeats in one line each.
@@ -126,7 +127,7 @@ def test_an_acknowledgement_the_spool_cannot_commit_restarts_the_writer(
     run(main)
     lines = file_lines(tmp_path / "lp")
     # Batches whose acknowledgement failed were sent again: every point there, some twice.
-    assert set(lines) == {p.to_line() for p in points}
+    assert set(lines) == {to_line(p) for p in points}
     assert len(lines) > 500
     failure = next(r for r in caplog.records if "writer failed" in r.getMessage())
     assert failure.exc_info is not None
