@@ -42,10 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common.procs import CLOCK_TICK, process_cpu
+
 import qkdtel.delivery
 from qkdtel.config import CollectorSettings, InfluxV1Sink
 from qkdtel.delivery import Delivery
-from qkdtel.sample import Sample, encode_lines
+from qkdtel.sample import encode_lines, to_line
+from qkdtel.sdk import Sample
 from qkdtel.sims.influxd import InfluxServer
 from qkdtel.sinks import InfluxV1Writer
 from qkdtel.spool import Spool
@@ -81,18 +84,12 @@ def make_samples(n: int) -> list[Sample]:
     ]
 
 
-def _cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _machine_busy_seconds() -> float:
     """CPU time every process of the machine has used so far (all cores, Linux /proc/stat)."""
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(
         int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     )
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICK
 
 
 @dataclass
@@ -112,7 +109,7 @@ def bench_curl(server: InfluxServer, samples: list[Sample], batch: int, work: Pa
     """curl posting the samples' line protocol in batches of `batch` lines."""
     db = f"curl_{time.monotonic_ns()}"
     server.create_database(db)
-    lines = [s.to_line() for s in samples]
+    lines = [to_line(s) for s in samples]
     files = []
     for n, start in enumerate(range(0, len(lines), batch)):
         path = work / f"batch-{n:05d}.lp"
@@ -123,12 +120,12 @@ def bench_curl(server: InfluxServer, samples: list[Sample], batch: int, work: Pa
     for i, path in enumerate(files):
         argv += (["--next"] if i else []) + ["--fail", "--data-binary", f"@{path}", url]
     influxd = server_pid(server)
-    server_cpu, children, busy = _cpu_seconds(influxd), os.times(), _machine_busy_seconds()
+    server_cpu, children, busy = process_cpu(influxd), os.times(), _machine_busy_seconds()
     started = time.perf_counter()
     subprocess.run(argv, check=True)
     elapsed = time.perf_counter() - started
     busy = _machine_busy_seconds() - busy
-    server_cpu = _cpu_seconds(influxd) - server_cpu
+    server_cpu = process_cpu(influxd) - server_cpu
     after = os.times()
     curl_cpu = after.children_user + after.children_system
     curl_cpu -= children.children_user + children.children_system
@@ -152,7 +149,7 @@ def bench_delivery(server: InfluxServer, samples: list[Sample], batch: int, work
     async def run() -> Run:
         delivery = Delivery(settings, [sink])
         await delivery.start()
-        server_cpu, client_cpu = _cpu_seconds(influxd), _cpu_seconds()
+        server_cpu, client_cpu = process_cpu(influxd), process_cpu()
         busy = _machine_busy_seconds()
         started = time.perf_counter()
         for start in range(0, len(samples), batch):
@@ -161,8 +158,8 @@ def bench_delivery(server: InfluxServer, samples: list[Sample], batch: int, work
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - started
         busy = _machine_busy_seconds() - busy
-        server_cpu = _cpu_seconds(influxd) - server_cpu
-        client_cpu = _cpu_seconds() - client_cpu
+        server_cpu = process_cpu(influxd) - server_cpu
+        client_cpu = process_cpu() - client_cpu
         await delivery.stop(10)
         return Run(elapsed, server_cpu, client_cpu, max(0.0, busy - server_cpu - client_cpu))
 
@@ -215,9 +212,9 @@ def settle(server: InfluxServer, db: str | None = None) -> None:
         server.query(f'DROP DATABASE "{db}"')
     pid, started = server_pid(server), time.monotonic()
     while time.monotonic() - started < SETTLE_MAX:
-        before = _cpu_seconds(pid)
+        before = process_cpu(pid)
         time.sleep(SETTLE_WINDOW)
-        if _cpu_seconds(pid) - before < 0.02 * SETTLE_WINDOW:
+        if process_cpu(pid) - before < 0.02 * SETTLE_WINDOW:
             break
 
 

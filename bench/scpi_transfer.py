@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
+from _common.procs import free_tcp_port, wait_listening
 
 from qkdtel.bench import Osa
 from qkdtel.drivers.scpi import Job
@@ -57,12 +58,6 @@ QUERY = b":TRACe:Y? TRA\n"
 WARMUP = 20
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def simulator(port: int) -> Iterator[str]:
     """The simulated AQ6370 of link 4 in a child process; its VISA resource name."""
@@ -70,15 +65,7 @@ def simulator(port: int) -> Iterator[str]:
     command += ["--link", "4", "--base-port", str(port), "--sweep-time", "0.05"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the simulated OSA did not start") from None
-                time.sleep(0.05)
+        wait_listening(process, port, "the simulated OSA")
         yield f"TCPIP::127.0.0.1::{port}::SOCKET"
     finally:
         process.terminate()
@@ -161,7 +148,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the binary path")
     args = parser.parse_args()
 
-    port = free_port()
+    port = free_tcp_port()
     with (
         simulator(port) as resource,
         Osa.open(resource, dialect="yokogawa") as osa,
