@@ -470,9 +470,23 @@ class Delivery:
                 damaged.close()
             except sqlite3.Error as close_error:
                 log.debug("closing the damaged spool: %s", close_error)
-            report = salvage(damaged.path, exc.problem, last)
-            self._salvaged.add(report)
-            self._spool = self._open_spool()
+            try:
+                report = salvage(damaged.path, exc.problem, last)
+                self._salvaged.add(report)
+                self._spool = self._open_spool()
+            except Exception as failure:
+                # No room for the fresh spool, the directory gone...: the writers keep failing
+                # on the closed spool (logged, writer_stalled) and appends count their losses,
+                # until a restart salvages or starts anew. Never a silent stop.
+                log.error(
+                    "spool file %s is damaged (%s) and could not be salvaged: %s: %s; nothing"
+                    " is delivered until qkdtel is restarted",
+                    damaged.path,
+                    exc.problem,
+                    type(failure).__name__,
+                    failure,
+                    exc_info=failure,
+                )
 
     def _backoff(self, failures: int) -> float:
         """Seconds to wait after `failures` failures in a row."""
