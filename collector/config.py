@@ -31,6 +31,7 @@ from pydantic import (
     field_validator,
 )
 
+from qkdtel.plugins import DriverNotFound, load_driver
 from qkdtel.sdk import Duration, Model
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -514,8 +515,6 @@ def load_config_text(
     `load_config` asks for it, as a file is loaded to be run here; a document alone (the
     README's example, a test's snippet) is checked as a document.
     """
-    from qkdtel.plugins import DriverNotFound, load_driver
-
     root, raw = _parse_yaml(text, source)
     if raw is None:
         raw = {}

@@ -3,7 +3,7 @@
 Polling is mostly encoding requests and decoding answers, and pysnmp does that through
 pyasn1's schema-driven codec at about 60 us per varbind. So the driver speaks SNMP itself on
 the wire (ber.py): requests are pre-encoded bytes, answers decode straight into Python
-values. `make_client` picks the version:
+values. `QkdSnmpDriver` picks the version (driver.py, `make_client`):
 - `V2cClient` (v2c.py): community, request-id matching, resends.
 - `UsmClient` (usm.py): SNMPv3 with USM; the cryptography (key localisation, privacy
   ciphers) is pysnmp's own, reused as is.
@@ -314,14 +314,3 @@ class UdpClient(SnmpClient, Generic[A]):
         if self._socket is not None and self._socket.transport is not None:
             self._socket.transport.close()
         self._socket = None
-
-
-def make_client(host: str, port: int, settings: SnmpSettings) -> SnmpClient:
-    """The client for the settings' SNMP version."""
-    if settings.version == "3":
-        from qkdtel.drivers.qkd_snmp.usm import UsmClient
-
-        return UsmClient(host, port, settings)
-    from qkdtel.drivers.qkd_snmp.v2c import V2cClient
-
-    return V2cClient(host, port, settings)

@@ -13,12 +13,21 @@ import asyncio
 import time
 from typing import Any, ClassVar
 
-from qkdtel.drivers.qkd_snmp.client import is_missing, make_client
-from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions
+from qkdtel.drivers.qkd_snmp.client import SnmpClient, is_missing
+from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions, SnmpSettings
 from qkdtel.drivers.qkd_snmp.resolve import Resolved, resolve
+from qkdtel.drivers.qkd_snmp.usm import UsmClient
+from qkdtel.drivers.qkd_snmp.v2c import V2cClient
 from qkdtel.sdk import Driver, NoSuchObject, Sample, now_ns
 
 Index = tuple[int, ...]
+
+
+def make_client(host: str, port: int, settings: SnmpSettings) -> SnmpClient:
+    """The client for the settings' SNMP version."""
+    if settings.version == "3":
+        return UsmClient(host, port, settings)
+    return V2cClient(host, port, settings)
 
 
 def _dotted(index: Index) -> str:
