@@ -93,7 +93,7 @@ def _validated(model: type[M], document: dict[str, Any]) -> M:
             where = ".".join(str(part) for part in error["loc"])
             message = error["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {message}" if where else message)
-        raise ValueError("; ".join(problems)) from None
+        raise ValueError("; ".join(problems)) from exc
 
 
 def _identify(instrument: ScpiInstrument, timeout: float) -> str:

@@ -281,6 +281,7 @@ class _StrictLoader(yaml.SafeLoader):
             raise
         except (ValueError, TypeError, AttributeError, OverflowError):
             kind = node.tag.rsplit(":", 1)[-1]
+            # from None: the cause's message shows the value, which may be a secret
             raise yaml.constructor.ConstructorError(
                 None, None, f"the value is not a valid {kind}", node.start_mark
             ) from None
@@ -340,9 +341,10 @@ def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         root = loader.get_single_node()
         return root, loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
+        # from None: PyYAML's message quotes the offending line, which may hold a secret
         raise ConfigError(source, [_yaml_problem(exc, text)]) from None
-    except RecursionError:
-        raise ConfigError(source, ["not valid YAML: nested too deeply"]) from None
+    except RecursionError as exc:
+        raise ConfigError(source, ["not valid YAML: nested too deeply"]) from exc
     finally:
         if loader is not None:
             loader.dispose()
@@ -601,6 +603,7 @@ def _decode(data: bytes, source: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
+        # from None: the cause holds the undecodable bytes, which may be a secret's
         raise ConfigError(
             source, [f"line {line}: not UTF-8 text (invalid byte at offset {exc.start})"]
         ) from None
@@ -613,7 +616,7 @@ def load_config(path: str | Path) -> LoadedConfig:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
     loaded = load_config_text(_decode(data, str(path)), str(path), check_environment=True)
     return LoadedConfig(loaded.config, loaded.devices, path)
 

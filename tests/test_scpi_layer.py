@@ -39,7 +39,7 @@ from qkdtel.drivers.scpi import (
     setting,
 )
 from qkdtel.drivers.scpi.transport import resource_manager
-from qkdtel.sdk import DeviceTimeout, Malformed, PollError, Refused
+from qkdtel.sdk import ConnectionLost, DeviceTimeout, Malformed, Refused
 from qkdtel.sims.scpi import ScpiFailure, ScpiServer
 from qkdtel.sims.scpi.server import header_pattern, normal_header
 from tests.fixtures_scpi import free_tcp_port
@@ -369,21 +369,21 @@ def test_newline_bytes_inside_a_block_are_data_on_every_transport(bench):
 
 
 def test_a_socket_block_full_of_newlines_arrives_in_few_receives(scpi_sim, monkeypatch):
-    from qkdtel.drivers.scpi import instrument as module
+    from qkdtel.drivers.scpi import socket_io as module
 
     sim = BenchSim()
     scpi_sim(sim)
     instrument = ScpiInstrument(VisaSettings(resource=sim.resource, timeout=0.3), TABLE)
     counted: list[CountingSocket] = []
 
-    raw_socket = module.raw_socket
+    socket_session = module.socket_session
 
     def counting(resource):
-        sock, pending = raw_socket(resource)
+        sock, pending = socket_session(resource)
         counted.append(CountingSocket(sock))
         return counted[-1], pending
 
-    monkeypatch.setattr(module, "raw_socket", counting)
+    monkeypatch.setattr(module, "socket_session", counting)
 
     with instrument.job(5) as job:
         trace = job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
@@ -397,7 +397,7 @@ def test_a_socket_block_full_of_newlines_arrives_in_few_receives(scpi_sim, monke
         job.send(":TRAC:NEWL?")
         time.sleep(0.1)  # both answers are in the socket when the first one is read
         assert job.read_text("*IDN?") == "QKDTEL,BENCH,0001,1.0"
-        _, pending = raw_socket(job.resource)
+        _, pending = socket_session(job.resource)
         assert pending.startswith(b"#516000")
         trace = np.frombuffer(job.read_block(":TRAC:NEWL?"), "<f8")
         np.testing.assert_array_equal(trace, LF_TRACE)
@@ -429,13 +429,13 @@ class FailingSocket:
 @pytest.mark.parametrize(
     ("error", "raised", "message"),
     [
-        (ConnectionResetError(104, "reset"), PollError, r"connection lost \(reset\)"),
-        (BrokenPipeError(32, "broken"), PollError, r"connection lost \(broken\)"),
+        (ConnectionResetError(104, "reset"), ConnectionLost, r"connection lost \(reset\)"),
+        (BrokenPipeError(32, "broken"), ConnectionLost, r"connection lost \(broken\)"),
         (ConnectionRefusedError(111, "refused"), Refused, r"sending ':SOUR:WAV 1550.000': refused"),
     ],
 )
 def test_socket_send_errors_are_translated(scpi_sim, monkeypatch, error, raised, message):
-    from qkdtel.drivers.scpi import instrument as module
+    from qkdtel.drivers.scpi import socket_io as module
 
     sim = BenchSim()
     scpi_sim(sim)
@@ -443,8 +443,10 @@ def test_socket_send_errors_are_translated(scpi_sim, monkeypatch, error, raised,
         VisaSettings(resource=sim.resource, timeout=0.3), TABLE, recovery_timeout=1.0
     )
     with instrument.job(5) as job:
-        _, pending = module.raw_socket(job.resource)
-        monkeypatch.setattr(module, "raw_socket", lambda resource: (FailingSocket(error), pending))
+        _, pending = module.socket_session(job.resource)
+        monkeypatch.setattr(
+            module, "socket_session", lambda resource: (FailingSocket(error), pending)
+        )
         with pytest.raises(raised, match=message):
             job.set("wavelength_nm", 1550)
         monkeypatch.undo()
@@ -468,7 +470,7 @@ def test_socket_sends_to_an_instrument_that_stops_reading_are_bounded(
 ):
     """A real socket whose peer stopped reading: the send waits for room for at most the
     read/write limit (0.3 s) or what is left of the job's budget, then DeviceTimeout."""
-    from qkdtel.drivers.scpi import instrument as module
+    from qkdtel.drivers.scpi import socket_io as module
 
     sim = BenchSim()
     scpi_sim(sim)
@@ -478,8 +480,8 @@ def test_socket_sends_to_an_instrument_that_stops_reading_are_bounded(
     ours, peer = full_socket()
     try:
         with instrument.job(budget) as job:
-            _, pending = module.raw_socket(job.resource)
-            monkeypatch.setattr(module, "raw_socket", lambda resource: (ours, pending))
+            _, pending = module.socket_session(job.resource)
+            monkeypatch.setattr(module, "socket_session", lambda resource: (ours, pending))
             started = time.monotonic()
             with pytest.raises(
                 DeviceTimeout, match=r"no answer to sending ':SOUR:WAV 1550.000' within " + within
@@ -494,10 +496,10 @@ def test_socket_sends_to_an_instrument_that_stops_reading_are_bounded(
 
 
 def test_a_socket_block_read_through_visa_is_exact_too(scpi_sim, monkeypatch):
-    """Another VISA backend (no pyvisa-py socket to reach): VISA reads, slow but exact."""
-    from qkdtel.drivers.scpi import instrument as module
+    """No pyvisa-py socket to reach (`socket_session` None): VISA reads, slow but exact."""
+    from qkdtel.drivers.scpi import socket_io as module
 
-    monkeypatch.setattr(module, "raw_socket", lambda resource: None)
+    monkeypatch.setattr(module, "socket_session", lambda resource: None)
     sim = BenchSim()
     scpi_sim(sim)
     instrument = ScpiInstrument(VisaSettings(resource=sim.resource, timeout=0.3), TABLE)
@@ -505,6 +507,35 @@ def test_a_socket_block_read_through_visa_is_exact_too(scpi_sim, monkeypatch):
         trace = job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
         np.testing.assert_array_equal(trace, LF_TRACE)
         assert job.get("power_dbm") == -12.34
+    sim.faults.truncate_blocks = "cut"
+    cut = r"header declares 16000 bytes, the message ended after 8000"
+    with pytest.raises(Malformed, match=cut), instrument.job(5) as job:
+        job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
+    instrument.close()
+
+
+def test_changed_pyvisa_py_internals_fall_back_to_pyvisas_public_api(scpi_sim, monkeypatch, caplog):
+    """A pyvisa-py release that renamed the read-ahead buffer the socket path reads: the layer
+    notices, says so once, and works through pyvisa's public API. Renaming the attribute this
+    layer looks up is a fault injection: no real pyvisa-py at hand has other internals."""
+    from qkdtel.drivers.scpi import socket_io
+
+    monkeypatch.setattr(socket_io, "_READ_AHEAD", "_read_ahead_renamed")
+    monkeypatch.setattr(socket_io, "_warned", False)
+    sim = BenchSim()
+    scpi_sim(sim)
+    instrument = ScpiInstrument(VisaSettings(resource=sim.resource, timeout=0.3), TABLE)
+    with caplog.at_level("WARNING", logger=socket_io.__name__):
+        for _ in range(2):
+            with instrument.job(5) as job:
+                assert socket_io.socket_session(job.resource) is None
+                job.set("wavelength_nm", 1550)
+                assert job.get("power_dbm") == -12.34
+                trace = job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
+                np.testing.assert_array_equal(trace, LF_TRACE)
+    warnings = [r.getMessage() for r in caplog.records if r.name == socket_io.__name__]
+    assert len(warnings) == 1, warnings
+    assert "_read_ahead_renamed" in warnings[0] and "public API" in warnings[0]
     sim.faults.truncate_blocks = "cut"
     cut = r"header declares 16000 bytes, the message ended after 8000"
     with pytest.raises(Malformed, match=cut), instrument.job(5) as job:

@@ -117,7 +117,7 @@ class FileWriter(SinkWriter):
                 handle.truncate(size)
             except (OSError, ValueError):
                 pass
-            raise RetryableWriteError(f"sink {self.name}: {exc.strerror or exc}") from None
+            raise RetryableWriteError(f"sink {self.name}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         self._file.close()

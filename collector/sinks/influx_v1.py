@@ -55,6 +55,7 @@ class InfluxV1Writer(SinkWriter):
         try:
             response = self._pool.request("POST", self._url, body=body, headers=self._headers)
         except urllib3.exceptions.HTTPError as exc:
+            # from None: the cause names the URL and its query, which may hold a token or password
             raise unreachable(exc, self._secrets) from None
         raise_for_status(response.status, response.headers, response.data, self._secrets)
 

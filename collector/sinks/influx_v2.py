@@ -46,6 +46,7 @@ class InfluxV2Writer(SinkWriter):
             # Raised for every answer but 2xx; raise_for_status turns it into ours.
             raise_for_status(exc.status or 0, exc.headers, exc.body, self._secrets)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # from None: the cause names the URL and its query, which may hold a token or password
             raise unreachable(exc, self._secrets) from None
 
     def close(self) -> None:

@@ -62,7 +62,7 @@ class OsaDriver(BlockingDriver[OsaOptions]):
                 occupied_margin_db=opts.occupied_margin_db,
             )
         except ValueError as exc:
-            raise Malformed(f"{self.instrument.where}: {exc}") from None
+            raise Malformed(f"{self.instrument.where}: {exc}") from exc
         self._sweeps += 1
         trace_file = None
         if opts.trace_dir is not None and (self._sweeps - 1) % opts.trace_every == 0:

@@ -97,7 +97,7 @@ class Osa:
                 {"resource": job.where, "model": self.profile.model},
             )
         except ValueError as exc:
-            raise Malformed(f"{job.where}: unusable trace: {exc}") from None
+            raise Malformed(f"{job.where}: unusable trace: {exc}") from exc
 
     def _values(self, job: Job, name: str, points: int, binary: bool) -> np.ndarray:
         if binary:

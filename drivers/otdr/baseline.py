@@ -195,11 +195,11 @@ class BaselineStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ValueError(f"{path}: cannot read the baseline: {exc.strerror}") from None
+            raise ValueError(f"{path}: cannot read the baseline: {exc.strerror}") from exc
         try:
             return trace_from_json(json.loads(text))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a baseline trace ({exc})") from None
+            raise ValueError(f"{path}: not a baseline trace ({exc})") from exc
 
     def save(self, link: str, trace: Trace) -> Path:
         """Write the baseline atomically (a crash never leaves half a file)."""

@@ -149,7 +149,7 @@ class OtdrDriver(BlockingDriver[OtdrOptions]):
                 )
                 return [], True
         except (OSError, ValueError) as exc:
-            raise PollError(f"{self.name}: baseline of link {link}: {exc}") from None
+            raise PollError(f"{self.name}: baseline of link {link}: {exc}") from exc
         alarms = compare(baseline, trace, self.thresholds)
         for alarm in alarms:
             log.warning(

@@ -49,8 +49,8 @@ def _number(text: str, where: str) -> float | None:
     """One field of an event row; None for SCPI's not-a-number."""
     try:
         value = float(text)
-    except ValueError:
-        raise Malformed(f"{where}: {text.strip()[:30]!r} is not a number") from None
+    except ValueError as exc:
+        raise Malformed(f"{where}: {text.strip()[:30]!r} is not a number") from exc
     if not math.isfinite(value) or value >= SCPI_NAN * 0.99:
         return None
     return value

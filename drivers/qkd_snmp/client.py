@@ -70,7 +70,7 @@ async def connect_udp(
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
-        raise Refused(f"{where}: cannot resolve host: {exc.strerror}") from None
+        raise Refused(f"{where}: cannot resolve host: {exc.strerror}") from exc
     family, _, _, _, sockaddr = infos[0]
     protocol = make(family)
     try:  # asyncio wants (host, port) even for IPv6, whose sockaddr has 4 fields
@@ -78,7 +78,7 @@ async def connect_udp(
             lambda: protocol, remote_addr=sockaddr[:2], family=family
         )
     except OSError as exc:
-        raise Refused(f"{where}: {exc.strerror or exc}") from None
+        raise Refused(f"{where}: {exc.strerror or exc}") from exc
     return protocol, sockaddr
 
 

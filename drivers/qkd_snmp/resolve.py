@@ -41,8 +41,8 @@ class ObjectInfo:
                 raise Malformed(f"{where}: expected a string, got {_show(value)}")
             try:
                 return value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Malformed(f"{where}: not UTF-8 text: {_show(value)}") from None
+            except UnicodeDecodeError as exc:
+                raise Malformed(f"{where}: not UTF-8 text: {_show(value)}") from exc
         if type(value) is not int:
             raise Malformed(f"{where}: expected an integer, got {_show(value)}")
         if not INT32[0] <= value <= UNSIGNED64_MAX:  # what no SNMP type carries
@@ -51,8 +51,8 @@ class ObjectInfo:
             return value
         try:
             return self.enum[value]
-        except KeyError:
-            raise Malformed(f"{where}: {value} is not a value of the enumeration") from None
+        except KeyError as exc:
+            raise Malformed(f"{where}: {value} is not a value of the enumeration") from exc
 
 
 def _show(value: Any) -> str:
@@ -103,11 +103,11 @@ class Resolved:
                 continue
             try:
                 result = out.convert(*args)
-            except (ValueError, KeyError, TypeError, ZeroDivisionError, OverflowError):
+            except (ValueError, KeyError, TypeError, ZeroDivisionError, OverflowError) as exc:
                 shown = ", ".join(repr(a)[:40] for a in args)
                 raise Malformed(
                     f"{out.sources[0]}{where}: cannot read {shown} as {out.name}"
-                ) from None
+                ) from exc
             if result is None:
                 continue
             if out.range is not None and not out.range[0] <= result <= out.range[1]:

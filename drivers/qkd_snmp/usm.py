@@ -251,11 +251,9 @@ class UsmClient(UdpClient[tuple[V3Message, int, Response]]):
             _, tag, response = decode_scoped_pdu(scoped)
         except BerError as exc:
             if not authentic:
-                raise Ignored(
-                    "undecodable", Malformed(f"{self.where}: unreadable answer")
-                ) from None
+                raise Ignored("undecodable", Malformed(f"{self.where}: unreadable answer")) from exc
             hint = " (wrong priv_key?)" if message.encrypted else ""
-            raise Malformed(f"{self.where}: unreadable scoped PDU{hint}: {exc}") from None
+            raise Malformed(f"{self.where}: unreadable scoped PDU{hint}: {exc}") from exc
         if message.msg_id in self._discovery_ids:
             self._check_discovery(message, tag)
         elif not authentic and self._auth is not None:
@@ -294,8 +292,8 @@ class UsmClient(UdpClient[tuple[V3Message, int, Response]]):
                 (message.boots, message.time, univ.OctetString(message.priv)),
                 univ.OctetString(message.data),
             )
-        except Exception:  # pysnmp raises its StatusInformation or a cipher error
-            raise AuthError(f"{self.where}: cannot decrypt the answer") from None
+        except Exception as exc:  # pysnmp raises its StatusInformation or a cipher error
+            raise AuthError(f"{self.where}: cannot decrypt the answer") from exc
 
     def _check_discovery(self, message: V3Message, tag: int) -> None:
         """Take a discovery answer only with an engine ID and clock RFC 3411/3414 allow."""

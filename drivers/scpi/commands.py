@@ -59,7 +59,7 @@ class Command:
             try:
                 value = self.validate(value)
             except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
+                raise ValueError(f"{name}: {exc}") from exc
         return _render(name, self.write, value=value, **params)
 
     def render_query(self, name: str, **params: Any) -> str:
@@ -73,7 +73,7 @@ class Command:
         try:
             return self.parse(text)
         except (ValueError, KeyError, IndexError) as exc:
-            raise Malformed(f"{where}: answer to {name} ({text.strip()[:60]!r}): {exc}") from None
+            raise Malformed(f"{where}: answer to {name} ({text.strip()[:60]!r}): {exc}") from exc
 
 
 @cache
@@ -129,9 +129,9 @@ class CommandTable(Mapping[str, Command]):
     def __getitem__(self, key: str) -> Command:
         try:
             return self.commands[key]
-        except KeyError:
+        except KeyError as exc:
             known = ", ".join(sorted(self.commands))
-            raise KeyError(f"{self.name} has no command {key!r} (it has: {known})") from None
+            raise KeyError(f"{self.name} has no command {key!r} (it has: {known})") from exc
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.commands)

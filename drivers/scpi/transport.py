@@ -26,7 +26,15 @@ from pydantic import Field, ValidationInfo, field_validator
 from pyvisa import constants, rname
 from pyvisa.errors import VisaIOError
 
-from qkdtel.sdk import DeviceTimeout, Duration, Malformed, Model, PollError, Refused
+from qkdtel.sdk import (
+    ConnectionLost,
+    DeviceTimeout,
+    Duration,
+    Malformed,
+    Model,
+    PollError,
+    Refused,
+)
 
 _SERIAL_KEYS = ("baud_rate", "data_bits", "parity", "stop_bits")
 _PARITY = {
@@ -46,7 +54,7 @@ def canonical_resource(resource: str) -> str:
     try:
         parsed = rname.parse_resource_name(resource.strip())
     except (rname.InvalidResourceName, ValueError) as exc:
-        raise ValueError(str(exc).splitlines()[0]) from None
+        raise ValueError(str(exc).splitlines()[0]) from exc
     return str(parsed)
 
 
@@ -122,47 +130,14 @@ def open_resource(settings: VisaSettings) -> Any:
         except (VisaIOError, OSError):
             raise
         except Exception as exc:  # pyvisa-py reports some failures as bare Exception
-            raise Refused(f"{where}: cannot open: {exc}") from None
+            raise Refused(f"{where}: cannot open: {exc}") from exc
     apply_settings(resource, settings)
     return resource
 
 
-def raw_socket(resource: Any) -> tuple[socket.socket, bytearray] | None:
-    """The socket of a pyvisa-py TCPIP SOCKET session and the bytes it has read ahead.
-
-    pyvisa-py keeps what it received past the last answer it returned in `_pending_buffer`;
-    a reader that takes the socket over must start with those bytes. None for any other
-    session (VXI-11, serial, another VISA backend): use the VISA calls then.
-    """
-    session = getattr(resource.visalib, "sessions", {}).get(resource.session)
-    sock = getattr(session, "interface", None)
-    pending = getattr(session, "_pending_buffer", None)
-    if isinstance(sock, socket.socket) and isinstance(pending, bytearray):
-        return sock, pending
-    return None
-
-
-def _tune_socket(resource: Any, chunk_size: int) -> None:
-    """Nagle's algorithm off and `chunk_size` bytes per receive on a raw-socket session.
-
-    With Nagle on (NI-VISA turns it off by default), a command followed at once by
-    `SYSTem:ERRor?` waits for the instrument's delayed ACK (40 ms on Linux) every time.
-    pyvisa-py 0.8 refuses VI_ATTR_TCPIP_NODELAY on SOCKET sessions (its setter is not wired),
-    so the option is set on its socket directly. pyvisa-py also caps every `recv` at 4096
-    bytes (`max_recv_size`) whatever the read asks for: raised to the configured chunk size.
-    """
-    session = getattr(resource.visalib, "sessions", {}).get(resource.session)
-    sock = getattr(session, "interface", None)
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if isinstance(getattr(session, "max_recv_size", None), int):
-        session.max_recv_size = chunk_size
-
-
 def apply_settings(resource: Any, settings: VisaSettings) -> None:
-    """Terminations, timeout, chunk size and serial line settings onto an open resource."""
-    if settings.resource.endswith("::SOCKET"):
-        _tune_socket(resource, settings.chunk_size)
+    """Terminations, timeout, chunk size and serial line settings onto an open resource
+    (`socket_io.tune_socket` does the rest for a SOCKET session)."""
     resource.read_termination = settings.read_termination or None
     resource.write_termination = settings.write_termination
     resource.timeout = settings.timeout * 1000
@@ -181,8 +156,8 @@ _TIMEOUT_CODES = {constants.StatusCode.error_timeout}
 _REFUSED_CODES = {
     constants.StatusCode.error_resource_not_found,
     constants.StatusCode.error_resource_busy,
-    constants.StatusCode.error_connection_lost,
 }
+_LOST_CODES = {constants.StatusCode.error_connection_lost, constants.StatusCode.error_io}
 
 
 @contextmanager
@@ -198,19 +173,21 @@ def visa_errors(where: str, what: str, timeout: float | None = None) -> Iterator
     except VisaIOError as exc:
         if exc.error_code in _TIMEOUT_CODES:
             limit = f" within {round(timeout, 2):g} s" if timeout is not None else ""
-            raise DeviceTimeout(f"{where}: no answer to {what}{limit}") from None
+            raise DeviceTimeout(f"{where}: no answer to {what}{limit}") from exc
         if exc.error_code in _REFUSED_CODES:
-            raise Refused(f"{where}: {what}: {exc.description}") from None
-        raise PollError(f"{where}: {what}: {exc.description}") from None
-    except TimeoutError:  # a socket read by this layer itself (`raw_socket`)
+            raise Refused(f"{where}: {what}: {exc.description}") from exc
+        if exc.error_code in _LOST_CODES:
+            raise ConnectionLost(f"{where}: {what}: {exc.description}") from exc
+        raise PollError(f"{where}: {what}: {exc.description}") from exc
+    except TimeoutError as exc:  # a socket read by this layer itself (`socket_io`)
         limit = f" within {round(timeout, 2):g} s" if timeout is not None else ""
-        raise DeviceTimeout(f"{where}: no answer to {what}{limit}") from None
+        raise DeviceTimeout(f"{where}: no answer to {what}{limit}") from exc
     except (ConnectionRefusedError, socket.gaierror) as exc:
-        raise Refused(f"{where}: {what}: {exc.strerror or exc}") from None
+        raise Refused(f"{where}: {what}: {exc.strerror or exc}") from exc
     except (ConnectionError, BrokenPipeError) as exc:
-        raise PollError(f"{where}: {what}: connection lost ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise Malformed(f"{where}: {what}: the answer is not ASCII text") from None
+        raise ConnectionLost(f"{where}: {what}: connection lost ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise Malformed(f"{where}: {what}: the answer is not ASCII text") from exc
     except OSError as exc:
         # Unreachable hosts, missing serial devices (pyserial raises SerialException, an OSError)
-        raise Refused(f"{where}: {what}: {exc.strerror or exc}") from None
+        raise Refused(f"{where}: {what}: {exc.strerror or exc}") from exc
