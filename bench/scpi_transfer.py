@@ -52,7 +52,7 @@ from _common.procs import free_tcp_port, wait_listening
 
 from qkdtel.bench import Osa
 from qkdtel.drivers.scpi import Job
-from qkdtel.drivers.scpi.transport import raw_socket
+from qkdtel.drivers.scpi.socket_io import socket_session
 
 QUERY = b":TRACe:Y? TRA\n"
 WARMUP = 20
@@ -179,7 +179,7 @@ def main() -> int:
         with instrument.job(600) as job:
             # the values must be the sweep's, bit for bit, on every path
             job.set("format_binary")
-            direct = raw_socket(job.resource)
+            direct = socket_session(job.resource)
             assert direct is not None, "the driver's pyvisa-py session has no socket to share"
             raw = RawReader(direct[0])
             fresh.command(b":FORMat:DATA REAL,64\n")

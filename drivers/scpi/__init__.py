@@ -48,7 +48,13 @@ from qkdtel.drivers.scpi.commands import (
     scaled,
     setting,
 )
-from qkdtel.drivers.scpi.instrument import Job, ScpiError, ScpiInstrument, ieee488_table
+from qkdtel.drivers.scpi.instrument import (
+    ScpiInstrument,
+    ieee488_table,
+    operation_budget,
+    poll_budget,
+)
+from qkdtel.drivers.scpi.job import Job, ScpiError
 from qkdtel.drivers.scpi.transport import VisaSettings, canonical_resource, visa_errors
 
 __all__ = [
@@ -71,6 +77,8 @@ __all__ = [
     "integer",
     "measurement",
     "one_of",
+    "operation_budget",
+    "poll_budget",
     "scaled",
     "setting",
     "visa_errors",

@@ -52,6 +52,13 @@ def payload_length(digits: bytes, where: str) -> int:
     return int(digits)
 
 
+def truncated_block(where: str, length: int, got: int) -> Malformed:
+    """The error for a block whose message ended after `got` of its declared `length` bytes."""
+    return Malformed(
+        f"{where}: truncated block: header declares {length} bytes, the message ended after {got}"
+    )
+
+
 def decode_block(raw: bytes, where: str) -> bytes:
     """The payload of a complete block held in memory (`#<n><length><payload>[terminator]`).
 
