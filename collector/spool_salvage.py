@@ -112,9 +112,9 @@ class SalvageReport:
 def open_spool(
     path: Path, open_: Callable[[], Spool], last_known: int | None = None
 ) -> tuple[Spool, SalvageReport | None]:
-    """`open_()` the spool at `path`; if it is damaged, salvage it first (`salvage`), log the
-    one error line, and open the fresh spool. `last_known`: the newest sequence number a live
-    spool knew had been committed (counts what lies beyond the readable part)."""
+    """`open_()` the spool at `path`; if it is damaged, salvage it first (`salvage`, which logs
+    the one error line) and open the fresh spool. `last_known`: the newest sequence number a
+    live spool knew had been committed (counts what lies beyond the readable part)."""
     try:
         return open_(), None
     except SpoolCorruptError as exc:
@@ -132,6 +132,7 @@ def salvage(path: Path, problem: str, last_known: int | None = None) -> SalvageR
     fresh = _sibling(path, ".salvaging")
     for stale in _family(fresh):
         stale.unlink(missing_ok=True)
+    kept = [f for f in _family(moved) if f.exists()]
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".salvage-") as scratch:
         src = _open_source(moved, Path(scratch))
         dst = _connect(fresh)
@@ -140,6 +141,8 @@ def salvage(path: Path, problem: str, last_known: int | None = None) -> SalvageR
         finally:
             src.close()
             dst.close()
+    for made in set(_family(moved)) - set(kept):
+        made.unlink(missing_ok=True)  # empty -wal, -shm of the read-only connection
     os.replace(fresh, path)  # closed: its log was checkpointed and removed
     _fsync_dir(path.parent)
     log.error("%s", report.message())
