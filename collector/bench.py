@@ -52,7 +52,7 @@ from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
 from qkdtel.drivers.otdr.trace import Event, EventType
 from qkdtel.drivers.otdr.trace import Trace as OtdrTrace
-from qkdtel.drivers.scpi import ScpiInstrument, VisaSettings
+from qkdtel.drivers.scpi import ScpiInstrument, VisaSettings, operation_budget
 from qkdtel.sdk import PollError
 
 __all__ = [
@@ -73,11 +73,6 @@ __all__ = [
     "Thresholds",
     "compare",
 ]
-
-TRANSFER_ALLOWANCE_S = 60.0
-"""Time a call may take beyond the sweep / averaging time: configuring, and reading a 50 001
-point ASCII trace over a slow line. Only a ceiling: a silent instrument is still reported after
-the VISA `timeout` of the read it does not answer."""
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -271,7 +266,7 @@ class Osa(_Session):
         )
         settings = options.sweep_settings()
         began = time.monotonic()
-        trace = self.osa.capture(settings, budget=settings.sweep_timeout + TRANSFER_ALLOWANCE_S)
+        trace = self.osa.capture(settings, budget=operation_budget(settings.sweep_timeout))
         return Sweep(trace, settings, self.identity, time.monotonic() - began)
 
 
@@ -330,5 +325,5 @@ class Otdr(_Session):
             binary=binary,
             progress_interval=options.progress_interval,
         )
-        budget = settings.averaging_s + TRANSFER_ALLOWANCE_S
+        budget = operation_budget(settings.averaging_s)
         return self.otdr.capture(settings, budget, on_progress)

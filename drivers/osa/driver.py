@@ -20,15 +20,10 @@ from typing import ClassVar
 from qkdtel.drivers.osa.analysis import Analysis, Trace, analyse, total_power_dbm
 from qkdtel.drivers.osa.options import OsaOptions
 from qkdtel.drivers.osa.osa import Osa
-from qkdtel.drivers.scpi import ScpiInstrument
+from qkdtel.drivers.scpi import ScpiInstrument, poll_budget
 from qkdtel.sdk import BlockingDriver, FieldValue, Malformed, Sample, now_ns
 
 log = logging.getLogger(__name__)
-
-
-def job_budget(timeout: float) -> float:
-    """The part of the poll timeout a capture may use: the rest is for reporting a timeout."""
-    return timeout - min(0.5, timeout * 0.1)
 
 
 class OsaDriver(BlockingDriver[OsaOptions]):
@@ -49,7 +44,7 @@ class OsaDriver(BlockingDriver[OsaOptions]):
 
     def poll_blocking(self) -> list[Sample]:
         started = time.monotonic()
-        trace = self.osa.capture(self.settings, budget=job_budget(self.timeout))
+        trace = self.osa.capture(self.settings, budget=poll_budget(self.timeout))
         swept = time.monotonic() - started
         opts = self.options
         try:

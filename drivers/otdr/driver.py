@@ -24,7 +24,7 @@ from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
 from qkdtel.drivers.otdr.otdr import AcquisitionSettings, Otdr, Progress
 from qkdtel.drivers.otdr.trace import EventType, Trace
-from qkdtel.drivers.scpi import Job, ScpiInstrument
+from qkdtel.drivers.scpi import Job, ScpiInstrument, poll_budget
 from qkdtel.sdk import BlockingDriver, PollError, Sample, now_ns
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,9 @@ class OtdrDriver(BlockingDriver[OtdrOptions]):
         self.on_progress: Callable[[Progress], None] | None = None
         """Called from the worker thread at every status poll of an acquisition."""
 
-    def budget(self) -> float:
-        """The job's time budget: the device timeout less a margin to abort and report in."""
-        return max(self.timeout - min(2.0, 0.1 * self.timeout), 0.1)
-
     def poll_blocking(self) -> list[Sample]:
         samples: list[Sample] = []
-        with self.instrument.job(self.budget()) as job:
+        with self.instrument.job(poll_budget(self.timeout)) as job:
             for wavelength in self.options.wavelengths_nm:
                 started = time.monotonic()
                 trace = self._acquire(job, wavelength)

@@ -22,6 +22,7 @@ from qkdtel.drivers.scpi import (
     ieee488_table,
     in_range,
     measurement,
+    poll_budget,
     scaled,
     setting,
 )
@@ -88,7 +89,7 @@ class PowerMeterDriver(BlockingDriver[PowerMeterOptions]):
 
     def _read_heads(self) -> list[Sample]:
         samples = []
-        with self.instrument.job(max(self.timeout * 0.9, 0.1)) as job:
+        with self.instrument.job(poll_budget(self.timeout)) as job:
             for head in self.options.heads:
                 where = {"slot": head.slot, "channel": head.channel}
                 job.set("wavelength_nm", head.wavelength_nm, **where)

@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 POLL_MARGIN_S = 2.0
 """At most this much of a poll's timeout is kept back from its job (at most a tenth of it)."""
 TRANSFER_ALLOWANCE_S = 60.0
-"""Added to an operation's own limit for the I/O around it (settings, the trace's transfer)."""
+"""Added to an operation's own limit for the I/O around it: configuring, and reading a 50,001
+point ASCII trace over a slow line. Only a ceiling: a silent instrument is still reported after
+the VISA `timeout` of the read it does not answer."""
 
 
 def poll_budget(poll_timeout: float) -> float:
