@@ -27,7 +27,8 @@ import yaml
 from qkdtel.delivery import Delivery
 from qkdtel.sample import to_line
 from qkdtel.sims.influxd import InfluxServer
-from qkdtel.spool import SPOOL_FILE, Spool, SpoolAccessError, SpoolCorruptError
+from qkdtel.spool import SPOOL_FILE, Spool, SpoolAccessError, SpoolCorruptError, list_rejected
+from qkdtel.spool_salvage import open_spool
 from tests.collector_run import collector_document, written
 from tests.test_delivery import samples, settings, v1, wait_for
 
@@ -183,7 +184,8 @@ def test_corrupt_page_of_chunks_loses_exactly_its_rows(tmp_path: Path) -> None:
     spool = fill(path, keep_open=True)
     batch = spool.read("file", 10 * PER_CHUNK)  # the first 500 points were delivered
     assert batch is not None
-    spool.ack("file", batch)
+    refused = [(f"bad line {i}", "unable to parse") for i in range(3)]
+    spool.ack("file", batch, refused)  # ...but for 3 lines the sink refused, kept aside
     spool.close()
     leaves = chunk_leaf_pages(path)
     assert len(leaves) >= 3
@@ -195,6 +197,41 @@ def test_corrupt_page_of_chunks_loses_exactly_its_rows(tmp_path: Path) -> None:
     # Nothing delivered before is sent again (the cursor was salvaged), nothing else is lost.
     assert sorted(set(got) | lost) == list(range(10 * PER_CHUNK, TOTAL))
     assert not set(got) & lost
+    assert "; 3 rejected lines kept" in line.string
+    assert [(r.line, r.reason) for r in list_rejected(path)] == refused
+
+
+def test_unreadable_cursors_mean_every_salvaged_point_is_sent_again(tmp_path: Path) -> None:
+    """The cursors' page is garbage: which points a sink already has is unknown, so every
+    salvaged point goes to every sink again (InfluxDB stores a rewritten point once)."""
+    path = tmp_path / "spool" / SPOOL_FILE
+    spool = fill(path, keep_open=True, sink="a")
+    batch = spool.read("a", 10 * PER_CHUNK)
+    assert batch is not None
+    spool.ack("a", batch)
+    spool.close()
+    conn = sqlite3.connect(path)
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'cursors'").fetchone()
+    conn.close()
+    overwrite_page(path, root)
+
+    def open_() -> Spool:
+        return Spool(path, ["a", "b"], 10 * TOTAL)
+
+    spool, report = open_spool(path, open_)
+    try:
+        assert report is not None and not report.cursors_saved
+        assert report.points_saved == TOTAL - 10 * PER_CHUNK  # the chunks still spooled
+        assert not report.lost_exact  # what preceded them is unknown
+        assert "sink cursors unreadable: every salvaged point is sent to every sink again" in (
+            report.message()
+        )
+        assert spool.pending("a") == spool.pending("b") == report.points_saved
+        resent = spool.read("a", TOTAL)
+        assert resent is not None
+        assert resent.lines == [to_line(p) for p in samples(TOTAL)[10 * PER_CHUNK :]]
+    finally:
+        spool.close()
 
 
 @pytest.mark.parametrize("damage", ["header", "frame"])
