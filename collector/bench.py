@@ -41,9 +41,10 @@ from typing import Any, Self, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from qkdtel.drivers import osa as osa_driver
+from qkdtel.drivers.optics import on_grid
 from qkdtel.drivers.osa import Analysis, ChannelResult, NotchResult, SweepSettings, analyse
 from qkdtel.drivers.osa import Trace as SpectrumTrace
-from qkdtel.drivers.osa.analysis import on_grid, total_power_dbm
+from qkdtel.drivers.osa.analysis import total_power_dbm
 from qkdtel.drivers.osa.options import OsaOptions
 from qkdtel.drivers.otdr import AcquisitionSettings, Progress
 from qkdtel.drivers.otdr import Otdr as OtdrCore

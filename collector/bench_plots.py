@@ -14,7 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from qkdtel.bench import ItuReport, OtdrTrace, Sweep
-from qkdtel.drivers.osa.analysis import C_NM_THZ, channel_label, channel_thz, grid_channels
+from qkdtel.drivers.optics import C_NM_THZ, channel_label, channel_nm
+from qkdtel.drivers.osa.analysis import grid_channels
 from qkdtel.drivers.otdr.trace import EventType
 
 SIZE_IN = (12.0, 6.0)
@@ -43,7 +44,7 @@ def plot_spectrum(sweep: Sweep, report: ItuReport, path: str | Path) -> Path:
     ax.plot(trace.wavelength_nm, trace.power_dbm, color="tab:blue", lw=0.8, label="spectrum")
 
     grid = grid_channels(trace, report.grid_ghz)
-    centres = [C_NM_THZ / channel_thz(c) for c in grid]
+    centres = [channel_nm(c) for c in grid]
     for centre in centres:
         ax.axvline(centre, color="0.85", lw=0.6, zorder=0)
     # numbers on whole channels only (the 50 GHz grid's N.5 would crowd the axis), <= ~50
@@ -51,7 +52,7 @@ def plot_spectrum(sweep: Sweep, report: ItuReport, path: str | Path) -> Path:
     numbered = numbered[:: max(1, -(-len(numbered) // 50))]
     top = ax.secondary_xaxis("top")
     top.set_xticks(
-        [C_NM_THZ / channel_thz(c) for c in numbered],
+        [channel_nm(c) for c in numbered],
         [channel_label(c) for c in numbered],
         fontsize=7,
     )

@@ -12,15 +12,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from qkdtel.drivers.osa.analysis import (
-    Trace,
-    analyse,
-    channel_label,
-    channel_thz,
-    grid_channels,
-    on_grid,
-    total_power_dbm,
-)
+from qkdtel.drivers.optics import channel_label, channel_thz, on_grid
+from qkdtel.drivers.osa.analysis import Trace, analyse, grid_channels, total_power_dbm
 from qkdtel.sims.osa.spectrum import Carrier, LinkSpectrum, link_spectrum
 from qkdtel.sims.topology import load_topology
 

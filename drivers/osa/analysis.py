@@ -27,7 +27,7 @@ Per quantum channel (the notch the multiplexers cut for the CV quantum signal):
 - in-band noise: the light integrated over ± `quantum_bandwidth_ghz`/2 (dBm): what leaks into
   the quantum receiver's band, the figure that hurts the QKD link.
 
-Wavelengths are in vacuum: the ITU grid is defined in frequency (c = 299 792.458 km/s).
+Wavelengths are in vacuum: the ITU grid is defined in frequency (`qkdtel.drivers.optics`).
 """
 
 from __future__ import annotations
@@ -40,33 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
-C_NM_THZ = 299_792.458
-GRID_ORIGIN_THZ = 190.0
+from qkdtel.drivers.optics import (
+    C_NM_THZ,
+    GRID_ORIGIN_THZ,
+    channel_label,
+    channel_thz,
+    grid_step,
+)
+
 REFERENCE_BANDWIDTH_NM = 0.1
 NEIGHBOUR_SEARCH = 4
-
-
-def channel_thz(channel: float) -> float:
-    """Centre frequency of ITU channel `channel` (N or N.5)."""
-    return GRID_ORIGIN_THZ + 0.1 * channel
-
-
-def channel_label(channel: float) -> str:
-    """`34` -> "34", `34.5` -> "34.5" (the `channel` tag)."""
-    return f"{channel:g}"
-
-
-def grid_step(spacing_ghz: int) -> float:
-    """Channel-number step of a grid: 1 on the 100 GHz grid, 0.5 on the 50 GHz grid."""
-    if spacing_ghz not in (100, 50):
-        raise ValueError(f"grid spacing is 100 or 50 GHz, not {spacing_ghz}")
-    return spacing_ghz / 100
-
-
-def on_grid(channel: float, spacing_ghz: int) -> bool:
-    """Whether `channel` is a channel number of that grid."""
-    step = grid_step(spacing_ghz)
-    return abs(channel / step - round(channel / step)) < 1e-9
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from qkdtel.drivers.osa.analysis import C_NM_THZ, channel_thz, on_grid
+from qkdtel.drivers.optics import C_NM_THZ, channel_thz, on_grid
 from qkdtel.drivers.osa.osa import SweepSettings
 from qkdtel.drivers.osa.profiles import PROFILES, Dialect, OsaProfile, Sensitivity
 from qkdtel.drivers.scpi import VisaSettings

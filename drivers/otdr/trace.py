@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import numpy as np
 
-SPEED_OF_LIGHT_M_S = 299_792_458.0
+from qkdtel.drivers.optics import SPEED_OF_LIGHT_M_S
 
 WAVELENGTHS_NM = (1310, 1550)
 """The two wavelengths of the instruments this driver drives (O-band and C-band lasers)."""

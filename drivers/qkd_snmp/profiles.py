@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-LinkStatus = str  # ETSI GS QKD 015 link state: active | pending | off | failure
+from qkdtel.drivers.optics import channel_nm
 
-SPEED_OF_LIGHT = 299_792_458.0
+LinkStatus = str  # ETSI GS QKD 015 link state: active | pending | off | failure
 
 
 # ---- converters -------------------------------------------------------------------------------
@@ -107,8 +107,8 @@ def itu_channel(value: int) -> str:
 
 
 def itu_wavelength_nm(value: int) -> float:
-    """ITU 100 GHz channel N sits at 190.0 + 0.1 N THz -> vacuum wavelength in nm."""
-    return SPEED_OF_LIGHT / ((190.0 + 0.1 * value) * 1e12) * 1e9
+    """ITU 100 GHz channel N -> its vacuum wavelength in nm."""
+    return channel_nm(value)
 
 
 def band_of_wavelength(picometres: int) -> str | None:

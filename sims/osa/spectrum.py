@@ -22,10 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qkdtel.drivers.optics import C_NM_THZ, channel_thz
 from qkdtel.sims.topology import Topology
-
-C_NM_THZ = 299_792.458
-"""Speed of light in nm x THz: wavelength_nm = C_NM_THZ / frequency_thz."""
 
 DATA_LAUNCH_DBM = 0.0
 SERVICE_LAUNCH_DBM = -3.0
@@ -44,11 +42,6 @@ PUBLISHED_PLANS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 
 
-def itu_thz(channel: float) -> float:
-    """Centre frequency of ITU channel `channel` (DOMAIN.md numbering: 190.0 + 0.1 x N THz)."""
-    return 190.0 + 0.1 * channel
-
-
 @dataclass(frozen=True)
 class Carrier:
     """A classical signal as it reaches the OSA."""
@@ -60,7 +53,7 @@ class Carrier:
 
     @property
     def frequency_thz(self) -> float:
-        return itu_thz(self.channel)
+        return channel_thz(self.channel)
 
 
 @dataclass(frozen=True)
@@ -96,8 +89,8 @@ class LinkSpectrum:
         """Linear attenuation of the noise floor by the notch filter (1 outside it)."""
         if not self.notch_channels:
             return np.ones_like(frequency_thz)
-        low = itu_thz(min(self.notch_channels)) - NOTCH_MARGIN_GHZ / 1000
-        high = itu_thz(max(self.notch_channels)) + NOTCH_MARGIN_GHZ / 1000
+        low = channel_thz(min(self.notch_channels)) - NOTCH_MARGIN_GHZ / 1000
+        high = channel_thz(max(self.notch_channels)) + NOTCH_MARGIN_GHZ / 1000
         edge = NOTCH_EDGE_GHZ / 1000
         # how far into the stop band (0 outside, 1 from `edge` in); raised-cosine transition
         inside = np.minimum(frequency_thz - (low - edge), (high + edge) - frequency_thz)
