@@ -342,6 +342,43 @@ def test_unwritable_spool_directory_is_exit_2_naming_it(shared_dir: Path) -> Non
     assert os.listdir(directory) == []
 
 
+@pytest.fixture
+def read_only_spool(tmp_path: Path) -> Iterator[Path]:
+    """A spool on a tmpfs remounted read-only (root cannot write there either)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount)], check=True)
+    try:
+        path = mount / "spool" / SPOOL_FILE
+        fill(path)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_spool_on_a_read_only_filesystem_is_refused_naming_it(
+    tmp_path: Path, read_only_spool: Path
+) -> None:
+    path = read_only_spool
+    with pytest.raises(SpoolAccessError) as refused:
+        Spool(path, ["file"], TOTAL)
+    assert str(refused.value).startswith(f"spool directory {path.parent} is not writable")
+    assert "(read-only file system)" in str(refused.value)
+    cfg = tmp_path / "qkdtel.yaml"
+    document = collector_document(tmp_path, [])
+    document["collector"]["spool_dir"] = str(path.parent)
+    cfg.write_text(yaml.safe_dump(document))
+    result = subprocess.run(
+        [sys.executable, "-m", "qkdtel.cli", "run", "-c", str(cfg), "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and f"{path.parent} is not writable" in result.stderr
+
+
 def test_spool_check_names_the_damage_and_moves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "spool" / SPOOL_FILE
     fill(path)
