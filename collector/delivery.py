@@ -18,6 +18,10 @@ Failures:
   lost is counted (`points_dropped`), and the loss is logged as an error once per episode (with
   the limit, the spool's path and the free space), then once more when the spool keeps every
   point again; an exception of the spool itself loses the submit the same way, counted;
+- a damaged spool file (at start, or SQLITE_CORRUPT/SQLITE_NOTADB while running): moved aside,
+  what can be read salvaged into a fresh spool, one error logged with the points saved and lost
+  (`qkdtel.spool_salvage`), counted (`spool_damaged`, `points_salvaged`, `points_lost_damage`);
+  appends and writers carry on with the fresh spool;
 - anything else a writer meets (a bug, a sink writer raising something else than a WriteError,
   an acknowledgement the spool cannot commit): logged with its traceback when it happens,
   counted (`writer_restarts`), the sink shown stalled (`writer_stalled`) and the writer
