@@ -51,8 +51,7 @@ from qkdtel.drivers.otdr import Otdr as OtdrCore
 from qkdtel.drivers.otdr.baseline import Alarm, BaselineStore, Thresholds, compare
 from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
-from qkdtel.drivers.otdr.trace import Event, EventType
-from qkdtel.drivers.otdr.trace import Trace as OtdrTrace
+from qkdtel.drivers.otdr.trace import EventType, OtdrEvent, OtdrTrace
 from qkdtel.drivers.scpi import ScpiInstrument, VisaSettings, operation_budget
 from qkdtel.sdk import PollError
 
@@ -60,12 +59,12 @@ __all__ = [
     "Alarm",
     "BaselineStore",
     "ChannelResult",
-    "Event",
     "EventType",
     "ItuReport",
     "NotchResult",
     "Osa",
     "Otdr",
+    "OtdrEvent",
     "OtdrTrace",
     "PollError",
     "Progress",

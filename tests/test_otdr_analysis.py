@@ -13,7 +13,7 @@ import pytest
 
 from qkdtel.drivers.otdr.analysis import analyse
 from qkdtel.drivers.otdr.baseline import BaselineStore, Thresholds, compare
-from qkdtel.drivers.otdr.trace import EventType, Trace
+from qkdtel.drivers.otdr.trace import EventType, OtdrTrace
 from qkdtel.sims.otdr.fibre import Acquisition, FibreRoute, route_for_link, synthesize
 from qkdtel.sims.topology import load_topology
 
@@ -23,7 +23,7 @@ LINKS = {link.id: link for link in load_topology().links}
 def acquire(route: FibreRoute, wavelength: int = 1550, pulse_ns: float = 1000, seed: int = 1):
     settings = Acquisition(wavelength, pulse_ns, max(2 * route.length_m, 5000.0), 30)
     values = synthesize(route, settings, np.random.default_rng(seed))
-    return analyse(Trace(values, settings.spacing_m, wavelength, pulse_ns)), settings
+    return analyse(OtdrTrace(values, settings.spacing_m, wavelength, pulse_ns)), settings
 
 
 @pytest.mark.parametrize("link_id", sorted(LINKS))
@@ -72,18 +72,18 @@ def test_a_fibre_longer_than_the_range_has_no_end():
     route = route_for_link(LINKS["8"])
     settings = Acquisition(1550, 1000, 20_000, 30)
     values = synthesize(route, settings, np.random.default_rng(0))
-    trace = analyse(Trace(values, settings.spacing_m, 1550, 1000))
+    trace = analyse(OtdrTrace(values, settings.spacing_m, 1550, 1000))
     assert trace.fibre_length_m is None
     assert all(e.type is not EventType.END for e in trace.events)
 
 
 def test_bad_trace_input_is_refused_clearly():
     with pytest.raises(ValueError, match="at least 2 samples"):
-        Trace(np.zeros(1), 1.0, 1550, 1000)
+        OtdrTrace(np.zeros(1), 1.0, 1550, 1000)
     with pytest.raises(ValueError, match="sample spacing"):
-        Trace(np.zeros(10), 0.0, 1550, 1000)
+        OtdrTrace(np.zeros(10), 0.0, 1550, 1000)
     with pytest.raises(ValueError, match="1625 nm has no standard group index"):
-        Trace(np.zeros(10), 1.0, 1625, 1000)
+        OtdrTrace(np.zeros(10), 1.0, 1625, 1000)
 
 
 # -- comparison with a baseline ----------------------------------------------------------------

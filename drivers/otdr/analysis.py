@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from qkdtel.drivers.otdr.trace import Event, EventType, Trace
+from qkdtel.drivers.otdr.trace import EventType, OtdrEvent, OtdrTrace
 
 DEFAULT_LOSS_THRESHOLD_DB = 0.05
 DEFAULT_END_THRESHOLD_DB = 3.0
@@ -116,10 +116,10 @@ def _rises(y: np.ndarray, stop: int, edge: int, threshold: np.ndarray) -> list[i
 
 
 def analyse(
-    trace: Trace,
+    trace: OtdrTrace,
     loss_threshold_db: float = DEFAULT_LOSS_THRESHOLD_DB,
     end_threshold_db: float = DEFAULT_END_THRESHOLD_DB,
-) -> Trace:
+) -> OtdrTrace:
     """`trace` with its event table, fibre length and total loss filled in by our analysis."""
     y = trace.values_db
     n = y.size
@@ -212,7 +212,7 @@ def analyse(
         return float(fits.at(a, b, position))
 
     origin = line(0, 0.0)
-    events: list[Event] = []
+    events: list[OtdrEvent] = []
     for k, (position, kind, spike) in enumerate(placed):
         before, after = line(k, position), line(k + 1, position)
         loss = None if before is None or after is None else round(before - after, 3)
@@ -221,7 +221,7 @@ def analyse(
             reflectance = _reflectance(trace, float(np.max(y[spike.start : spike.stop])) - before)
         cumulative = None if origin is None or after is None else round(origin - after, 3)
         events.append(
-            Event(
+            OtdrEvent(
                 round(trace.offset_m + position * trace.spacing_m, 2),
                 kind,
                 loss,
@@ -247,13 +247,13 @@ def analyse(
         if end_reflective and last is not None:
             height = float(np.max(y[end_index : min(n, end_index + w + 1)])) - last
             reflectance = _reflectance(trace, height)
-        events.append(Event(fibre_length, EventType.END, None, reflectance, total_loss))
+        events.append(OtdrEvent(fibre_length, EventType.END, None, reflectance, total_loss))
     return replace(
         trace, events=tuple(events), fibre_length_m=fibre_length, total_loss_db=total_loss
     )
 
 
-def _reflectance(trace: Trace, height_db: float) -> float | None:
+def _reflectance(trace: OtdrTrace, height_db: float) -> float | None:
     """Reflectance of a spike `height_db` over the backscatter (5 log dB):
     R = B_1ns + 10 log10(D_ns) + 10 log10(10^(H/5) - 1)."""
     if height_db <= 0:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from qkdtel.drivers.otdr.trace import Event, EventType, Trace
+from qkdtel.drivers.otdr.trace import EventType, OtdrEvent, OtdrTrace
 
 FORMAT = "qkdtel-otdr-baseline/1"
 
@@ -59,7 +59,7 @@ class Alarm:
     length_change_m: float | None = None
 
 
-def _match(baseline: list[Event], event: Event, tolerance: float) -> int | None:
+def _match(baseline: list[OtdrEvent], event: OtdrEvent, tolerance: float) -> int | None:
     best = None
     for index, candidate in enumerate(baseline):
         gap = abs(candidate.distance_m - event.distance_m)
@@ -70,7 +70,7 @@ def _match(baseline: list[Event], event: Event, tolerance: float) -> int | None:
     return best
 
 
-def compare(baseline: Trace, current: Trace, thresholds: Thresholds) -> list[Alarm]:
+def compare(baseline: OtdrTrace, current: OtdrTrace, thresholds: Thresholds) -> list[Alarm]:
     """The alarms `current` raises against `baseline` (same link and wavelength)."""
     if baseline.wavelength_nm != current.wavelength_nm:
         raise ValueError(
@@ -187,7 +187,7 @@ class BaselineStore:
     def path(self, link: str, wavelength_nm: int) -> Path:
         return self.directory / f"{_SAFE.sub('_', link)}_{wavelength_nm}nm.json"
 
-    def load(self, link: str, wavelength_nm: int) -> Trace | None:
+    def load(self, link: str, wavelength_nm: int) -> OtdrTrace | None:
         """The baseline, None if there is none; ValueError naming the file if unreadable."""
         path = self.path(link, wavelength_nm)
         try:
@@ -201,7 +201,7 @@ class BaselineStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a baseline trace ({exc})") from exc
 
-    def save(self, link: str, trace: Trace) -> Path:
+    def save(self, link: str, trace: OtdrTrace) -> Path:
         """Write the baseline atomically (a crash never leaves half a file)."""
         path = self.path(link, trace.wavelength_nm)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -219,7 +219,7 @@ class BaselineStore:
         return path
 
 
-def trace_to_json(trace: Trace) -> dict[str, Any]:
+def trace_to_json(trace: OtdrTrace) -> dict[str, Any]:
     """A trace as a JSON document (samples as base64 little-endian float32)."""
     return {
         "format": FORMAT,
@@ -248,7 +248,7 @@ def trace_to_json(trace: Trace) -> dict[str, Any]:
     }
 
 
-def trace_from_json(document: dict[str, Any]) -> Trace:
+def trace_from_json(document: dict[str, Any]) -> OtdrTrace:
     """Inverse of `trace_to_json`."""
     if document.get("format") != FORMAT:
         raise ValueError(f"format is {document.get('format')!r}, expected {FORMAT!r}")
@@ -256,7 +256,7 @@ def trace_from_json(document: dict[str, Any]) -> Trace:
     if values.size != document["points"]:
         raise ValueError(f"{values.size} samples, the header says {document['points']}")
     events = tuple(
-        Event(
+        OtdrEvent(
             float(e["distance_m"]),
             EventType(e["type"]),
             e["loss_db"],
@@ -265,7 +265,7 @@ def trace_from_json(document: dict[str, Any]) -> Trace:
         )
         for e in document["events"]
     )
-    return Trace(
+    return OtdrTrace(
         values,
         float(document["spacing_m"]),
         int(document["wavelength_nm"]),

@@ -23,7 +23,7 @@ from qkdtel.drivers.otdr.baseline import Alarm, BaselineStore, Thresholds, compa
 from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
 from qkdtel.drivers.otdr.otdr import AcquisitionSettings, Otdr, Progress
-from qkdtel.drivers.otdr.trace import EventType, Trace
+from qkdtel.drivers.otdr.trace import EventType, OtdrTrace
 from qkdtel.drivers.scpi import Job, ScpiInstrument, poll_budget
 from qkdtel.sdk import BlockingDriver, PollError, Sample, now_ns
 
@@ -60,7 +60,7 @@ class OtdrDriver(BlockingDriver[OtdrOptions]):
 
     # -- one acquisition -----------------------------------------------------------------------
 
-    def _acquire(self, job: Job, wavelength: int) -> Trace:
+    def _acquire(self, job: Job, wavelength: int) -> OtdrTrace:
         opts = self.options
         settings = AcquisitionSettings(
             wavelength_nm=wavelength,
@@ -81,7 +81,7 @@ class OtdrDriver(BlockingDriver[OtdrOptions]):
 
     # -- samples -------------------------------------------------------------------------------
 
-    def _samples(self, trace: Trace, elapsed: float) -> list[Sample]:
+    def _samples(self, trace: OtdrTrace, elapsed: float) -> list[Sample]:
         link = self.options.link
         tags = {"link": link, "wavelength": str(trace.wavelength_nm)}
         at = now_ns()
@@ -128,7 +128,7 @@ class OtdrDriver(BlockingDriver[OtdrOptions]):
                 )
         return samples
 
-    def _against_baseline(self, trace: Trace) -> tuple[list[Alarm], bool]:
+    def _against_baseline(self, trace: OtdrTrace) -> tuple[list[Alarm], bool]:
         """The alarms against the stored baseline; with none stored, `trace` becomes it."""
         assert self.baselines is not None
         link = self.options.link

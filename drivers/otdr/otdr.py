@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from qkdtel.drivers.otdr.commands import EVENT_TYPES, MEASURING, SCPI_NAN
-from qkdtel.drivers.otdr.trace import Event, Trace
+from qkdtel.drivers.otdr.trace import OtdrEvent, OtdrTrace
 from qkdtel.drivers.scpi import Job, ScpiInstrument
 from qkdtel.sdk import DeviceTimeout, Malformed
 
@@ -68,7 +68,7 @@ class Otdr:
         settings: AcquisitionSettings,
         budget: float,
         on_progress: Callable[[Progress], None] | None = None,
-    ) -> Trace:
+    ) -> OtdrTrace:
         """One acquisition as one job of at most `budget` seconds."""
         with self.instrument.job(budget) as job:
             return self.acquire(job, settings, on_progress)
@@ -78,7 +78,7 @@ class Otdr:
         job: Job,
         settings: AcquisitionSettings,
         on_progress: Callable[[Progress], None] | None = None,
-    ) -> Trace:
+    ) -> OtdrTrace:
         """Configure, acquire, read trace and event table within an open job."""
         job.set("wavelength_nm", settings.wavelength_nm)
         job.set("pulse_width_ns", settings.pulse_width_ns)
@@ -101,7 +101,7 @@ class Otdr:
         events = tuple(self._event(job, i) for i in range(1, job.get("event_count") + 1))
         length = job.get("fibre_length_m")
         loss = job.get("total_loss_db")
-        return Trace(
+        return OtdrTrace(
             values,
             job.get("spacing_m"),
             settings.wavelength_nm,
@@ -143,7 +143,7 @@ class Otdr:
         job.wait_complete(job.remaining(), what=f"the acquisition at {wavelength} nm")
 
     @staticmethod
-    def _event(job: Job, index: int) -> Event:
+    def _event(job: Job, index: int) -> OtdrEvent:
         answer = job.get("event", index=index)
         where = f"{job.where}: event {index}"
         fields = answer.split(",")
@@ -153,7 +153,7 @@ class Otdr:
         code = _number(fields[1], where)
         if distance is None or code is None or int(code) not in EVENT_TYPES:
             raise Malformed(f"{where}: no distance or unknown type in {answer[:80]!r}")
-        return Event(
+        return OtdrEvent(
             distance,
             EVENT_TYPES[int(code)],
             _number(fields[2], where),

@@ -42,7 +42,7 @@ class EventType(StrEnum):
 
 
 @dataclass(frozen=True)
-class Event:
+class OtdrEvent:
     """One row of an event table (the instrument's or ours)."""
 
     distance_m: float
@@ -57,7 +57,7 @@ class Event:
 
 
 @dataclass(frozen=True)
-class Trace:
+class OtdrTrace:
     """One acquisition: evenly spaced samples in dB (5 log scale) and how they were taken."""
 
     values_db: np.ndarray
@@ -69,7 +69,7 @@ class Trace:
     backscatter_db: float = 0.0  # 0: the standard 1 ns coefficient for the wavelength
     averaging_s: float = 0.0
     range_m: float = 0.0
-    events: tuple[Event, ...] = field(default=())
+    events: tuple[OtdrEvent, ...] = field(default=())
     fibre_length_m: float | None = None
     total_loss_db: float | None = None
 

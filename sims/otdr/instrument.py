@@ -26,7 +26,7 @@ from collections.abc import Awaitable
 import numpy as np
 
 from qkdtel.drivers.otdr.analysis import analyse
-from qkdtel.drivers.otdr.trace import WAVELENGTHS_NM, EventType, Trace
+from qkdtel.drivers.otdr.trace import WAVELENGTHS_NM, EventType, OtdrTrace
 from qkdtel.sims.otdr.fibre import Acquisition, FibreRoute, synthesize
 from qkdtel.sims.scpi import Block, ScpiFailure, ScpiServer
 
@@ -84,7 +84,7 @@ class OtdrSim(ScpiServer):
         self._task: asyncio.Task | None = None
         self._started = 0.0
         self._duration = 0.0
-        self._result: Trace | None = None
+        self._result: OtdrTrace | None = None
         self._wait: asyncio.Future | None = None
         self.reset()
         self.add("[:SENSe]:WAVelength", write=self._set_wavelength, query=self._get_wavelength)
@@ -226,7 +226,7 @@ class OtdrSim(ScpiServer):
         while self.hang_acquisition:  # a stuck laser/detector: only ABORt ends it
             await asyncio.sleep(0.05)
         values = synthesize(self.route, settings, self._rng)
-        trace = Trace(
+        trace = OtdrTrace(
             values,
             settings.spacing_m,
             settings.wavelength_nm,
@@ -241,7 +241,7 @@ class OtdrSim(ScpiServer):
             self._task.cancel()
         self._task = None
 
-    def _trace(self) -> Trace:
+    def _trace(self) -> OtdrTrace:
         self._idle()
         if self._result is None:
             raise ScpiFailure(-230, "Data corrupt or stale;no acquisition")
