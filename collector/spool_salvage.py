@@ -380,13 +380,14 @@ def _salvage_into(
     known = [x for x in (_read_sequence(src), last_known) if x is not None]
     high = max(known) if known else None  # the newest point committed
     expected = low  # the last point accounted for (saved or counted lost)
+    last_saved = 0
     pending: list[_Chunk] = []
     for last_seq in _readable_keys(src, "chunks", "last_seq"):
         chunk = _read_chunk(src, last_seq)
         if chunk is None:
             continue  # counted through the gap it leaves
         first_seq, points, body, ends = chunk
-        if expected is not None and first_seq <= expected:
+        if first_seq <= last_saved:
             continue  # overlaps what is kept: garbage in a page that still parses
         if expected is None:
             report.lost_exact = False  # unknown start: the gap before the first chunk
@@ -394,8 +395,9 @@ def _salvage_into(
             _lose(report, expected + 1, first_seq - 1)
         pending.append((first_seq - 1 - report.points_lost, points, body, ends))
         report.chunks_saved += 1
-        report.points_saved += points
-        expected = last_seq
+        # A chunk some sinks acknowledged in part counts for its points not yet everywhere.
+        report.points_saved += max(0, last_seq - max(first_seq - 1, expected or 0))
+        expected = last_saved = max(last_seq, expected or 0)
         if len(pending) >= COPY_BATCH:
             _write_chunks(dst, pending)
     _write_chunks(dst, pending)

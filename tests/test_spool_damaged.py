@@ -35,6 +35,7 @@ from tests.test_delivery import samples, settings, v1, wait_for
 PER_CHUNK = 50
 CHUNKS = 60
 TOTAL = PER_CHUNK * CHUNKS
+ACKED = 10 * PER_CHUNK + 20
 NOBODY = 65534
 SALVAGE_LINE = re.compile(
     r"spool file (?P<path>\S+) was damaged \((?P<problem>.*)\): moved aside to (?P<moved>\S+) "
@@ -182,10 +183,14 @@ def test_garbage_over_the_header_loses_nothing(tmp_path: Path) -> None:
 def test_corrupt_page_of_chunks_loses_exactly_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "spool" / SPOOL_FILE
     spool = fill(path, keep_open=True)
-    batch = spool.read("file", 10 * PER_CHUNK)  # the first 500 points were delivered
-    assert batch is not None
+    # The first 520 points were delivered: the cursor stands inside the 11th chunk...
+    whole = spool.read("file", 10 * PER_CHUNK)
+    assert whole is not None
+    spool.ack("file", whole)
+    part = spool.read("file", ACKED - 10 * PER_CHUNK)
+    assert part is not None and part.last_seq == ACKED
     refused = [(f"bad line {i}", "unable to parse") for i in range(3)]
-    spool.ack("file", batch, refused)  # ...but for 3 lines the sink refused, kept aside
+    spool.ack("file", part, refused)  # ...but for 3 lines the sink refused, kept aside
     spool.close()
     leaves = chunk_leaf_pages(path)
     assert len(leaves) >= 3
@@ -195,7 +200,7 @@ def test_corrupt_page_of_chunks_loses_exactly_its_rows(tmp_path: Path) -> None:
     assert line["lost"] == f"{len(lost)} points lost"
     assert lost and len(lost) % PER_CHUNK == 0  # whole submits: the rows of that page
     # Nothing delivered before is sent again (the cursor was salvaged), nothing else is lost.
-    assert sorted(set(got) | lost) == list(range(10 * PER_CHUNK, TOTAL))
+    assert sorted(set(got) | lost) == list(range(ACKED, TOTAL))
     assert not set(got) & lost
     assert "; 3 rejected lines kept" in line.string
     assert [(r.line, r.reason) for r in list_rejected(path)] == refused
