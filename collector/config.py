@@ -10,12 +10,12 @@ Why the loader does more than `yaml.safe_load` + `model_validate`:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-import socket
 import ssl
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -28,10 +28,9 @@ from pydantic import (
     SecretStr,
     ValidationError,
     create_model,
-    field_validator,
 )
 
-from qkdtel.plugins import DriverNotFound, load_driver
+from qkdtel.plugins import DriverNotFound, ListenerNotFound, load_driver, load_listener
 from qkdtel.sdk import Duration, Model
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -123,38 +122,6 @@ Sink = Annotated[InfluxV2Sink | InfluxV1Sink | FileSink, Field(discriminator="ty
 _SINK_TYPES = {"influxdb_v2", "influxdb_v1", "file"}
 
 
-_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
-"""An IPv4 address or an ASCII host name (letters, digits, dots, hyphens; up to 253)."""
-
-
-class TrapListener(Model):
-    """Where the collector listens for SNMP notifications (traps/informs) from devices."""
-
-    listen: str = Field(
-        "127.0.0.1:10162", description="IPv4 address (or name) and port: 0.0.0.0:162"
-    )
-    communities: list[SecretStr] = Field(default_factory=lambda: [SecretStr("public")])
-    users: list[dict[str, Any]] = Field(
-        default_factory=list, description="SNMPv3 users (same keys as a device's snmp section)"
-    )
-
-    @field_validator("listen")
-    @classmethod
-    def _host_and_port(cls, value: str) -> str:
-        """A `host:port` the receiver can bind: it opens an IPv4 socket, so no IPv6 address.
-        Whether the host is an address of this machine is `environment_problems`' business."""
-        from qkdtel.drivers.qkd_snmp.options import split_address
-
-        if ":" not in value.rsplit("]", 1)[-1]:
-            raise ValueError("expected host:port, e.g. 0.0.0.0:162")
-        host, _ = split_address(value)
-        if ":" in host:
-            raise ValueError("the trap receiver listens on IPv4 only: give an IPv4 address")
-        if not _HOST_NAME.fullmatch(host):
-            raise ValueError("the host is neither an IPv4 address nor a host name")
-        return value
-
-
 class DeviceConfig(Model):
     """One polled device. Keys not listed here belong to its driver and are validated by it."""
 
@@ -168,6 +135,21 @@ class DeviceConfig(Model):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class ListenerConfig(Model):
+    """One listener. Keys not listed here belong to the listener and are validated by it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", description="default: the type"
+    )
+
+
+TRAPS_LISTENER = "snmp_traps"
+"""The listener type the `traps:` section configures (kept from before listeners existed)."""
+
+
 class Config(Model):
     """The whole file."""
 
@@ -176,7 +158,11 @@ class Config(Model):
         default_factory=list,
         description="where points go; none configured means the local line-protocol store",
     )
-    traps: TrapListener | None = None
+    listeners: list[ListenerConfig] = Field(
+        default_factory=list,
+        description="plugins that receive data devices push (`type: snmp_traps`: SNMP"
+        " notifications); the `traps:` section is the same as a `snmp_traps` listener",
+    )
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     def effective_sinks(self) -> list[InfluxV2Sink | InfluxV1Sink | FileSink]:
@@ -193,12 +179,22 @@ class Device:
 
 
 @dataclass(frozen=True)
+class ListenerSpec:
+    """A configured listener with its own options validated."""
+
+    name: str
+    type: str
+    options: BaseModel
+
+
+@dataclass(frozen=True)
 class LoadedConfig:
-    """The validated file plus each enabled device's driver options."""
+    """The validated file plus each enabled device's driver options and each listener's."""
 
     config: Config
     devices: list[Device]
     source: Path | None = None
+    listeners: list[ListenerSpec] = field(default_factory=list)
 
 
 class ConfigError(Exception):
@@ -468,27 +464,10 @@ def _ca_file_problem(path: Path) -> str | None:
     return None
 
 
-def _listen_problem(listen: str) -> str | None:
-    """Why the trap receiver could not bind `listen` here; None if it can. It binds port 0 of
-    the host, not the port itself: a running daemon may hold that one while `check` runs."""
-    from qkdtel.drivers.qkd_snmp.options import split_address
-
-    host, port = split_address(listen)
-    if port == 0:
-        return "port 0 would listen on a random port no device sends to; give 1..65535"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((host, 0))
-    except (socket.gaierror, UnicodeError):  # UnicodeError: a label over 63 characters
-        return f"{host} is not an IPv4 address or a name of one"
-    except OSError as exc:
-        return f"cannot listen on {host}: {exc.strerror}"
-    return None
-
-
 def environment_problems(config: Config) -> list[tuple[tuple, str]]:
     """What `run` would trip on at start-up on this machine, checked without changing it: the
-    directories it creates and writes, the CA files it loads, the trap address it binds."""
+        directories it creates and writes, the CA files it loads (each listener checks its own
+    options: `Listener.environment_problems`)."""
     problems: list[tuple[tuple, str]] = []
     spool = _directory_problem(config.collector.spool_dir)
     if spool:
@@ -501,10 +480,6 @@ def environment_problems(config: Config) -> list[tuple[tuple, str]]:
             problem, key = sink.ca_file and _ca_file_problem(sink.ca_file), "ca_file"
         if problem:
             problems.append(((*where, key) if config.sinks else where, problem))
-    if config.traps is not None:
-        listen = _listen_problem(config.traps.listen)
-        if listen:
-            problems.append((("traps", "listen"), listen))
     return problems
 
 
@@ -525,53 +500,29 @@ def load_config_text(
 
     problems: list[tuple[tuple, str]] = []
     raw = _interpolate(raw, problems)
+    raw_traps = raw.pop("traps", None)
     raw_devices = raw.get("devices") or []
     if not isinstance(raw_devices, list):
         problems.append((("devices",), "expected a list of devices"))
         raw_devices = []
 
-    # The collector's own settings and each device are validated separately, so one bad
-    # device does not hide the errors of the others (or of their driver options).
+    # The collector's own settings, each device and each listener are validated separately,
+    # so one bad entry does not hide the errors of the others (or of their plugin options).
     settings: Config | None = None
     try:
-        settings = Config.model_validate({**raw, "devices": []})
+        settings = Config.model_validate({**raw, "devices": [], "listeners": []})
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, ()))
     else:
         problems.extend(_repeated_names([s.name for s in settings.sinks], "sinks"))
         if check_environment:
             problems.extend(environment_problems(settings))
-    device_options: list[BaseModel] = []
-    device_names: list[str | None] = []
-    for index, raw_device in enumerate(raw_devices):
-        where: tuple[str | int, ...] = ("devices", index)
-        device_names.append(None)
-        try:
-            device = DeviceConfig.model_validate(raw_device)
-        except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc, where))
-            continue
-        device_names[-1] = device.name
-        try:
-            driver = load_driver(device.driver)
-        except DriverNotFound as exc:
-            problems.append(((*where, "driver"), str(exc)))
-            continue
-        try:
-            device_options.append(driver.options_model.model_validate(device.model_extra or {}))
-        except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc, where))
-    problems.extend(_repeated_names(device_names, "devices"))
-
-    raw_traps = raw.get("traps")
-    if isinstance(raw_traps, dict) and isinstance(raw_traps.get("users"), list):
-        from qkdtel.drivers.qkd_snmp.options import TrapUser
-
-        for index, raw_user in enumerate(raw_traps["users"]):
-            try:
-                TrapUser.model_validate(raw_user)
-            except ValidationError as exc:
-                problems.extend(_pydantic_problems(exc, ("traps", "users", index)))
+    device_options = _device_options(raw_devices, problems)
+    listeners = _listeners(_listener_entries(raw, raw_traps, problems), problems)
+    if check_environment:
+        for where, spec in listeners:
+            checks = load_listener(spec.type).environment_problems(spec.options)
+            problems.extend(((*where, *loc), message) for loc, message in checks)
 
     config: Config | None = None
     if not problems:
@@ -593,7 +544,88 @@ def load_config_text(
         for device, options in zip(config.devices, device_options, strict=True)
         if device.enabled
     ]
-    return LoadedConfig(config, devices)
+    return LoadedConfig(config, devices, listeners=[spec for _, spec in listeners])
+
+
+def _device_options(raw_devices: list[Any], problems: list[tuple[tuple, str]]) -> list[BaseModel]:
+    """Each device's driver options (in order), its problems recorded at `devices[i]`."""
+    device_options: list[BaseModel] = []
+    device_names: list[str | None] = []
+    for index, raw_device in enumerate(raw_devices):
+        where: tuple[str | int, ...] = ("devices", index)
+        device_names.append(None)
+        try:
+            device = DeviceConfig.model_validate(raw_device)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, where))
+            continue
+        device_names[-1] = device.name
+        try:
+            driver = load_driver(device.driver)
+        except DriverNotFound as exc:
+            problems.append(((*where, "driver"), str(exc)))
+            continue
+        try:
+            device_options.append(driver.options_model.model_validate(device.model_extra or {}))
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, where))
+    problems.extend(_repeated_names(device_names, "devices"))
+    return device_options
+
+
+_Entry = tuple[tuple[str | int, ...], Any]
+
+
+def _listener_entries(
+    raw: dict[str, Any], raw_traps: Any, problems: list[tuple[tuple, str]]
+) -> list[_Entry]:
+    """(where in the file, raw entry) of every listener: `listeners[i]`, and the `traps:`
+    section as a `snmp_traps` listener named `traps` (its errors keep reading `traps.listen`)."""
+    raw_listeners = raw.get("listeners") or []
+    if not isinstance(raw_listeners, list):
+        problems.append((("listeners",), "expected a list of listeners"))
+        raw_listeners = []
+    entries: list[_Entry] = [(("listeners", i), entry) for i, entry in enumerate(raw_listeners)]
+    if raw_traps is not None:
+        if not isinstance(raw_traps, dict):
+            problems.append((("traps",), "expected a mapping (listen, communities, users)"))
+        elif any(isinstance(e, dict) and e.get("type") == TRAPS_LISTENER for e in raw_listeners):
+            problems.append(
+                (("traps",), f"give either traps or a listener of type {TRAPS_LISTENER}")
+            )
+        else:
+            entries.append((("traps",), {**raw_traps, "type": TRAPS_LISTENER, "name": "traps"}))
+    return entries
+
+
+def _listeners(
+    entries: list[_Entry], problems: list[tuple[tuple, str]]
+) -> list[tuple[tuple[str | int, ...], ListenerSpec]]:
+    """Each listener with its options validated by the listener's own model, and where it is
+    in the file; problems recorded there."""
+    specs: list[tuple[tuple[str | int, ...], ListenerSpec]] = []
+    names: list[str | None] = []
+    for where, raw_entry in entries:
+        names.append(None)
+        try:
+            entry = ListenerConfig.model_validate(raw_entry)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, where))
+            continue
+        names[-1] = entry.name or entry.type
+        try:
+            listener = load_listener(entry.type)
+        except ListenerNotFound as exc:
+            problems.append(((*where, "type"), str(exc)))
+            continue
+        try:
+            options = listener.options_model.model_validate(entry.model_extra or {})
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, where))
+            continue
+        specs.append((where, ListenerSpec(names[-1], entry.type, options)))
+    problems.extend(_repeated_names(names, "listeners"))
+    return specs
 
 
 def _decode(data: bytes, source: str) -> str:
@@ -618,7 +650,7 @@ def load_config(path: str | Path) -> LoadedConfig:
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
     loaded = load_config_text(_decode(data, str(path)), str(path), check_environment=True)
-    return LoadedConfig(loaded.config, loaded.devices, path)
+    return dataclasses.replace(loaded, source=path)
 
 
 def json_schema(drivers: dict[str, type[BaseModel]]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 One asyncio loop runs everything. APScheduler fires each device at its interval; a semaphore
 bounds how many polls run at once; each poll has its own timeout, so a hung, slow or broken
 device never delays the others (blocking drivers run in worker threads, see
-`qkdtel.drivers.base.BlockingDriver`).
+`qkdtel.sdk.BlockingDriver`). Listeners (pushed data: SNMP traps...) run beside the polls.
 """
 
 from __future__ import annotations
@@ -22,12 +22,19 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from qkdtel.config import LoadedConfig
 from qkdtel.delivery import Delivery
+from qkdtel.plugins import load_listener
 from qkdtel.poller import DevicePoller, PollResult
-from qkdtel.sdk import Sample
+from qkdtel.sdk import DeviceSource, Listener, ListenerContext, Sample
 
 log = logging.getLogger(__name__)
 
 SampleObserver = Callable[[list[Sample]], None]
+
+
+def _address_of(options: object) -> str | None:
+    """A device's `address` option, if its driver has one: listeners match senders by it."""
+    address = getattr(options, "address", None)
+    return address if isinstance(address, str) else None
 
 
 class Collector:
@@ -47,7 +54,8 @@ class Collector:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._scheduler = AsyncIOScheduler()
-        self._traps = None
+        self._listener_specs = loaded.listeners
+        self._listeners: list[Listener] = []
 
     async def submit(self, samples: list[Sample]) -> None:
         """Spool samples durably, then show them to observers."""
@@ -126,20 +134,35 @@ class Collector:
             coalesce=True,
         )
 
-    async def _start_traps(self) -> None:
-        if self.config.traps is None:
-            return
-        from qkdtel.traps import TrapReceiver
-
-        # The full host:port lets the receiver tell apart devices sharing one address (agents
-        # send traps from their agent port); it also matches a bare host.
-        sources = [
-            (poller.name, address, dict(poller.device.config.tags))
+    def _device_sources(self) -> list[DeviceSource]:
+        """The configured devices as listeners see them (a driver's `address`, if it has one)."""
+        return [
+            DeviceSource(
+                poller.name,
+                poller.device.config.driver,
+                _address_of(poller.device.options),
+                dict(poller.device.config.tags),
+            )
             for poller in self.pollers
-            if isinstance(address := getattr(poller.device.options, "address", None), str)
         ]
-        self._traps = TrapReceiver(self.config.traps, sources, self.submit)
-        await self._traps.start()
+
+    async def _start_listeners(self) -> None:
+        """Start every configured listener; what they emit is spooled like polled samples."""
+        context = ListenerContext(devices=tuple(self._device_sources()))
+        for spec in self._listener_specs:
+            listener = load_listener(spec.type)(spec.name, spec.options)
+            await listener.start(self.submit, context)
+            self._listeners.append(listener)
+            log.info("listener %s (%s) started", spec.name, spec.type)
+
+    async def _stop_listeners(self) -> None:
+        """Stop the listeners; one that fails to stop is logged and does not keep the others."""
+        for listener in self._listeners:
+            try:
+                await listener.stop()
+            except Exception:
+                log.exception("listener %s: stopping failed", listener.name)
+        self._listeners.clear()
 
     def stop(self) -> None:
         """Ask the daemon to stop (safe from a signal handler)."""
@@ -153,7 +176,7 @@ class Collector:
                 loop.add_signal_handler(sig, self.stop)
         await self.delivery.start()
         try:
-            await self._start_traps()
+            await self._start_listeners()
             self._schedule()
             self._scheduler.start()
             log.info("collecting from %d device(s)", len(self.pollers))
@@ -169,8 +192,7 @@ class Collector:
         deadline = loop.time() + grace
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        if self._traps is not None:
-            await self._traps.stop()
+        await self._stop_listeners()
         if self._in_flight:
             log.info("waiting up to %.1f s for %d poll(s) in flight", grace, len(self._in_flight))
             _, pending = await asyncio.wait(set(self._in_flight), timeout=grace / 2)

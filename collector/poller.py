@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from qkdtel.config import Device
 from qkdtel.plugins import load_driver
-from qkdtel.sdk import Driver, PollError, Sample, now_ns
+from qkdtel.sdk import DeviceBusy, Driver, PollError, Sample, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,11 @@ class DevicePoller:
         started = time.perf_counter()
         samples: list[Sample] = []
         error_class = error = ""
+        busy = False
         try:
             samples = await asyncio.wait_for(self.driver.poll(), timeout=cfg.timeout)
+        except DeviceBusy as exc:  # the thread of a timed-out poll still holds the device
+            error_class, error, busy = exc.kind, str(exc), True
         except PollError as exc:
             error_class, error = exc.kind, str(exc)
         except TimeoutError:
@@ -94,7 +97,9 @@ class DevicePoller:
             self.running = False
         duration = time.perf_counter() - started
 
-        if error_class:
+        if busy:  # no new failure: the timeout that left the thread running was counted
+            log.info("%s: skipped: %s", cfg.name, error)
+        elif error_class:
             self.consecutive_failures += 1
             log.warning("%s: poll failed (%s): %s", cfg.name, error_class, error)
         else:

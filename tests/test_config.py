@@ -287,7 +287,8 @@ traps: {{listen: "127.0.0.1:0"}}
     ]
     assert not (tmp_path / "var").exists()
     # The same text as a document alone: nothing about this machine is asked.
-    assert load_config_text(cfg.read_text()).config.traps.listen == "127.0.0.1:0"
+    (traps,) = load_config_text(cfg.read_text()).listeners
+    assert (traps.name, traps.type, traps.options.listen) == ("traps", "snmp_traps", "127.0.0.1:0")
 
 
 def test_trap_listen_must_be_an_ipv4_address_of_this_machine(tmp_path):
@@ -303,7 +304,7 @@ def test_trap_listen_must_be_an_ipv4_address_of_this_machine(tmp_path):
     ]:
         cfg.write_text(f"traps: {{listen: '{listen}'}}\nsinks: [{{type: file, path: lp}}]\n")
         if problem is None:
-            assert load_config(cfg).config.traps.listen == listen
+            assert load_config(cfg).listeners[0].options.listen == listen
             continue
         with pytest.raises(ConfigError) as info:
             load_config(cfg)
@@ -350,3 +351,34 @@ def test_schema_is_json_schema():
     grace = schema["$defs"]["CollectorSettings"]["properties"]["shutdown_grace"]
     assert (grace["exclusiveMinimum"], grace["maximum"]) == (0, 300)
     assert '"gt"' not in result.stdout  # pydantic's own keyword when a bound is not expressed
+
+
+def test_listeners_section_is_validated_by_each_listeners_model_with_lines(tmp_path):
+    cfg = tmp_path / "qkdtel.yaml"
+    cfg.write_text(
+        "sinks: [{type: file, path: lp}]\n"
+        "listeners:\n"
+        "  - {type: snmp_traps, name: noc-traps, listen: '127.0.0.1:10162'}\n"
+        "  - {type: snmp_traps, listen: '127.0.0.1'}\n"
+        "  - {type: no_such_listener}\n"
+        "  - {type: snmp_traps, name: noc-traps, listen: '127.0.0.1:0', bogus: 1}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    problems = info.value.problems
+    unknown = "listeners[2].type (line 5): no listener named 'no_such_listener' is installed"
+    assert problems[1].startswith(unknown) and "snmp_traps" in problems[1]
+    assert problems[:1] + problems[2:] == [
+        "listeners[1].listen (line 4): expected host:port, e.g. 0.0.0.0:162",
+        "listeners[3].bogus (line 6): Extra inputs are not permitted",
+        "listeners[3].name (line 6): names must be unique; listeners[0] has this name too",
+    ]
+
+
+def test_traps_section_and_a_snmp_traps_listener_together_are_refused():
+    text = "traps: {listen: '127.0.0.1:10162'}\nlisteners: [{type: snmp_traps}]\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text)
+    assert info.value.problems == [
+        "traps (line 1): give either traps or a listener of type snmp_traps"
+    ]

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from qkdtel.config import TrapListener, load_config
+from qkdtel.config import load_config
+from qkdtel.drivers.qkd_snmp.options import TrapOptions
+from qkdtel.drivers.qkd_snmp.traps import TrapReceiver
 from qkdtel.poller import DevicePoller
 from qkdtel.sdk import Sample
 from qkdtel.sims.snmp.profiles import PROFILES as SIM_PROFILES
 from qkdtel.sims.snmp.profiles import Event
-from qkdtel.traps import TrapReceiver
 from tests.metrics_doc import Column, Contract, load_contract, parse_contract
 
 CONFIGURED = "configured tags"
@@ -153,7 +154,7 @@ def test_one_notification_of_every_kind_gives_documented_events(single_agent, co
             if len(received) == len(profiles) * len(Event):
                 arrived.set()
 
-        receiver = TrapReceiver(TrapListener(listen="127.0.0.1:0"), [], collect)
+        receiver = TrapReceiver(TrapOptions(listen="127.0.0.1:0"), [], collect)
         await receiver.start()
         try:
             for profile in profiles:

@@ -202,7 +202,7 @@ def test_engines_of_a_no_auth_user_are_kept_in_a_bounded_table(monkeypatch):
     never at the expense of an authenticated engine and its clock (its replay protection)."""
     # A smaller table than the default 256 only to keep the test short: registering an engine
     # with pysnmp costs ~12 ms, the same code path whatever the bound.
-    monkeypatch.setattr("qkdtel.traps.MAX_ENGINES", 24)
+    monkeypatch.setattr("qkdtel.drivers.qkd_snmp.traps.MAX_ENGINES", 24)
     plain = {"user": "plain"}
     original = capture(*v3_args("noAuthNoPriv", user="plain"))
     engine = bytes.fromhex(SENDER_ENGINE[2:])

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from qkdtel.config import TrapListener
+from qkdtel.config import ConfigError, load_config_text
+from qkdtel.drivers.qkd_snmp.options import TrapOptions
 from qkdtel.drivers.qkd_snmp.resolve import resolve
+from qkdtel.drivers.qkd_snmp.traps import TrapReceiver
 from qkdtel.sdk import Sample
-from qkdtel.traps import TrapReceiver, validate_users
 
 pytestmark = pytest.mark.skipif(not shutil.which("snmptrap"), reason="Net-SNMP tools missing")
 
@@ -99,7 +100,7 @@ def run(
     """Start a receiver on a free loopback port, run `test(harness)`, stop it."""
 
     async def main() -> None:
-        settings = TrapListener(
+        settings = TrapOptions(
             listen="127.0.0.1:0", communities=list(communities), users=list(users)
         )
         harness = Harness(TrapReceiver(settings, list(devices), lambda s: _put(harness, s)))
@@ -365,16 +366,17 @@ def test_stop_releases_the_port():
 
 
 def test_invalid_users_are_reported_by_path_without_secrets():
-    with pytest.raises(ValueError) as info:
-        validate_users(
-            [
-                {"user": "ok", "auth_protocol": "sha256", "auth_key": "long-enough"},
-                {"user": "bad", "auth_protocol": "sha256", "auth_key": "s3cr"},
-                {"user": "bad2", "priv_protocol": "aes", "priv_key": "priv-secret-1"},
-            ]
-        )
+    text = (
+        "traps:\n"
+        "  users:\n"
+        "    - {user: ok, auth_protocol: sha256, auth_key: long-enough}\n"
+        "    - {user: bad, auth_protocol: sha256, auth_key: s3cr}\n"
+        "    - {user: bad2, priv_protocol: aes, priv_key: priv-secret-1}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text)
     message = str(info.value)
-    assert "traps.users[1].auth_key: " in message
-    assert "traps.users[2].priv_protocol: " in message
+    assert "traps.users[1].auth_key (line 4): " in message
+    assert "traps.users[2].priv_protocol (line 5): " in message
     assert "traps.users[0]" not in message
     assert "s3cr" not in message and "priv-secret-1" not in message

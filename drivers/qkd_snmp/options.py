@@ -169,3 +169,34 @@ class TrapUser(SnmpSettings):
         if self.engine_id is None:
             return None
         return bytes.fromhex(self.engine_id.removeprefix("0x"))
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+"""An IPv4 address or an ASCII host name (letters, digits, dots, hyphens; up to 253)."""
+
+
+class TrapOptions(Model):
+    """Options of the `snmp_traps` listener (the `traps:` section, or an entry of `listeners:`
+    with `type: snmp_traps`): where it listens, and whom it accepts notifications from."""
+
+    listen: str = Field(
+        "127.0.0.1:10162", description="IPv4 address (or name) and port: 0.0.0.0:162"
+    )
+    communities: list[SecretStr] = Field(default_factory=lambda: [SecretStr("public")])
+    users: list[TrapUser] = Field(
+        default_factory=list, description="SNMPv3 users (same keys as a device's snmp section)"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        """A `host:port` the receiver can bind: it opens an IPv4 socket, so no IPv6 address.
+        Whether the host is an address of this machine is `listen_problem`'s business."""
+        if ":" not in value.rsplit("]", 1)[-1]:
+            raise ValueError("expected host:port, e.g. 0.0.0.0:162")
+        host, _ = split_address(value)
+        if ":" in host:
+            raise ValueError("the trap receiver listens on IPv4 only: give an IPv4 address")
+        if not _HOST_NAME.fullmatch(host):
+            raise ValueError("the host is neither an IPv4 address nor a host name")
+        return value

@@ -1,5 +1,8 @@
 """SNMP notification receiver: traps and informs from QKD modules -> `qkd_event` points.
 
+The `snmp_traps` listener (`SnmpTrapListener`, entry-point group `qkdtel.listeners`): the
+collector starts it with the configured devices and spools what it emits.
+
 A QKD module raises a QBER alarm or drops a link between two polls; the notification is the
 only record of it. The receiver decodes each notification by its MIB name (through the same
 `qkd_snmp` profiles and compiled MIBs the poller uses, so units are normalised the same way),
@@ -26,17 +29,15 @@ import logging
 import socket
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 from pysnmp.carrier.asyncio.dgram import udp
 from pysnmp.entity import config
 from pysnmp.entity.engine import SnmpEngine
 from pysnmp.entity.rfc3413 import ntfrcv
 
-from qkdtel.config import TrapListener, format_loc
 from qkdtel.drivers.qkd_snmp.ber import (
     FLAG_AUTH,
     FLAG_PRIV,
@@ -49,11 +50,11 @@ from qkdtel.drivers.qkd_snmp.ber import (
     decode_v3,
     from_pyasn1,
 )
-from qkdtel.drivers.qkd_snmp.options import TrapUser, split_address
+from qkdtel.drivers.qkd_snmp.options import TrapOptions, TrapUser, split_address
 from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out
 from qkdtel.drivers.qkd_snmp.resolve import Notification, Resolved, resolve
 from qkdtel.drivers.qkd_snmp.usm import ENGINE_ID_SIZE, Authenticator, add_usm_user, usm_clock_ok
-from qkdtel.sdk import Malformed, Sample, now_ns
+from qkdtel.sdk import Emit, Listener, ListenerContext, Malformed, Problem, Sample, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,6 @@ REFUSALS = (
 """Reasons a datagram is refused, the keys of `TrapReceiver.refused` (see README.md)."""
 
 Source = tuple[str, str, dict[str, str]]
-SampleSink = Callable[[list[Sample]], Awaitable[None]]
 
 
 def _user(settings: TrapUser) -> _User:
@@ -90,22 +90,6 @@ def _user(settings: TrapUser) -> _User:
     if settings.auth_protocol is not None and settings.auth_key is not None:
         auth = Authenticator(settings.auth_protocol, settings.auth_key.get_secret_value())
     return _User(settings, LEVELS[settings.security_level], auth)
-
-
-def validate_users(raw_users: Iterable[dict[str, Any]]) -> list[TrapUser]:
-    """`traps.users` entries -> `TrapUser`s; errors read `traps.users[1].auth_key: ...`."""
-    users, problems = [], []
-    for index, raw in enumerate(raw_users):
-        try:
-            users.append(TrapUser.model_validate(raw))
-        except ValidationError as exc:
-            for err in exc.errors(include_input=False, include_url=False):
-                problems.append(
-                    f"{format_loc(('traps', 'users', index, *err['loc']))}: {err['msg']}"
-                )
-    if problems:
-        raise ValueError("invalid trap users:\n  " + "\n  ".join(problems))
-    return users
 
 
 @dataclass(frozen=True)
@@ -190,9 +174,9 @@ class TrapReceiver:
     disambiguates devices sharing an address when they also send from their agent port.
     """
 
-    def __init__(self, listener: TrapListener, devices: Sequence[Source], on_samples: SampleSink):
+    def __init__(self, listener: TrapOptions, devices: Sequence[Source], on_samples: Emit):
         self.listener = listener
-        self.users = validate_users(listener.users)
+        self.users = list(listener.users)
         self.devices = list(devices)
         self.on_samples = on_samples
         self.host, self.port = split_address(listener.listen, 162)
@@ -520,3 +504,52 @@ class TrapReceiver:
             {"notification": notification.name, "source": address[0], **fields},
             now_ns(),
         )
+
+
+def listen_problem(listen: str) -> str | None:
+    """Why the trap receiver could not bind `listen` here; None if it can. It binds port 0 of
+    the host, not the port itself: a running daemon may hold that one while `check` runs."""
+    host, port = split_address(listen)
+    if port == 0:
+        return "port 0 would listen on a random port no device sends to; give 1..65535"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except (socket.gaierror, UnicodeError):  # UnicodeError: a label over 63 characters
+        return f"{host} is not an IPv4 address or a name of one"
+    except OSError as exc:
+        return f"cannot listen on {host}: {exc.strerror}"
+    return None
+
+
+class SnmpTrapListener(Listener[TrapOptions]):
+    """The `snmp_traps` listener: a `TrapReceiver` for the collector's configured devices.
+
+    A device whose driver has an `address` option is a known sender: its notifications carry
+    its name and tags (the full host:port tells apart devices sharing one address, as agents
+    send traps from their agent port; a bare host matches too).
+    """
+
+    description = "SNMP traps and informs from QKD modules -> qkd_event"
+
+    def __init__(self, name: str, options: TrapOptions):
+        super().__init__(name, options)
+        self.receiver: TrapReceiver | None = None
+
+    @classmethod
+    def environment_problems(cls, options: TrapOptions) -> list[Problem]:
+        problem = listen_problem(options.listen)
+        return [(("listen",), problem)] if problem else []
+
+    async def start(self, emit: Emit, context: ListenerContext) -> None:
+        sources = [
+            (device.name, device.address, dict(device.tags))
+            for device in context.devices
+            if device.address is not None
+        ]
+        self.receiver = TrapReceiver(self.options, sources, emit)
+        await self.receiver.start()
+
+    async def stop(self) -> None:
+        if self.receiver is not None:
+            await self.receiver.stop()
