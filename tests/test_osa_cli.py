@@ -49,7 +49,7 @@ def test_sims_osa_serves_links_with_faults(tmp_path):
         assert stop(process) == 0
     assert sorted(results) == ["osa-link-4", "osa-link-8"]
     link4, link8 = results["osa-link-4"], results["osa-link-8"]
-    assert link4.error_class == "error"
+    assert link4.error_class == "instrument_error"
     assert link4.error.endswith("'RES 0.05' failed: -221,\"Settings conflict\"")
     assert link8.ok, link8.error
     sweep = next(s for s in link8.samples if s.measurement == "osa_sweep")

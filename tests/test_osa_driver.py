@@ -134,7 +134,7 @@ def test_an_instrument_error_names_the_command_and_its_message(
     assert str(caught.value) == (
         f'{driver.instrument.where}: {command!r} failed: -221,"Settings conflict"'
     )
-    assert caught.value.kind == "error"
+    assert caught.value.kind == "instrument_error"
     bench.sim.faults.errors.clear()
     assert by(driver.poll_blocking(), "osa_sweep")[""].fields["occupied_count"] == 4
 

@@ -147,7 +147,7 @@ def test_instrument_error_is_reported_with_the_command(otdr_sim):
             ScpiError, match=r"':INITiate:IMMediate' failed: -240,\"Hardware error;laser\""
         ) as caught:
             otdr.poll_blocking()
-        assert caught.value.kind == "error"
+        assert caught.value.kind == "instrument_error"
         bench.sim.faults.errors.clear()
         assert by(otdr.poll_blocking(), "otdr_trace")  # the next poll works
     finally:

@@ -229,7 +229,7 @@ def test_instrument_errors_name_the_command_and_the_message(bench):
     with pytest.raises(ScpiError) as caught, instrument.job(5) as job:
         job.set("wavelength_nm", 1100)  # allowed by the table, refused by the instrument
     error = caught.value
-    assert error.kind == "error"
+    assert error.kind == "instrument_error"
     assert error.command == ":SOUR:WAV 1100.000"
     assert error.errors == [(-222, "Data out of range")]
     assert str(error) == (

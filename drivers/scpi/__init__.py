@@ -23,11 +23,12 @@ Every SCPI instrument driver (OSA, OTDR, power meters) is built from the same fo
        y = job.query_block("trace_y", "<f8", expected=n)   # IEEE 488.2 #<n><len> block
        y = job.query_values("trace_y", expected=n)         # ASCII fallback
 
-Errors are the collector's `PollError` classes and always name the resource and the command:
-`ScpiError` (kind `error`, the instrument's own error-queue entries: `.command`, `.errors`),
-`DeviceTimeout` (no answer within the operation's limit or the job's budget; also a busy
-instrument), `Malformed` (unparsable answer, truncated block, wrong point count), `Refused`
-(cannot connect / no such serial port). After a timeout or garbled answer the instrument is
+Errors are the SDK's `PollError` classes and always name the resource and the command:
+`ScpiError` (an `InstrumentError`, kind `instrument_error`: the instrument's own error-queue
+entries, `.command`, `.errors`), `DeviceTimeout` (no answer within the operation's limit or the
+job's budget; also a busy instrument), `Malformed` (unparsable answer, truncated block, wrong
+point count), `Refused` (cannot connect / no such serial port), `ConnectionLost` (an open
+connection reset or closed by the instrument). After a timeout or garbled answer the instrument is
 recovered (fresh connection, device clear, `abort`, `*CLS`, `*OPC?`) before it is used again.
 
 The simulator side of the same protocol (TCP and pty servers, dispatch table, error queue,

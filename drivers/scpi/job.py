@@ -23,7 +23,7 @@ from qkdtel.drivers.scpi import socket_io
 from qkdtel.drivers.scpi.blocks import ascii_values, block_values
 from qkdtel.drivers.scpi.transport import is_serial, visa_errors
 from qkdtel.drivers.scpi.visa_block import read_visa_block
-from qkdtel.sdk import DeviceTimeout, Malformed, PollError
+from qkdtel.sdk import ConnectionLost, DeviceTimeout, InstrumentError, Malformed
 
 if TYPE_CHECKING:
     from qkdtel.drivers.scpi.instrument import ScpiInstrument
@@ -34,10 +34,8 @@ MAX_ERRORS = 32
 """Error-queue entries read after one command at most (SCPI queues hold at least 2)."""
 
 
-class ScpiError(PollError):
+class ScpiError(InstrumentError):
     """The instrument reported errors (its error queue) after a command."""
-
-    kind = "error"
 
     def __init__(self, where: str, command: str, errors: list[tuple[int, str]]):
         self.where = where
@@ -61,7 +59,7 @@ class Job:
     def resource(self) -> Any:
         resource = self.instrument._shared.resource
         if resource is None:
-            raise PollError(f"{self.where}: not connected")
+            raise ConnectionLost(f"{self.where}: not connected")
         return resource
 
     def remaining(self) -> float:

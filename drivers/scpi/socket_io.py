@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 from qkdtel.drivers.scpi.blocks import header_digits, payload_length, truncated_block
 from qkdtel.drivers.scpi.transport import visa_errors
-from qkdtel.sdk import DeviceTimeout, Malformed, PollError
+from qkdtel.sdk import ConnectionLost, DeviceTimeout, Malformed
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,9 @@ class SocketBlockReader:
                 _translate(exc, self.where, repr(after), self.limit)
             else:
                 if not got:
-                    raise PollError(f"{self.where}: {after!r}: connection closed by the instrument")
+                    raise ConnectionLost(
+                        f"{self.where}: {after!r}: connection closed by the instrument"
+                    )
                 have += got
                 continue
             self._wait(view, have, after, length)
