@@ -16,7 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Profile = Literal["cerberis3", "toshiba", "hwdu_cv", "ait_cv"]
+ProfileName = Literal["cerberis3", "toshiba", "hwdu_cv", "ait_cv"]
 FAMILY: dict[str, Literal["dv", "cv"]] = {
     "cerberis3": "dv",
     "toshiba": "dv",
@@ -63,7 +63,7 @@ class Module(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
     site: str
-    profile: Profile
+    profile: ProfileName
 
 
 class Channel(_Model):

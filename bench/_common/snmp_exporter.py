@@ -25,7 +25,7 @@ from pysnmp.smi import view
 
 from _common.procs import free_tcp_port, process_cpu, wait_listening
 from _common.snmp_agents import MAX_REPETITIONS, REQUEST_TIMEOUT_S, RETRIES
-from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Profile
+from qkdtel.drivers.qkd_snmp.profiles import PROFILES, SnmpProfile
 from qkdtel.mibs import mib_builder
 from qkdtel.sims.snmp.agent import Credentials
 
@@ -89,7 +89,7 @@ def exporter_modules(version: str, credentials: Credentials) -> dict[str, Export
 
 
 def _exporter_module(
-    builder: Any, mib_view: Any, profile: Profile, version: str, params: dict[str, Any]
+    builder: Any, mib_view: Any, profile: SnmpProfile, version: str, params: dict[str, Any]
 ) -> ExporterModule:
     (table,) = builder.import_symbols(profile.mib, profile.table)
     mib, entry_name, _ = mib_view.get_node_location((*table.name, 1))

@@ -163,7 +163,7 @@ class Counter:
 
 
 @dataclass(frozen=True)
-class Event:
+class QkdEvent:
     """What a notification means, normalised (docs/metrics.md, measurement qkd_event)."""
 
     event: str
@@ -188,7 +188,7 @@ KEY_BITS = 256  # Cerberis counts stored keys of 256 bits
 
 
 @dataclass(frozen=True)
-class Profile:
+class SnmpProfile:
     """Everything the driver needs to know about one vendor family."""
 
     name: str
@@ -201,7 +201,7 @@ class Profile:
     state_source: str
     statuses: Mapping[str, LinkStatus]
     counters: tuple[Counter, ...] = ()
-    notifications: Mapping[str, Event] = field(default_factory=dict)
+    notifications: Mapping[str, QkdEvent] = field(default_factory=dict)
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -226,7 +226,7 @@ CERB_STATUSES = {
     "maintenance": "off",
 }
 
-CERBERIS3 = Profile(
+CERBERIS3 = SnmpProfile(
     name="cerberis3",
     mib="QKDTEL-IDQ-CERBERIS3-MIB",
     module_tags={"vendor": "idq", "technology": "dv"},
@@ -253,9 +253,9 @@ CERBERIS3 = Profile(
     state_source="cerbLinkState",
     statuses=CERB_STATUSES,
     notifications={
-        "cerbQberThresholdAlarm": Event("qber_threshold", "warning"),
-        "cerbLinkDown": Event("link_down", "critical"),
-        "cerbKeyStoreEmpty": Event("key_store_empty", "major"),
+        "cerbQberThresholdAlarm": QkdEvent("qber_threshold", "warning"),
+        "cerbLinkDown": QkdEvent("link_down", "critical"),
+        "cerbKeyStoreEmpty": QkdEvent("key_store_empty", "major"),
     },
 )
 
@@ -267,7 +267,7 @@ TOSHIBA_STATUSES = {
     "serviceMode": "off",
 }
 
-TOSHIBA = Profile(
+TOSHIBA = SnmpProfile(
     name="toshiba",
     mib="QKDTEL-TOSHIBA-QKD-MIB",
     module_tags={"vendor": "toshiba", "technology": "dv"},
@@ -301,9 +301,9 @@ TOSHIBA = Profile(
         Counter("tqkdLinkSiftedBits", "sifted_key_rate_bps"),
     ),
     notifications={
-        "tqkdQberAlarm": Event("qber_threshold", "warning"),
-        "tqkdLinkStatusChange": Event("link_down", "critical"),
-        "tqkdKeyBufferEmpty": Event("key_store_empty", "major"),
+        "tqkdQberAlarm": QkdEvent("qber_threshold", "warning"),
+        "tqkdLinkStatusChange": QkdEvent("link_down", "critical"),
+        "tqkdKeyBufferEmpty": QkdEvent("key_store_empty", "major"),
     },
 )
 
@@ -315,7 +315,7 @@ HWDU_STATUSES = {
     "alarm": "failure",
 }
 
-HWDU_CV = Profile(
+HWDU_CV = SnmpProfile(
     name="hwdu_cv",
     mib="QKDTEL-HWDU-CVQKD-MIB",
     module_tags={"vendor": "hwdu", "technology": "cv"},
@@ -354,16 +354,16 @@ HWDU_CV = Profile(
     state_source="hwcvChannelState",
     statuses=HWDU_STATUSES,
     notifications={
-        "hwcvExcessNoiseAlarm": Event("excess_noise_threshold", "warning"),
-        "hwcvChannelDown": Event("link_down", "critical"),
-        "hwcvKeyPoolEmpty": Event("key_store_empty", "major"),
+        "hwcvExcessNoiseAlarm": QkdEvent("excess_noise_threshold", "warning"),
+        "hwcvChannelDown": QkdEvent("link_down", "critical"),
+        "hwcvKeyPoolEmpty": QkdEvent("key_store_empty", "major"),
     },
 )
 
 # AIT has no administrative "off": an operationally down link is a failure to the operator.
 AIT_STATUSES = {"down": "failure", "up": "active", "testing": "pending"}
 
-AIT_CV = Profile(
+AIT_CV = SnmpProfile(
     name="ait_cv",
     mib="QKDTEL-AIT-CVQKD-MIB",
     module_tags={"vendor": "ait", "technology": "cv"},
@@ -384,11 +384,11 @@ AIT_CV = Profile(
     state_source="aitcvLinkOperStatus",
     statuses=AIT_STATUSES,
     notifications={
-        "aitcvExcessNoiseHigh": Event("excess_noise_threshold", "warning"),
-        "aitcvLinkDown": Event("link_down", "critical"),
-        "aitcvKeyStoreEmpty": Event("key_store_empty", "major"),
+        "aitcvExcessNoiseHigh": QkdEvent("excess_noise_threshold", "warning"),
+        "aitcvLinkDown": QkdEvent("link_down", "critical"),
+        "aitcvKeyStoreEmpty": QkdEvent("key_store_empty", "major"),
     },
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (CERBERIS3, TOSHIBA, HWDU_CV, AIT_CV)}
+PROFILES: dict[str, SnmpProfile] = {p.name: p for p in (CERBERIS3, TOSHIBA, HWDU_CV, AIT_CV)}
 """Profiles by the name a device's `profile:` option gives."""

@@ -15,7 +15,7 @@ from typing import Any
 from pyasn1.type import univ
 
 from qkdtel.drivers.qkd_snmp.ber import INT32, UNSIGNED64_MAX
-from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out, Profile
+from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out, SnmpProfile
 from qkdtel.sdk import Malformed
 
 Oid = tuple[int, ...]
@@ -79,7 +79,7 @@ class Notification:
 class Resolved:
     """A profile with every object it names resolved against the compiled MIB."""
 
-    profile: Profile
+    profile: SnmpProfile
     objects: Mapping[str, ObjectInfo]
     table_oid: Oid
     scalar_oids: tuple[Oid, ...]  # instances (.0), in `profile.scalar_names` order

@@ -33,7 +33,7 @@ from pysnmp.smi import view
 from qkdtel.mibs import load_into
 from qkdtel.sims.clock import SimClock
 from qkdtel.sims.snmp.physics import ChannelModel, ModuleModel, Reading
-from qkdtel.sims.snmp.profiles import Event, Profile, RowFacts, Value
+from qkdtel.sims.snmp.profiles import AgentProfile, Event, RowFacts, Value
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class SimAgent:
         self,
         name: str,
         site: str,
-        profile: Profile,
+        profile: AgentProfile,
         module: ModuleModel,
         rows: list[Row],
         clock: SimClock,

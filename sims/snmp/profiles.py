@@ -44,7 +44,7 @@ ColumnFn = Callable[[RowFacts, Reading], Value]
 
 
 @dataclass(frozen=True)
-class Profile:
+class AgentProfile:
     """One vendor family."""
 
     name: str
@@ -100,7 +100,7 @@ _tqkd_state = _state("running", "serviceMode", "calibrating", "calibrating")
 _hwcv_state = _state("keyGeneration", "down", "locking", "estimating")
 _aitcv_state = _state("up", "down", "testing", "testing")
 
-CERBERIS3 = Profile(
+CERBERIS3 = AgentProfile(
     name="cerberis3",
     module="QKDTEL-IDQ-CERBERIS3-MIB",
     identity="cerbMIB",
@@ -137,7 +137,7 @@ CERBERIS3 = Profile(
     disturbance_from_bob_thermal=True,
 )
 
-TOSHIBA = Profile(
+TOSHIBA = AgentProfile(
     name="toshiba",
     module="QKDTEL-TOSHIBA-QKD-MIB",
     identity="tqkdMIB",
@@ -171,7 +171,7 @@ TOSHIBA = Profile(
     qber_per_disturbance=0.002,
 )
 
-HWDU_CV = Profile(
+HWDU_CV = AgentProfile(
     name="hwdu_cv",
     module="QKDTEL-HWDU-CVQKD-MIB",
     identity="hwcvMIB",
@@ -207,7 +207,7 @@ HWDU_CV = Profile(
     burst_sharpness=8,
 )
 
-AIT_CV = Profile(
+AIT_CV = AgentProfile(
     name="ait_cv",
     module="QKDTEL-AIT-CVQKD-MIB",
     identity="aitcvMIB",
@@ -239,4 +239,4 @@ AIT_CV = Profile(
     burst_sharpness=8,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (CERBERIS3, TOSHIBA, HWDU_CV, AIT_CV)}
+PROFILES: dict[str, AgentProfile] = {p.name: p for p in (CERBERIS3, TOSHIBA, HWDU_CV, AIT_CV)}
