@@ -1,6 +1,6 @@
 """The shared SCPI layer against a real simulated instrument: raw TCP socket, serial pty, VXI-11.
 
-The bench instrument below is a `ScpiServer` with a handful of commands; the client side is a
+The test rig below is a `ScpiServer` with a handful of commands; the client side is a
 `CommandTable` written independently. Covered: set/get/blocks/ASCII on both transports, the
 error queue turned into `ScpiError`, timeouts naming the command, recovery (abort, clear) after a
 stall, truncated blocks, the time budget, one job at a time per resource across instances,
@@ -59,7 +59,7 @@ def _newline_trace(count: int) -> np.ndarray:
 LF_TRACE = _newline_trace(2000)
 
 
-class BenchSim(ScpiServer):
+class RigSim(ScpiServer):
     """A small instrument: a wavelength setting, a power reading, traces, a slow operation."""
 
     identity = "QKDTEL,BENCH,0001,1.0"
@@ -106,7 +106,7 @@ class BenchSim(ScpiServer):
 
 
 TABLE = ieee488_table(
-    "bench",
+    "rig",
     wavelength_nm=control(
         ":SOUR:WAV?", ":SOUR:WAV {value:.3f}", validate=in_range(1000, 1700, "nm")
     ),
@@ -123,9 +123,9 @@ TABLE = ieee488_table(
 
 
 @pytest.fixture(params=["tcp", "serial", "vxi11"])
-def bench(request, scpi_sim):
-    """The bench instrument and an ScpiInstrument on it: raw socket, serial pty, VXI-11."""
-    sim = BenchSim()
+def rig(request, scpi_sim):
+    """The test rig and an ScpiInstrument on it: raw socket, serial pty, VXI-11."""
+    sim = RigSim()
     scpi_sim(sim, pty=request.param == "serial", vxi11=request.param == "vxi11")
     resource = {
         "tcp": lambda: sim.resource,
@@ -197,7 +197,7 @@ def test_simulator_headers_take_short_long_and_optional_forms():
         matched = bool(pattern.match(normal_header(header)))
         assert matched == (header != ":SENSe:WAVelength"), header
     assert not pattern.match(normal_header(":SENSE:WAV:CENTE"))  # neither short nor long
-    sim = BenchSim()
+    sim = RigSim()
     answer = asyncio.run(sim.execute(1, ":sour:wav 1310;:SOURCE:WAVELENGTH?;:BOGUS 1;*IDN?"))
     assert answer == b"1310.000;QKDTEL,BENCH,0001,1.0\n"
     assert sim.errors() == [(-113, "Undefined header")]
@@ -206,8 +206,8 @@ def test_simulator_headers_take_short_long_and_optional_forms():
 # -- the instrument over both transports -----------------------------------------------------
 
 
-def test_set_get_blocks_and_ascii_values(bench):
-    sim, instrument = bench
+def test_set_get_blocks_and_ascii_values(rig):
+    sim, instrument = rig
     with instrument.job(5) as job:
         assert job.get("identify") == "QKDTEL,BENCH,0001,1.0"
         job.set("wavelength_nm", 1310)
@@ -224,8 +224,8 @@ def test_set_get_blocks_and_ascii_values(bench):
     assert sent[sent.index(":SOUR:WAV 1310.000") + 1] == ":SYSTem:ERRor?"
 
 
-def test_instrument_errors_name_the_command_and_the_message(bench):
-    sim, instrument = bench
+def test_instrument_errors_name_the_command_and_the_message(rig):
+    sim, instrument = rig
     with pytest.raises(ScpiError) as caught, instrument.job(5) as job:
         job.set("wavelength_nm", 1100)  # allowed by the table, refused by the instrument
     error = caught.value
@@ -255,18 +255,18 @@ def test_instrument_errors_name_the_command_and_the_message(bench):
         assert job.get("wavelength_nm") == 1310.0
 
 
-def test_bad_values_are_refused_before_anything_is_sent(bench):
-    sim, instrument = bench
+def test_bad_values_are_refused_before_anything_is_sent(rig):
+    sim, instrument = rig
     with instrument.job(5) as job:
         with pytest.raises(ValueError, match=r"wavelength_nm: 1800 nm is outside 1000..1700 nm"):
             job.set("wavelength_nm", 1800)
-        with pytest.raises(KeyError, match=r"bench has no command 'colour' \(it has: abort,"):
+        with pytest.raises(KeyError, match=r"rig has no command 'colour' \(it has: abort,"):
             job.get("colour")
     assert not any("1800" in t for t in texts(sim))
 
 
-def test_a_stalled_instrument_times_out_then_is_aborted_and_cleared(bench):
-    sim, instrument = bench
+def test_a_stalled_instrument_times_out_then_is_aborted_and_cleared(rig):
+    sim, instrument = rig
     sim.faults.stall = True
     started = time.monotonic()
     with (
@@ -288,8 +288,8 @@ def test_a_stalled_instrument_times_out_then_is_aborted_and_cleared(bench):
     assert sent[-1] == ":MEAS:POW?"
 
 
-def test_long_operations_wait_on_opc_or_status_within_limits(bench):
-    sim, instrument = bench
+def test_long_operations_wait_on_opc_or_status_within_limits(rig):
+    sim, instrument = rig
     with instrument.job(5) as job:
         started = time.monotonic()
         job.run("start")
@@ -307,8 +307,8 @@ def test_long_operations_wait_on_opc_or_status_within_limits(bench):
     assert not instrument.needs_recovery
 
 
-def test_the_job_budget_bounds_every_wait(bench):
-    sim, instrument = bench
+def test_the_job_budget_bounds_every_wait(rig):
+    sim, instrument = rig
     sim.operation_s = 30  # outlasts the budget however long connecting took
     resource_manager()  # created once per process (imports pyvisa-py): not the budget's part
     started = time.monotonic()
@@ -323,8 +323,8 @@ def test_the_job_budget_bounds_every_wait(bench):
 
 
 @pytest.mark.parametrize("mode", ["cut", "short"])
-def test_truncated_blocks_are_malformed(bench, mode):
-    sim, instrument = bench
+def test_truncated_blocks_are_malformed(rig, mode):
+    sim, instrument = rig
     sim.faults.truncate_blocks = mode
     why = (
         r"truncated block: header declares 20000 bytes, the message ended after 10000"
@@ -358,10 +358,10 @@ class CountingSocket:
         return self.sock.recv_into(view, nbytes, flags)
 
 
-def test_newline_bytes_inside_a_block_are_data_on_every_transport(bench):
+def test_newline_bytes_inside_a_block_are_data_on_every_transport(rig):
     payload = LF_TRACE.tobytes()
     assert payload.count(b"\n") > len(payload) // 2
-    _, instrument = bench
+    _, instrument = rig
     with instrument.job(5) as job:
         trace = job.query_block("trace_lf", "<f8", expected=len(LF_TRACE))
         np.testing.assert_array_equal(trace, LF_TRACE)
@@ -371,7 +371,7 @@ def test_newline_bytes_inside_a_block_are_data_on_every_transport(bench):
 def test_a_socket_block_full_of_newlines_arrives_in_few_receives(scpi_sim, monkeypatch):
     from qkdtel.drivers.scpi import socket_io as module
 
-    sim = BenchSim()
+    sim = RigSim()
     scpi_sim(sim)
     instrument = ScpiInstrument(VisaSettings(resource=sim.resource, timeout=0.3), TABLE)
     counted: list[CountingSocket] = []
@@ -437,7 +437,7 @@ class FailingSocket:
 def test_socket_send_errors_are_translated(scpi_sim, monkeypatch, error, raised, message):
     from qkdtel.drivers.scpi import socket_io as module
 
-    sim = BenchSim()
+    sim = RigSim()
     scpi_sim(sim)
     instrument = ScpiInstrument(
         VisaSettings(resource=sim.resource, timeout=0.3), TABLE, recovery_timeout=1.0
@@ -472,7 +472,7 @@ def test_socket_sends_to_an_instrument_that_stops_reading_are_bounded(
     read/write limit (0.3 s) or what is left of the job's budget, then DeviceTimeout."""
     from qkdtel.drivers.scpi import socket_io as module
 
-    sim = BenchSim()
+    sim = RigSim()
     scpi_sim(sim)
     instrument = ScpiInstrument(
         VisaSettings(resource=sim.resource, timeout=0.3), TABLE, recovery_timeout=1.0
@@ -500,7 +500,7 @@ def test_a_socket_block_read_through_visa_is_exact_too(scpi_sim, monkeypatch):
     from qkdtel.drivers.scpi import socket_io as module
 
     monkeypatch.setattr(module, "socket_session", lambda resource: None)
-    sim = BenchSim()
+    sim = RigSim()
     scpi_sim(sim)
     instrument = ScpiInstrument(VisaSettings(resource=sim.resource, timeout=0.3), TABLE)
     with instrument.job(5) as job:
@@ -522,7 +522,7 @@ def test_changed_pyvisa_py_internals_fall_back_to_pyvisas_public_api(scpi_sim, m
 
     monkeypatch.setattr(socket_io, "_READ_AHEAD", "_read_ahead_renamed")
     monkeypatch.setattr(socket_io, "_warned", False)
-    sim = BenchSim()
+    sim = RigSim()
     scpi_sim(sim)
     instrument = ScpiInstrument(VisaSettings(resource=sim.resource, timeout=0.3), TABLE)
     with caplog.at_level("WARNING", logger=socket_io.__name__):
@@ -580,7 +580,7 @@ def test_a_socket_block_stalled_mid_data_is_a_timeout():
 
 
 def test_one_job_at_a_time_per_resource_across_instances(scpi_sim):
-    sim = BenchSim()
+    sim = RigSim()
     scpi_sim(sim)
     first = ScpiInstrument(VisaSettings(resource=sim.resource), TABLE)
     other_spelling = sim.resource.replace("TCPIP::", "TCPIP0::")
