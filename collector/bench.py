@@ -15,8 +15,9 @@
     print(trace.fibre_length_m, trace.total_loss_db, trace.events)
 
 Why a facade and not a second driver: the measuring is the drivers' own classes
-(`qkdtel.drivers.osa.Osa`, `qkdtel.drivers.otdr.Otdr`), so a bench sweep is exactly what the
-collector polls -- same commands, error-queue checks, recovery after a timeout, same analysis.
+(`qkdtel.drivers.osa.OsaControl`, `qkdtel.drivers.otdr.OtdrControl`), so a bench sweep is
+exactly what the collector polls -- same commands, error-queue checks, recovery after a
+timeout, same analysis.
 What those classes leave to their caller is added here: building the `ScpiInstrument` from a
 resource name (`open`, which also asks `*IDN?` so a wrong address fails at once, not at the
 first sweep), releasing it (`close` / `with`), checking arguments with the rules the
@@ -42,12 +43,17 @@ from pydantic import BaseModel, ValidationError
 
 from qkdtel.drivers import osa as osa_driver
 from qkdtel.drivers.optics import on_grid
-from qkdtel.drivers.osa import Analysis, ChannelResult, NotchResult, SweepSettings, analyse
-from qkdtel.drivers.osa import Trace as SpectrumTrace
+from qkdtel.drivers.osa import (
+    Analysis,
+    ChannelResult,
+    NotchResult,
+    SpectrumTrace,
+    SweepSettings,
+    analyse,
+)
 from qkdtel.drivers.osa.analysis import total_power_dbm
 from qkdtel.drivers.osa.options import OsaOptions
-from qkdtel.drivers.otdr import AcquisitionSettings, Progress
-from qkdtel.drivers.otdr import Otdr as OtdrCore
+from qkdtel.drivers.otdr import AcquisitionSettings, OtdrControl, Progress
 from qkdtel.drivers.otdr.baseline import Alarm, BaselineStore, Thresholds, compare
 from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
@@ -210,7 +216,7 @@ class Osa(_Session):
         self.instrument = ScpiInstrument(
             options.visa, options.profile.commands, recovery_timeout=options.recovery_timeout
         )
-        self.osa = osa_driver.Osa(self.instrument, options.profile)
+        self.osa = osa_driver.OsaControl(self.instrument, options.profile)
         self.identity = _identify(self.instrument, options.visa.timeout + options.visa.open_timeout)
 
     @classmethod
@@ -280,7 +286,7 @@ class Otdr(_Session):
     def __init__(self, visa: VisaSettings, name: str):
         self.name = name
         self.instrument = ScpiInstrument(visa, OTDR_TABLE)
-        self.otdr = OtdrCore(self.instrument, name)
+        self.otdr = OtdrControl(self.instrument, name)
         self.identity = _identify(self.instrument, visa.timeout + visa.open_timeout)
 
     @classmethod

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from qkdtel.drivers.optics import channel_label, channel_thz, on_grid
-from qkdtel.drivers.osa.analysis import Trace, analyse, grid_channels, total_power_dbm
+from qkdtel.drivers.osa.analysis import SpectrumTrace, analyse, grid_channels, total_power_dbm
 from qkdtel.sims.osa.spectrum import Carrier, LinkSpectrum, link_spectrum
 from qkdtel.sims.topology import load_topology
 
@@ -21,10 +21,12 @@ TOPOLOGY = load_topology()
 FLOOR_DBM = -88.0  # the analyser's own noise floor (a high sensitivity)
 
 
-def sweep(spectrum: LinkSpectrum, rbw_nm: float = 0.05, points: int = 4001, seed: int = 1) -> Trace:
+def sweep(
+    spectrum: LinkSpectrum, rbw_nm: float = 0.05, points: int = 4001, seed: int = 1
+) -> SpectrumTrace:
     wavelength = np.linspace(1528.0, 1567.0, points)
     power = spectrum.trace_dbm(wavelength, rbw_nm, FLOOR_DBM, np.random.default_rng(seed))
-    return Trace(wavelength, power, rbw_nm)
+    return SpectrumTrace(wavelength, power, rbw_nm)
 
 
 def test_grid_numbers_frequencies_and_labels():
@@ -139,7 +141,7 @@ def test_channels_can_be_selected_and_bad_requests_are_named():
 def test_traces_round_trip_through_files(tmp_path, suffix):
     trace = dataclasses.replace(sweep(link_spectrum(TOPOLOGY, "4")), meta={"link": "4"})
     path = trace.save(tmp_path / f"t{suffix}")
-    loaded = Trace.load(path)
+    loaded = SpectrumTrace.load(path)
     np.testing.assert_allclose(loaded.wavelength_nm, trace.wavelength_nm, atol=1e-6)
     np.testing.assert_allclose(loaded.power_dbm, trace.power_dbm, atol=1e-3)
     assert loaded.resolution_nm == 0.05 and loaded.meta == {"link": "4"}
@@ -151,8 +153,8 @@ def test_traces_round_trip_through_files(tmp_path, suffix):
 def test_unusable_traces_are_refused():
     wavelength = np.array([1550.0, 1549.0, 1551.0])
     with pytest.raises(ValueError, match="wavelengths must increase"):
-        Trace(wavelength, np.zeros(3), 0.1)
+        SpectrumTrace(wavelength, np.zeros(3), 0.1)
     with pytest.raises(ValueError, match=r"must be 1-D arrays of one length"):
-        Trace(np.arange(4.0), np.zeros(3), 0.1)
+        SpectrumTrace(np.arange(4.0), np.zeros(3), 0.1)
     with pytest.raises(ValueError, match="does not span one whole 100 GHz channel"):
-        analyse(Trace(np.linspace(1550.0, 1550.5, 11), np.zeros(11), 0.1))
+        analyse(SpectrumTrace(np.linspace(1550.0, 1550.5, 11), np.zeros(11), 0.1))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from qkdtel.drivers.osa import OsaDriver, Trace
+from qkdtel.drivers.osa import OsaDriver, SpectrumTrace
 from qkdtel.drivers.osa.options import OsaOptions
 from qkdtel.drivers.scpi import ScpiError
 from qkdtel.sdk import DeviceTimeout, Malformed, Sample
@@ -224,7 +224,7 @@ def test_traces_go_to_files_on_request(osa_sim, drivers, tmp_path):
     written = [by(driver.poll_blocking(), "osa_sweep")[""].fields["trace_file"] for _ in range(3)]
     files = sorted(folder.iterdir())
     assert [str(f) for f in files] == written[1:]  # the oldest beyond trace_keep is gone
-    trace = Trace.load(files[-1])
+    trace = SpectrumTrace.load(files[-1])
     sweep = bench.sim.last_sweep
     np.testing.assert_allclose(trace.power_dbm, sweep.power_dbm, atol=0.006)
     np.testing.assert_allclose(trace.wavelength_nm, sweep.wavelength_nm, atol=1e-5)

@@ -1,9 +1,9 @@
 """Optical spectrum analysers over VISA/SCPI (see README.md): Yokogawa AQ6370 and Anritsu
-MS9740A command sets behind one API (`Osa`), ITU-grid analysis, the `osa` driver."""
+MS9740A command sets behind one API (`OsaControl`), ITU-grid analysis, the `osa` driver."""
 
-from qkdtel.drivers.osa.analysis import Analysis, ChannelResult, NotchResult, Trace, analyse
+from qkdtel.drivers.osa.analysis import Analysis, ChannelResult, NotchResult, SpectrumTrace, analyse
 from qkdtel.drivers.osa.driver import OsaDriver
-from qkdtel.drivers.osa.osa import Osa, SweepSettings
+from qkdtel.drivers.osa.osa import OsaControl, SweepSettings
 from qkdtel.drivers.osa.profiles import ANRITSU, PROFILES, YOKOGAWA, OsaProfile
 
 __all__ = [
@@ -13,10 +13,10 @@ __all__ = [
     "Analysis",
     "ChannelResult",
     "NotchResult",
-    "Osa",
+    "OsaControl",
     "OsaDriver",
     "OsaProfile",
+    "SpectrumTrace",
     "SweepSettings",
-    "Trace",
     "analyse",
 ]

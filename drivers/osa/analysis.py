@@ -53,7 +53,7 @@ NEIGHBOUR_SEARCH = 4
 
 
 @dataclass(frozen=True)
-class Trace:
+class SpectrumTrace:
     """One sweep: vacuum wavelengths (nm, ascending) and displayed levels (dBm)."""
 
     wavelength_nm: np.ndarray
@@ -103,7 +103,7 @@ class Trace:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Trace:
+    def load(cls, path: str | Path) -> SpectrumTrace:
         """Read a trace written by `save`."""
         path = Path(path)
         if path.suffix.lower() == ".npz":
@@ -184,7 +184,7 @@ def _dbm(mw: float) -> float:
 class _Spectrum:
     """A trace in frequency order with the helpers the analysis needs."""
 
-    def __init__(self, trace: Trace):
+    def __init__(self, trace: SpectrumTrace):
         order = np.argsort(trace.frequency_thz)
         self.f = trace.frequency_thz[order]
         self.level = trace.power_dbm[order]
@@ -214,13 +214,13 @@ class _Spectrum:
         return float(np.sum(self.mw[band] * self.step_nm[band]) / self.rbw_nm)
 
 
-def total_power_dbm(trace: Trace) -> float:
+def total_power_dbm(trace: SpectrumTrace) -> float:
     """All the light in the trace (dBm): the sum a power meter behind the same tap would read."""
     spectrum = _Spectrum(trace)
     return _dbm(spectrum.integrated_mw(slice(None)))
 
 
-def grid_channels(trace: Trace, spacing_ghz: int) -> list[float]:
+def grid_channels(trace: SpectrumTrace, spacing_ghz: int) -> list[float]:
     """Every channel of the grid whose whole band lies inside the trace."""
     step = grid_step(spacing_ghz)
     f = trace.frequency_thz
@@ -231,7 +231,7 @@ def grid_channels(trace: Trace, spacing_ghz: int) -> list[float]:
 
 
 def analyse(
-    trace: Trace,
+    trace: SpectrumTrace,
     spacing_ghz: int = 100,
     channels: Sequence[float] | None = None,
     quantum_channels: Iterable[float] = (),

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from qkdtel.drivers.osa.analysis import Analysis, Trace, analyse, total_power_dbm
+from qkdtel.drivers.osa.analysis import Analysis, SpectrumTrace, analyse, total_power_dbm
 from qkdtel.drivers.osa.options import OsaOptions
-from qkdtel.drivers.osa.osa import Osa
+from qkdtel.drivers.osa.osa import OsaControl
 from qkdtel.drivers.scpi import ScpiInstrument, poll_budget
 from qkdtel.sdk import BlockingDriver, FieldValue, Malformed, Sample, now_ns
 
@@ -38,7 +38,7 @@ class OsaDriver(BlockingDriver[OsaOptions]):
         self.instrument = ScpiInstrument(
             options.visa, options.profile.commands, recovery_timeout=options.recovery_timeout
         )
-        self.osa = Osa(self.instrument, options.profile)
+        self.osa = OsaControl(self.instrument, options.profile)
         self.settings = options.sweep_settings()
         self._sweeps = 0
 
@@ -74,7 +74,7 @@ class OsaDriver(BlockingDriver[OsaOptions]):
         return tags
 
     def _samples(
-        self, trace: Trace, analysis: Analysis, swept: float, trace_file: Path | None
+        self, trace: SpectrumTrace, analysis: Analysis, swept: float, trace_file: Path | None
     ) -> list[Sample]:
         stamp = now_ns()
         grid = str(self.options.grid_ghz)
@@ -124,7 +124,7 @@ class OsaDriver(BlockingDriver[OsaOptions]):
             samples.append(Sample("osa_quantum_channel", tags, fields, stamp))
         return samples
 
-    def _save(self, trace: Trace) -> Path | None:
+    def _save(self, trace: SpectrumTrace) -> Path | None:
         """Write the trace file and drop the oldest beyond `trace_keep`; None if it failed.
 
         A full or read-only disk must not cost the measurements themselves: it is logged and
@@ -139,7 +139,9 @@ class OsaDriver(BlockingDriver[OsaOptions]):
             meta["link"] = opts.link
         try:
             opts.trace_dir.mkdir(parents=True, exist_ok=True)
-            Trace(trace.wavelength_nm, trace.power_dbm, trace.resolution_nm, meta).save(path)
+            SpectrumTrace(trace.wavelength_nm, trace.power_dbm, trace.resolution_nm, meta).save(
+                path
+            )
             kept = sorted(opts.trace_dir.glob(f"{self.name}-*.{opts.trace_format}"))
             for old in kept[: -opts.trace_keep]:
                 old.unlink(missing_ok=True)

@@ -149,7 +149,7 @@ class OsaOptions(Model):
         return PROFILES[self.dialect]
 
     def sweep_settings(self) -> SweepSettings:
-        """What one sweep is configured with, as the `Osa` API takes it."""
+        """What one sweep is configured with, as the `OsaControl` API takes it."""
         start, stop = self.range_nm
         return SweepSettings(
             start_nm=start,

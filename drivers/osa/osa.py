@@ -1,11 +1,11 @@
-"""`Osa`: one API over both OSA dialects -- configure, sweep once, read the trace.
+"""`OsaControl`: one API over both OSA dialects -- configure, sweep once, read the trace.
 
 Everything dialect-specific is in the profile (`profiles.py`): the command table, how the end
 of a sweep is awaited, whether the instrument sends the wavelength axis or only its limits,
 and whether traces can move as binary blocks. Usable on its own (a bench script, a test):
 
-    osa = Osa(ScpiInstrument(VisaSettings(resource="TCPIP::10.0.0.5::10001::SOCKET"),
-                             YOKOGAWA.commands), YOKOGAWA)
+    osa = OsaControl(ScpiInstrument(VisaSettings(resource="TCPIP::10.0.0.5::10001::SOCKET"),
+                                    YOKOGAWA.commands), YOKOGAWA)
     trace = osa.capture(SweepSettings(1528, 1567, resolution_nm=0.05), budget=90)
     trace.save("link4.npz")
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qkdtel.drivers.osa.analysis import Trace
+from qkdtel.drivers.osa.analysis import SpectrumTrace
 from qkdtel.drivers.osa.profiles import OsaProfile
 from qkdtel.drivers.scpi import Job, ScpiInstrument
 from qkdtel.sdk import Malformed
@@ -35,14 +35,14 @@ class SweepSettings:
     sweep_timeout: float = 60.0
 
 
-class Osa:
+class OsaControl:
     """An optical spectrum analyser of either dialect."""
 
     def __init__(self, instrument: ScpiInstrument, profile: OsaProfile):
         self.instrument = instrument
         self.profile = profile
 
-    def capture(self, settings: SweepSettings, budget: float) -> Trace:
+    def capture(self, settings: SweepSettings, budget: float) -> SpectrumTrace:
         """Configure, sweep once, read the trace: one job of at most `budget` seconds."""
         with self.instrument.job(budget) as job:
             self.configure(job, settings)
@@ -74,7 +74,7 @@ class Osa:
         else:
             job.wait_until("sweep_event", lambda bits: bits & 1, limit)
 
-    def read_trace(self, job: Job, settings: SweepSettings) -> Trace:
+    def read_trace(self, job: Job, settings: SweepSettings) -> SpectrumTrace:
         """The last sweep's trace, binary where possible."""
         binary = settings.binary and self.profile.binary is not None
         if self.profile.x_axis == "trace":
@@ -90,7 +90,7 @@ class Osa:
             )
         power = self._values(job, "trace_y", points, binary)
         try:
-            return Trace(
+            return SpectrumTrace(
                 wavelength,
                 power,
                 settings.resolution_nm,

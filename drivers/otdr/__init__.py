@@ -1,9 +1,9 @@
 """OTDR driver (see README.md): acquisitions over SCPI, event tables, baseline alarms.
 
-`Otdr` runs one acquisition on its own (bench scripts, `qkdtel otdr acquire`); `OtdrDriver`
+`OtdrControl` runs one acquisition on its own (bench scripts, `qkdtel otdr acquire`); `OtdrDriver`
 wraps it for the collector."""
 
 from qkdtel.drivers.otdr.driver import OtdrDriver
-from qkdtel.drivers.otdr.otdr import AcquisitionSettings, Otdr, Progress
+from qkdtel.drivers.otdr.otdr import AcquisitionSettings, OtdrControl, Progress
 
-__all__ = ["AcquisitionSettings", "Otdr", "OtdrDriver", "Progress"]
+__all__ = ["AcquisitionSettings", "OtdrControl", "OtdrDriver", "Progress"]

@@ -22,7 +22,7 @@ from typing import ClassVar
 from qkdtel.drivers.otdr.baseline import Alarm, BaselineStore, Thresholds, compare
 from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
-from qkdtel.drivers.otdr.otdr import AcquisitionSettings, Otdr, Progress
+from qkdtel.drivers.otdr.otdr import AcquisitionSettings, OtdrControl, Progress
 from qkdtel.drivers.otdr.trace import EventType, OtdrTrace
 from qkdtel.drivers.scpi import Job, ScpiInstrument, poll_budget
 from qkdtel.sdk import BlockingDriver, PollError, Sample, now_ns
@@ -38,7 +38,7 @@ class OtdrDriver(BlockingDriver[OtdrOptions]):
     def __init__(self, name: str, options: OtdrOptions, timeout: float):
         super().__init__(name, options, timeout)
         self.instrument = ScpiInstrument(options.visa, OTDR_TABLE)
-        self.otdr = Otdr(self.instrument, name)
+        self.otdr = OtdrControl(self.instrument, name)
         self.baselines = BaselineStore(options.baseline_dir) if options.baseline_dir else None
         self.thresholds = Thresholds(
             options.alarm_loss_db,

@@ -1,12 +1,12 @@
-"""`Otdr`: one acquisition on an OTDR of the qkdtel dialect -- configure, acquire while
+"""`OtdrControl`: one acquisition on an OTDR of the qkdtel dialect -- configure, acquire while
 reporting progress, read the trace and the instrument's event table.
 
-Kept apart from the driver (as `Osa` is for the OSA) so a bench script or the `qkdtel otdr`
-command runs exactly the acquisition the collector runs, without the collector's samples,
-baselines and alarms:
+Kept apart from the driver (as `OsaControl` is for the OSA) so a lab script or the
+`qkdtel otdr` command runs exactly the acquisition the collector runs, without the collector's
+samples, baselines and alarms:
 
-    otdr = Otdr(ScpiInstrument(VisaSettings(resource="TCPIP::10.0.0.7::5025::SOCKET"),
-                               OTDR_TABLE), "otdr-link8")
+    otdr = OtdrControl(ScpiInstrument(VisaSettings(resource="TCPIP::10.0.0.7::5025::SOCKET"),
+                                      OTDR_TABLE), "otdr-link8")
     trace = otdr.capture(AcquisitionSettings(1550, averaging_s=30), budget=60)
 """
 
@@ -56,7 +56,7 @@ def _number(text: str, where: str) -> float | None:
     return value
 
 
-class Otdr:
+class OtdrControl:
     """An OTDR port; `name` labels its progress reports (the device name in the collector)."""
 
     def __init__(self, instrument: ScpiInstrument, name: str):
