@@ -4,40 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from qkdtel import __version__
-from qkdtel.config import ConfigError, LoadedConfig, json_schema, load_config
+from qkdtel.cli_bench import add_subcommand as add_bench
+from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_exit, stderr, stdout
+from qkdtel.cli_spool import add_subcommand as add_spool
+from qkdtel.config import json_schema
 from qkdtel.output import FORMATS, print_samples
 from qkdtel.plugins import DriverNotFound, driver_entry_points, load_driver
 
-EXIT_OK, EXIT_POLL_FAILED, EXIT_CONFIG = 0, 1, 2
-
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
-
-
-def _load_or_exit(path: str) -> LoadedConfig:
-    """The loaded file, or exit 2 after printing every problem (`check`, `run` and `poll`
-    all load through here, so each refuses a file with the same words)."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        stderr.print(f"[bold red]{escape(exc.source)}: invalid configuration[/]", highlight=False)
-        for problem in exc.problems:
-            stderr.print(f"  {problem}", markup=False, highlight=False)
-        raise SystemExit(EXIT_CONFIG) from None
-
 
 def cmd_check(args: argparse.Namespace) -> int:
-    loaded = _load_or_exit(args.config)
+    loaded = load_or_exit(args.config)
     cfg = loaded.config
     sinks = ", ".join(f"{s.name} ({s.type})" for s in cfg.effective_sinks())
     stdout.print(
@@ -55,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qkdtel.spool import SpoolAccessError, SpoolCorruptError, SpoolLayoutError
     from qkdtel.spool_space import free_bytes, is_disk_full
 
-    loaded = _load_or_exit(args.config)
+    loaded = load_or_exit(args.config)
     view = LiveLinkTable() if args.live else None
     collector = Collector(loaded, observers=[view] if view else [])
     try:
@@ -85,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_poll(args: argparse.Namespace) -> int:
     from qkdtel.poller import DevicePoller
 
-    loaded = _load_or_exit(args.config)
+    loaded = load_or_exit(args.config)
     devices = loaded.devices
     if args.devices:
         known = {d.config.name for d in devices}
@@ -138,12 +124,37 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from qkdtel.cli_bench import add_subcommand as add_bench
-    from qkdtel.cli_spool import add_subcommand as add_spool
-    from qkdtel.sims.cli import add_subcommand as add_sims
-    from qkdtel.sims.demo import add_subcommand as add_demo
+SIMULATOR_COMMANDS = {
+    "demo": ("qkdtel.sims.demo", "simulated MadQCI network -> daemon -> store, with a live table"),
+    "sims": ("qkdtel.sims.cli", "run simulated hardware (the MadQCI twin)"),
+}
+"""Subcommands of the simulators (module with `add_subcommand`, help): imported only when one
+is run, so `qkdtel run` in production never loads the simulators (tests/test_layers.py)."""
 
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` names (the first word that is no option or option value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _add_simulator_commands(sub: Any, command: str | None) -> None:
+    """The simulators' subcommands: the one being run in full, the others by name and help."""
+    for name, (module, help_text) in SIMULATOR_COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_subcommand(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; `command`: the subcommand about to run, the only simulator command added in
+    full (the others are listed by name and help)."""
     parser = argparse.ArgumentParser(
         prog="qkdtel", description="Telemetry and bench control for QKD network hardware."
     )
@@ -178,15 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_schema
     )
 
-    add_demo(sub)
-    add_sims(sub)
+    _add_simulator_commands(sub, command)
     add_spool(sub)
     add_bench(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_word(argv)).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

@@ -34,6 +34,7 @@ from qkdtel.bench import (
     compare,
 )
 from qkdtel.bench import Progress as AcquisitionProgress
+from qkdtel.cli_common import stderr, stdout
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -61,8 +62,6 @@ def _quiet_drivers() -> None:
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
-    from qkdtel.cli import stderr
-
     stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     return code
 
@@ -114,8 +113,6 @@ def channel_table(sweep: Sweep, report: ItuReport, every: bool) -> Table:
 
 def cmd_osa_sweep(args: argparse.Namespace) -> int:
     """Sweep once, print the channel table, write the plot and trace if asked."""
-    from qkdtel.cli import stdout
-
     span: dict[str, Any] = {
         "start_nm": args.start,
         "stop_nm": args.stop,
@@ -181,8 +178,6 @@ def event_table(trace: OtdrTrace) -> Table:
 
 
 def _acquire(args: argparse.Namespace) -> OtdrTrace:
-    from qkdtel.cli import stdout
-
     columns = (
         TextColumn("acquiring {task.description}"),
         BarColumn(),
@@ -212,8 +207,6 @@ def _acquire(args: argparse.Namespace) -> OtdrTrace:
 def _against_baseline(args: argparse.Namespace, trace: OtdrTrace) -> OtdrTrace | None:
     """The stored baseline, and the alarms against it printed; with none stored, `trace`
     becomes it (as the collector's driver does) and None is returned."""
-    from qkdtel.cli import stdout
-
     store = BaselineStore(args.baseline)
     try:
         baseline = store.load(args.link, trace.wavelength_nm)
@@ -234,8 +227,6 @@ def _against_baseline(args: argparse.Namespace, trace: OtdrTrace) -> OtdrTrace |
 
 def cmd_otdr_acquire(args: argparse.Namespace) -> int:
     """Acquire once with a progress bar, print the events, length and loss; plot if asked."""
-    from qkdtel.cli import stdout
-
     _quiet_drivers()
     if args.baseline is not None and args.link is None:
         return _fail("--baseline needs --link (baselines are kept per link)", EXIT_USAGE)

@@ -28,6 +28,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_exit, stderr, stdout
 from qkdtel.spool import (
     SPOOL_FILE,
     SpoolAccessError,
@@ -45,15 +46,11 @@ HINT = (
 
 
 def _spool_path(args: argparse.Namespace) -> Path:
-    from qkdtel.cli import _load_or_exit
-
-    return _load_or_exit(args.config).config.collector.spool_dir / SPOOL_FILE
+    return load_or_exit(args.config).config.collector.spool_dir / SPOOL_FILE
 
 
 def cmd_rejected(args: argparse.Namespace) -> int:
     """List the rejected lines, or requeue them with --requeue."""
-    from qkdtel.cli import EXIT_CONFIG, EXIT_OK, stderr, stdout
-
     path = _spool_path(args)
     if not path.exists():
         stderr.print(f"no spool at {path}", highlight=False)
@@ -80,8 +77,6 @@ def cmd_rejected(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Check the spool for damage as the daemon does at start; exit 1 if damaged (the daemon
     moves a damaged spool aside and salvages it when it starts), 2 if it cannot be checked."""
-    from qkdtel.cli import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, stderr, stdout
-
     path = _spool_path(args)
     try:
         check_spool(path)

@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 T = TypeVar("T")
 
-CLOSE_TIMEOUT = 5.0
-"""Seconds `BlockingDriver.aclose` waits for `close_blocking` before leaving it to its thread."""
-
 
 def in_daemon_thread(func: Callable[[], T], name: str) -> asyncio.Future[T]:
     """Run `func` in a new daemon thread; its outcome settles the returned future.
@@ -106,6 +103,9 @@ class BlockingDriver(Driver[OptionsT]):
     device that is still in the first one, or queue polls behind a hung thread.
     """
 
+    close_timeout: ClassVar[float] = 5.0
+    """Seconds `aclose` waits for `close_blocking` before leaving it to its thread."""
+
     def __init__(self, name: str, options: OptionsT, timeout: float):
         super().__init__(name, options, timeout)
         self._worker: asyncio.Future[list[Sample]] | None = None
@@ -141,14 +141,14 @@ class BlockingDriver(Driver[OptionsT]):
         """Release the device (in a worker thread); may wait for a hung poll's thread."""
 
     async def aclose(self) -> None:
-        """Run `close_blocking` in a thread, waiting at most `CLOSE_TIMEOUT` seconds: a thread
+        """Run `close_blocking` in a thread, waiting at most `close_timeout` seconds: a thread
         stuck on a hung device must not hold up the collector's shutdown."""
         closing = in_daemon_thread(self.close_blocking, f"close:{self.name}")
-        done, _ = await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT)
+        done, _ = await asyncio.wait({closing}, timeout=self.close_timeout)
         if not done:
             closing.add_done_callback(self._worker_returned)
             log.warning(
-                "%s: close unfinished after %g s; left to its thread", self.name, CLOSE_TIMEOUT
+                "%s: close unfinished after %g s; left to its thread", self.name, self.close_timeout
             )
         else:
             closing.result()

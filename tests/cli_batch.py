@@ -28,10 +28,11 @@ def _warm_up() -> None:
     """Import what every run would import, drivers included, so children start warm."""
     for module in WARM:
         importlib.import_module(module)
-    from qkdtel.cli import build_parser
+    from qkdtel.cli import SIMULATOR_COMMANDS, build_parser
     from qkdtel.plugins import driver_entry_points, load_driver
 
-    build_parser()  # its subcommands' modules are imported in there
+    for command in SIMULATOR_COMMANDS:
+        build_parser(command)  # its subcommands' modules are imported in there
 
     for name in driver_entry_points():
         load_driver(name)

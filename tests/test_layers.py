@@ -1,0 +1,80 @@
+"""A production install: the simulators' and bench plots' needs are an extra (`sims`), and
+`qkdtel run` loads neither a simulator module nor those packages."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import requires
+
+import yaml
+
+
+def requirement_names(extra: str | None) -> set[str]:
+    """Names of qkdtel's installed requirements: the core ones, or those of `extra` only."""
+    names = set()
+    for requirement in requires("qkdtel") or []:
+        marker = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
+        if (marker.group(1) if marker else None) == extra:
+            names.add(re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower())
+    return names
+
+
+def test_core_requirements_leave_the_sims_extra_out():
+    core, sims = requirement_names(None), requirement_names("sims")
+    assert "matplotlib" in sims
+    assert not core & sims, core & sims
+    assert {"pysnmp", "pyvisa", "apscheduler", "pydantic", "rich"} <= core
+    assert "qkdtel" in requirement_names("test")  # the tests install qkdtel[sims]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_qkdtel_run_loads_no_simulator_module(tmp_path):
+    config = {
+        "collector": {"spool_dir": str(tmp_path / "spool")},
+        "sinks": [{"type": "file", "path": str(tmp_path / "lp")}],
+        "listeners": [{"type": "snmp_traps", "listen": f"127.0.0.1:{free_udp_port()}"}],
+        "devices": [
+            {
+                "name": "quevedo",
+                "driver": "qkd_snmp",
+                "address": "127.0.0.1:9",
+                "profile": "toshiba",
+            }
+        ],
+    }
+    path = tmp_path / "qkdtel.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # `qkdtel run` itself, then every installed driver and listener loaded in the same process.
+    child = textwrap.dedent(
+        """
+        import json, sys
+        from qkdtel.cli import main
+        from qkdtel.plugins import (
+            driver_entry_points, listener_entry_points, load_driver, load_listener)
+        code = main(["run", "-c", sys.argv[1], "--duration", "1"])
+        for name in driver_entry_points():
+            load_driver(name)
+        for name in listener_entry_points():
+            load_listener(name)
+        print(json.dumps([code, sorted(sys.modules)]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    code, modules = json.loads(result.stdout.splitlines()[-1])
+    assert code == 0
+    assert "qkdtel.daemon" in modules and "qkdtel.drivers.qkd_snmp.traps" in modules
+    unwanted = [m for m in modules if m.startswith(("qkdtel.sims", "matplotlib"))]
+    assert unwanted == []
