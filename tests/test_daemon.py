@@ -158,7 +158,7 @@ def test_traps_become_events_of_the_right_device(tmp_path, single_agent):
     """The daemon's trap listener names the sending device even when every simulated module
     sits on 127.0.0.1 (told apart by agent port), and the event is spooled like a poll."""
     from qkdtel.sims.influxd import free_port
-    from qkdtel.sims.snmp.profiles import Event
+    from qkdtel.sims.snmp.profiles import TrapCondition
 
     sims = [single_agent("cerberis3"), single_agent("hwdu_cv")]
     listen = ("127.0.0.1", free_port())
@@ -178,7 +178,7 @@ def test_traps_become_events_of_the_right_device(tmp_path, single_agent):
             row = sim.agent.rows[0]
             sim.background.call(
                 lambda s=sim, r=row: asyncio.ensure_future(
-                    s.agent.notify(Event.LINK_DOWN, r, listen)
+                    s.agent.notify(TrapCondition.LINK_DOWN, r, listen)
                 )
             )
         await run

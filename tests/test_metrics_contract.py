@@ -22,7 +22,7 @@ from qkdtel.drivers.qkd_snmp.traps import TrapReceiver
 from qkdtel.poller import DevicePoller
 from qkdtel.sdk import Sample
 from qkdtel.sims.snmp.profiles import PROFILES as SIM_PROFILES
-from qkdtel.sims.snmp.profiles import Event
+from qkdtel.sims.snmp.profiles import TrapCondition
 from tests.metrics_doc import Column, Contract, load_contract, parse_contract
 
 CONFIGURED = "configured tags"
@@ -151,7 +151,7 @@ def test_one_notification_of_every_kind_gives_documented_events(single_agent, co
 
         async def collect(samples: list[Sample]) -> None:
             received.extend(samples)
-            if len(received) == len(profiles) * len(Event):
+            if len(received) == len(profiles) * len(TrapCondition):
                 arrived.set()
 
         receiver = TrapReceiver(TrapOptions(listen="127.0.0.1:0"), [], collect)
@@ -159,7 +159,7 @@ def test_one_notification_of_every_kind_gives_documented_events(single_agent, co
         try:
             for profile in profiles:
                 sim = single_agent(profile, trap_target=receiver.address)
-                for event in Event:
+                for event in TrapCondition:
                     row = sim.agent.rows[0]
                     sim.background.call(
                         lambda e=event, r=row, s=sim: asyncio.ensure_future(

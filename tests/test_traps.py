@@ -209,7 +209,7 @@ def test_devices_sharing_an_address_are_told_apart_by_their_agent_port(single_ag
     """Simulated modules all live on 127.0.0.1 and send traps from their agent port, as many
     embedded agents do: given `host:port`, the receiver names each; given the bare host, it
     cannot choose among them and says `unknown`."""
-    from qkdtel.sims.snmp.profiles import Event
+    from qkdtel.sims.snmp.profiles import TrapCondition
 
     sims = [single_agent("cerberis3"), single_agent("toshiba")]
 
@@ -219,7 +219,7 @@ def test_devices_sharing_an_address_are_told_apart_by_their_agent_port(single_ag
                 row = sim.agent.rows[0]
                 sim.background.call(
                     lambda s=sim, r=row: asyncio.ensure_future(
-                        s.agent.notify(Event.KEY_STORE_EMPTY, r, h.receiver.address)
+                        s.agent.notify(TrapCondition.KEY_STORE_EMPTY, r, h.receiver.address)
                     )
                 )
                 sample = await h.next()
@@ -236,7 +236,7 @@ def test_devices_sharing_an_address_are_told_apart_by_their_agent_port(single_ag
 
 
 def test_v3_traps_of_several_modules_on_one_address_each_learn_their_engine_id(single_agent):
-    from qkdtel.sims.snmp.profiles import Event
+    from qkdtel.sims.snmp.profiles import TrapCondition
 
     sims = [single_agent("hwdu_cv"), single_agent("ait_cv")]
     creds = sims[0].credentials
@@ -248,7 +248,7 @@ def test_v3_traps_of_several_modules_on_one_address_each_learn_their_engine_id(s
             row = sim.agent.rows[0]
             sim.background.call(
                 lambda s=sim, r=row: asyncio.ensure_future(
-                    s.agent.notify(Event.QUALITY_ALARM, r, h.receiver.address, version="3")
+                    s.agent.notify(TrapCondition.QUALITY_ALARM, r, h.receiver.address, version="3")
                 )
             )
             sample = await h.next()

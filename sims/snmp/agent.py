@@ -33,7 +33,7 @@ from pysnmp.smi import view
 from qkdtel.mibs import load_into
 from qkdtel.sims.clock import SimClock
 from qkdtel.sims.snmp.physics import ChannelModel, ModuleModel, Reading
-from qkdtel.sims.snmp.profiles import AgentProfile, Event, RowFacts, Value
+from qkdtel.sims.snmp.profiles import AgentProfile, RowFacts, TrapCondition, Value
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class SimAgent:
 
     # -- notifications -----------------------------------------------------------------------
 
-    def due_events(self) -> list[tuple[Event, Row]]:
+    def due_events(self) -> list[tuple[TrapCondition, Row]]:
         """Compare every row with what was last seen; return the notifications now due."""
         due = []
         for row in self.rows:
@@ -265,15 +265,15 @@ class SimAgent:
                 row.producing = True
             elif row.producing:
                 row.producing = False
-                due.append((Event.LINK_DOWN, row))
+                due.append((TrapCondition.LINK_DOWN, row))
             if not row.alarm_raised and self.profile.alarm_active(reading):
                 row.alarm_raised = True
-                due.append((Event.QUALITY_ALARM, row))
+                due.append((TrapCondition.QUALITY_ALARM, row))
             elif row.alarm_raised and self.profile.alarm_cleared(reading):
                 row.alarm_raised = False
             if reading.store_empty_count > row.empties_seen:
                 row.empties_seen = reading.store_empty_count
-                due.append((Event.KEY_STORE_EMPTY, row))
+                due.append((TrapCondition.KEY_STORE_EMPTY, row))
         return due
 
     def mark_seen(self) -> None:
@@ -285,7 +285,7 @@ class SimAgent:
             row.empties_seen = reading.store_empty_count
 
     async def notify(
-        self, event: Event, row: Row, target: tuple[str, int], version: str = "2c"
+        self, event: TrapCondition, row: Row, target: tuple[str, int], version: str = "2c"
     ) -> None:
         """Send the profile's NOTIFICATION-TYPE for `event` on `row` as a trap.
 

@@ -31,7 +31,7 @@ class RowFacts:
     switched: bool
 
 
-class Event(enum.Enum):
+class TrapCondition(enum.Enum):
     """Conditions that make a module send a notification."""
 
     QUALITY_ALARM = "quality_alarm"  # QBER (DV) or excess noise (CV) crossed its threshold
@@ -54,7 +54,7 @@ class AgentProfile:
     index: str
     scalars: Mapping[str, ScalarFn]
     columns: Mapping[str, ColumnFn]
-    notifications: Mapping[Event, str]
+    notifications: Mapping[TrapCondition, str]
     alarm_value: Callable[[Reading], float]
     alarm_threshold: float
     # How the family behaves (see physics.ChannelParams)
@@ -126,9 +126,9 @@ CERBERIS3 = AgentProfile(
         "cerbLinkKeyStoreKeys": lambda _row, r: int(r.store_bits // 256),
     },
     notifications={
-        Event.QUALITY_ALARM: "cerbQberThresholdAlarm",
-        Event.LINK_DOWN: "cerbLinkDown",
-        Event.KEY_STORE_EMPTY: "cerbKeyStoreEmpty",
+        TrapCondition.QUALITY_ALARM: "cerbQberThresholdAlarm",
+        TrapCondition.LINK_DOWN: "cerbLinkDown",
+        TrapCondition.KEY_STORE_EMPTY: "cerbKeyStoreEmpty",
     },
     alarm_value=lambda r: r.qber,
     alarm_threshold=0.05,
@@ -161,9 +161,9 @@ TOSHIBA = AgentProfile(
         "tqkdLinkWavelength": lambda _row, _r: 1_310_000,
     },
     notifications={
-        Event.QUALITY_ALARM: "tqkdQberAlarm",
-        Event.LINK_DOWN: "tqkdLinkStatusChange",
-        Event.KEY_STORE_EMPTY: "tqkdKeyBufferEmpty",
+        TrapCondition.QUALITY_ALARM: "tqkdQberAlarm",
+        TrapCondition.LINK_DOWN: "tqkdLinkStatusChange",
+        TrapCondition.KEY_STORE_EMPTY: "tqkdKeyBufferEmpty",
     },
     alarm_value=lambda r: r.qber,
     alarm_threshold=0.05,
@@ -196,9 +196,9 @@ HWDU_CV = AgentProfile(
         "hwcvChannelKeyPoolCapacity": lambda _row, r: r.store_capacity_bits,
     },
     notifications={
-        Event.QUALITY_ALARM: "hwcvExcessNoiseAlarm",
-        Event.LINK_DOWN: "hwcvChannelDown",
-        Event.KEY_STORE_EMPTY: "hwcvKeyPoolEmpty",
+        TrapCondition.QUALITY_ALARM: "hwcvExcessNoiseAlarm",
+        TrapCondition.LINK_DOWN: "hwcvChannelDown",
+        TrapCondition.KEY_STORE_EMPTY: "hwcvKeyPoolEmpty",
     },
     alarm_value=lambda r: r.excess_noise_snu,
     alarm_threshold=0.015,
@@ -228,9 +228,9 @@ AIT_CV = AgentProfile(
         "aitcvLinkKeyStoreFill": _fill(1000),
     },
     notifications={
-        Event.QUALITY_ALARM: "aitcvExcessNoiseHigh",
-        Event.LINK_DOWN: "aitcvLinkDown",
-        Event.KEY_STORE_EMPTY: "aitcvKeyStoreEmpty",
+        TrapCondition.QUALITY_ALARM: "aitcvExcessNoiseHigh",
+        TrapCondition.LINK_DOWN: "aitcvLinkDown",
+        TrapCondition.KEY_STORE_EMPTY: "aitcvKeyStoreEmpty",
     },
     alarm_value=lambda r: r.excess_noise_snu,
     alarm_threshold=0.028,
