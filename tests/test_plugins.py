@@ -118,14 +118,10 @@ def test_installed_listener_is_discovered_and_runs_in_the_daemon(tmp_path, tcp_p
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    document = collector_document(
-        tmp_path,
-        [{"name": "otdr-mgmt", "driver": "tcp_probe", "address": "127.0.0.1:1", "interval": 60,
-          "tags": {"node": "Quijote"}}],
-    )  # fmt: skip
-    document["listeners"] = [
-        {"type": "udp_lines", "name": "lab-push", "listen": f"127.0.0.1:{port}"}
-    ]
+    device = {"name": "otdr-mgmt", "driver": "tcp_probe", "address": "127.0.0.1:1", "interval": 60}
+    document = collector_document(tmp_path, [{**device, "tags": {"node": "Quijote"}}])
+    listen = f"127.0.0.1:{port}"
+    document["listeners"] = [{"type": "udp_lines", "name": "lab-push", "listen": listen}]
     loaded = load_config_text(yaml.safe_dump(document))
     assert [(s.name, s.type) for s in loaded.listeners] == [("lab-push", "udp_lines")]
     recorder = Recorder()
