@@ -13,9 +13,9 @@ from typing import Any
 
 from rich.table import Table
 
-from qkdtel import __version__
-from qkdtel.cli_bench import add_subcommand as add_bench
+from qkdtel import __version__, mibs
 from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_exit, stderr, stdout
+from qkdtel.cli_lab import add_subcommand as add_lab
 from qkdtel.cli_spool import add_subcommand as add_spool
 from qkdtel.config import json_schema
 from qkdtel.output import FORMATS, print_samples
@@ -72,6 +72,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from qkdtel.poller import DevicePoller
 
     loaded = load_or_exit(args.config)
+    mibs.use_state_dir(loaded.config.collector.state_dir)
     devices = loaded.devices
     if args.devices:
         known = {d.config.name for d in devices}
@@ -191,7 +192,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     _add_simulator_commands(sub, command)
     add_spool(sub)
-    add_bench(sub)
+    add_lab(sub)
     return parser
 
 

@@ -79,6 +79,12 @@ class CollectorSettings(Model):
         10.0, le=3600, description="period of qkdtel_collector; at most 1h"
     )
 
+    @property
+    def state_dir(self) -> Path:
+        """Where the collector keeps what it rebuilds (compiled MIBs): spool_dir's parent, a
+        directory the operator already made writable for it (never the user's home)."""
+        return self.spool_dir.parent
+
 
 class InfluxV2Sink(Model):
     """InfluxDB through the v2 write API (InfluxDB 2.x, 3.x and the 1.8+ compatibility API)."""

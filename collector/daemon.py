@@ -20,6 +20,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from qkdtel import mibs
 from qkdtel.config import LoadedConfig
 from qkdtel.delivery import Delivery
 from qkdtel.plugins import load_listener
@@ -47,6 +48,7 @@ class Collector:
     def __init__(self, loaded: LoadedConfig, observers: list[SampleObserver] | None = None):
         self.config = loaded.config
         settings = self.config.collector
+        mibs.use_state_dir(settings.state_dir)
         self.delivery = Delivery(settings, self.config.effective_sinks())
         self.pollers = [DevicePoller.create(d, settings.max_backoff) for d in loaded.devices]
         self.observers = observers or []

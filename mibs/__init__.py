@@ -4,14 +4,24 @@ Agents (the simulators) and managers (the qkd_snmp driver) both work from the sa
 files: `compiled_dir()` turns them into pysnmp modules once per content version, and
 `mib_builder()` / `load_into()` give a pysnmp `MibBuilder` with every qkdtel module loaded,
 so no OID is ever typed by hand.
+
+Where the compiled modules go (never the user's home, which a service account may not have,
+or have read-only): `<state>/mibs`, the state directory being the one `use_state_dir` was
+given (the collector gives its spool_dir's parent, e.g. /var/lib/qkdtel), else systemd's
+`$STATE_DIRECTORY`, else a directory of this user's own under the system's temporary folder
+(the simulators, a script). The compiled modules are Python code that pysnmp imports, so that
+last one must be private: created 0700 and used only if this user owns it and nobody else
+can write to it; otherwise a fresh private one is made for this process.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -56,9 +66,46 @@ def _content_key() -> str:
     return digest.hexdigest()[:16]
 
 
+_state_dir: Path | None = None
+
+
+def use_state_dir(path: Path) -> None:
+    """Compile into `path`/mibs from now on: the caller's state directory (the collector
+    gives its spool_dir's parent), which the operator made writable for it."""
+    global _state_dir
+    _state_dir = Path(path)
+
+
 def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "qkdtel"
+    """Where compiled modules are kept (see the module's docstring for the order)."""
+    if _state_dir is not None:
+        return _state_dir / "mibs"
+    systemd = os.environ.get("STATE_DIRECTORY")  # StateDirectory=: a colon-separated list
+    if systemd:
+        return Path(systemd.split(":")[0]) / "mibs"
+    return _private_temp_root()
+
+
+@functools.cache
+def _private_temp_root() -> Path:
+    """`<tmp>/qkdtel-mibs-<uid>` if it is this user's private directory, else a new private
+    one for this process (removed at exit): nobody else may plant code where pysnmp imports."""
+    shared = Path(tempfile.gettempdir()) / f"qkdtel-mibs-{os.getuid()}"
+    try:
+        shared.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return _process_temp_root()
+    info = shared.lstat()
+    private = stat.S_ISDIR(info.st_mode) and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    return shared if private and info.st_uid == os.getuid() else _process_temp_root()
+
+
+def _process_temp_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="qkdtel-mibs-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 def local_compiler(destination: Path, source_dir: Path = MIB_DIR):

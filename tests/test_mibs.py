@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from pysnmp.smi.error import MibNotFoundError
 
 from qkdtel.mibs import (
@@ -75,7 +76,7 @@ def test_a_broken_mib_is_reported_with_its_file_and_pysmis_message(tmp_path):
 
 
 def test_compiled_dir_is_built_once_even_by_concurrent_processes(tmp_path):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}  # as systemd's StateDirectory=
     code = "from qkdtel.mibs import compiled_dir; print(compiled_dir())"
     processes = [
         subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
@@ -84,8 +85,8 @@ def test_compiled_dir_is_built_once_even_by_concurrent_processes(tmp_path):
     answers = {p.communicate(timeout=120)[0].strip() for p in processes}
     assert all(p.returncode == 0 for p in processes)
     (folder,) = answers
-    assert Path(folder).parent == tmp_path / "qkdtel"
-    assert [p.name for p in (tmp_path / "qkdtel").iterdir()] == [Path(folder).name]  # no debris
+    assert Path(folder).parent == tmp_path / "mibs"
+    assert [p.name for p in (tmp_path / "mibs").iterdir()] == [Path(folder).name]  # no debris
     assert {p.stem for p in Path(folder).glob("*.py")} == {SMI_MODULE, *MODULES}
     stamp = (Path(folder) / f"{MODULES[0]}.py").stat().st_mtime_ns
     again = subprocess.run(
@@ -93,6 +94,36 @@ def test_compiled_dir_is_built_once_even_by_concurrent_processes(tmp_path):
     )
     assert again.stdout.strip() == folder
     assert (Path(folder) / f"{MODULES[0]}.py").stat().st_mtime_ns == stamp
+
+
+def test_mibs_compile_into_the_collectors_state_directory_never_home(tmp_path, single_agent):
+    agent = single_agent("toshiba")
+    state = tmp_path / "state"
+    config = tmp_path / "qkdtel.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "collector": {"spool_dir": str(state / "spool")},
+                "sinks": [{"type": "file", "path": str(state / "lp")}],
+                "devices": [agent.device],
+            }
+        )
+    )
+    # A HOME below a regular file: anything written there fails (even as root).
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "STATE_DIRECTORY")}
+    env["HOME"] = "/etc/hostname/home"
+    for command in (["check"], ["poll", "-f", "line"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "qkdtel.cli", *command, "-c", str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+    assert "qkd_link," in result.stdout
+    (compiled,) = (state / "mibs").glob("mibs-*")
+    assert {p.stem for p in compiled.glob("*.py")} == {SMI_MODULE, *MODULES}
 
 
 def test_mib_builder_loads_every_module():
