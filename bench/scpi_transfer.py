@@ -50,9 +50,9 @@ from contextlib import contextmanager
 import numpy as np
 from _common.procs import free_tcp_port, wait_listening
 
-from qkdtel.bench import Osa
 from qkdtel.drivers.scpi import Job
 from qkdtel.drivers.scpi.socket_io import socket_session
+from qkdtel.lab import OsaSession
 
 QUERY = b":TRACe:Y? TRA\n"
 WARMUP = 20
@@ -151,7 +151,7 @@ def main() -> int:
     port = free_tcp_port()
     with (
         simulator(port) as resource,
-        Osa.open(resource, dialect="yokogawa") as osa,
+        OsaSession.open(resource, dialect="yokogawa") as osa,
     ):
         sweep = osa.sweep(start_nm=1528, stop_nm=1568, rbw_nm=0.02, points=args.points)
         expected = sweep.trace.power_dbm

@@ -1,7 +1,7 @@
 """What every `qkdtel` subcommand module shares: exit codes, the consoles, loading the file.
 
 Its own module so that cli.py (the parser) and the subcommand modules it registers
-(cli_spool, cli_bench) all import it at the top, and none imports another to reach these.
+(cli_spool, cli_lab) all import it at the top, and none imports another to reach these.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Bench tooling against the simulated instruments over real transports (pyvisa-py TCPIP
-SOCKET): `qkdtel osa sweep`, `qkdtel otdr acquire` and the `qkdtel.bench` API they are built
+SOCKET): `qkdtel osa sweep`, `qkdtel otdr acquire` and the `qkdtel.lab` API they are built
 on -- the published channel plans of links 4 and 8 in the table, the OTDR's events, length and
 loss, PNG plots that are really PNGs of the expected size, and one-line errors."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from qkdtel.bench import Osa, Otdr, PollError, Progress, SpectrumTrace
-from qkdtel.bench_plots import DPI, SIZE_IN
 from qkdtel.cli import main
+from qkdtel.lab import OsaSession, OtdrSession, PollError, Progress, SpectrumTrace
+from qkdtel.lab_plots import DPI, SIZE_IN
 from tests.fixtures_scpi import free_tcp_port
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -38,13 +38,13 @@ def assert_png(path: Path) -> None:
 
 
 def test_osa_sweep_lists_link_4_channels_and_the_cv_notch(osa_sim, tmp_path, capsys):
-    bench = osa_sim("yokogawa", "4")
+    rig = osa_sim("yokogawa", "4")
     png, npz = tmp_path / "link4.png", tmp_path / "link4.npz"
     code = main(
         [
             "osa",
             "sweep",
-            bench.sim.resource,
+            rig.sim.resource,
             "--dialect=yokogawa",
             "--start=1528",
             "--stop=1568",
@@ -75,26 +75,26 @@ def test_osa_sweep_lists_link_4_channels_and_the_cv_notch(osa_sim, tmp_path, cap
 
 
 def test_osa_sweep_anritsu_link_8_with_a_csv_trace(osa_sim, tmp_path, capsys):
-    bench = osa_sim("anritsu", "8")
+    rig = osa_sim("anritsu", "8")
     png, csv = tmp_path / "link8.png", tmp_path / "link8.csv"
-    argv = ["osa", "sweep", bench.sim.resource, "--dialect", "anritsu", "--rbw", "0.03"]
+    argv = ["osa", "sweep", rig.sim.resource, "--dialect", "anritsu", "--rbw", "0.03"]
     code = main([*argv, "--points", "5001", "--plot", str(png), "--trace", str(csv)])
     out = capsys.readouterr().out
     assert code == 0, out
     classical = {ch for ch, cells in rows(out).items() if cells[2] == "classical"}
     assert classical == {"25", "29", "34", "59", "60"}
-    assert "DMA?" in [r.text for r in bench.sim.received()]  # ASCII, the dialect's only way
+    assert "DMA?" in [r.text for r in rig.sim.received()]  # ASCII, the dialect's only way
     assert_png(png)
     assert len(SpectrumTrace.load(csv).power_dbm) == 5001
 
 
 def test_osa_api_context_manager_and_typed_report(osa_sim):
-    bench = osa_sim("yokogawa", "4")
-    with Osa.open(bench.sim.resource, dialect="yokogawa", timeout=2) as osa:
+    rig = osa_sim("yokogawa", "4")
+    with OsaSession.open(rig.sim.resource, dialect="yokogawa", timeout=2) as osa:
         assert osa.identity.startswith("YOKOGAWA,AQ6370")
         with pytest.raises(ValueError, match=r"resolution_nm: .*not 0\.03"):
             osa.sweep(rbw_nm=0.03)  # refused before anything is sent
-        assert not any("RESOLUTION" in r.text.upper() for r in bench.sim.received())
+        assert not any("RESOLUTION" in r.text.upper() for r in rig.sim.received())
         sweep = osa.sweep(center_nm=1550, span_nm=30, rbw_nm=0.05, points=3001)
     report = sweep.itu_report(grid_ghz=100, quantum_channels=[37, 38])
     assert [c.label for c in report.classical] == ["21", "22", "23", "30"]
@@ -110,11 +110,11 @@ def test_osa_api_context_manager_and_typed_report(osa_sim):
 def test_otdr_acquire_shows_progress_events_length_and_compares_with_baseline(
     otdr_sim, tmp_path, capsys
 ):
-    bench = otdr_sim("8", speed=100)
+    rig = otdr_sim("8", speed=100)
     argv = [
         "otdr",
         "acquire",
-        bench.sim.resource,
+        rig.sim.resource,
         "--wavelength=1550",
         "--range=70000",
         "--averaging=30",
@@ -126,7 +126,7 @@ def test_otdr_acquire_shows_progress_events_length_and_compares_with_baseline(
     out = capsys.readouterr().out
     assert "acquiring 1550 nm" in out and "100%" in out
     events = rows(out)
-    assert len(events) == len(bench.route.events) + 1  # and the far end
+    assert len(events) == len(rig.route.events) + 1  # and the far end
     assert events[str(len(events))][1] == "end"
     assert sum(cells[1] == "reflective" for cells in events.values()) == 3
     assert "fibre length 33.100 km; total loss 11.80 dB" in out
@@ -138,23 +138,23 @@ def test_otdr_acquire_shows_progress_events_length_and_compares_with_baseline(
 
 
 def test_otdr_api_reports_progress_and_returns_the_event_table(otdr_sim):
-    bench = otdr_sim("9", speed=100)
+    rig = otdr_sim("9", speed=100)
     progress: list[Progress] = []
-    with Otdr.open(bench.sim.resource, timeout=2, name="link9") as otdr:
+    with OtdrSession.open(rig.sim.resource, timeout=2, name="link9") as otdr:
         trace = otdr.acquire(
             range_m=10_000, averaging_s=30, progress_interval=0.02, on_progress=progress.append
         )
     percents = [p.percent for p in progress]
     assert len(percents) >= 3 and percents == sorted(percents) and percents[-1] == 100
     assert {p.device for p in progress} == {"link9"}
-    assert trace.fibre_length_m == pytest.approx(bench.route.length_m, abs=2 * trace.spacing_m)
+    assert trace.fibre_length_m == pytest.approx(rig.route.length_m, abs=2 * trace.spacing_m)
     assert trace.events[-1].type.value == "end"
     assert np.isfinite(trace.values_db).all()
 
 
 def test_scpi_error_is_one_line_and_exit_1(otdr_sim, capsys):
-    bench = otdr_sim("9")
-    code = main(["otdr", "acquire", bench.sim.resource, "--pulse=123", "--range=10000"])
+    rig = otdr_sim("9")
+    code = main(["otdr", "acquire", rig.sim.resource, "--pulse=123", "--range=10000"])
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert err.count("\n") == 0 and "PULSe:WIDTh 123NS' failed: -222" in err

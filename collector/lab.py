@@ -1,8 +1,8 @@
-"""`qkdtel.bench`: the OSA and OTDR in a lab script -- context managers and typed results.
+"""`qkdtel.lab`: the OSA and OTDR in a lab script -- context managers and typed results.
 
-    from qkdtel.bench import Osa, Otdr
+    from qkdtel.lab import OsaSession, OtdrSession
 
-    with Osa.open("TCPIP::127.0.0.1::5025::SOCKET", dialect="yokogawa") as osa:
+    with OsaSession.open("TCPIP::127.0.0.1::5025::SOCKET", dialect="yokogawa") as osa:
         sweep = osa.sweep(start_nm=1528, stop_nm=1568, rbw_nm=0.02, points=5001)
     report = sweep.itu_report(grid_ghz=100, quantum_channels=[37, 38])
     for channel in report.classical:
@@ -10,12 +10,12 @@
     for notch in report.notches:
         print(notch.label, notch.depth_db, notch.in_band_noise_dbm)
 
-    with Otdr.open("TCPIP::127.0.0.1::5026::SOCKET") as otdr:
+    with OtdrSession.open("TCPIP::127.0.0.1::5026::SOCKET") as otdr:
         trace = otdr.acquire(wavelength_nm=1550, averaging_s=30, on_progress=print)
     print(trace.fibre_length_m, trace.total_loss_db, trace.events)
 
 Why a facade and not a second driver: the measuring is the drivers' own classes
-(`qkdtel.drivers.osa.OsaControl`, `qkdtel.drivers.otdr.OtdrControl`), so a bench sweep is
+(`qkdtel.drivers.osa.OsaControl`, `qkdtel.drivers.otdr.OtdrControl`), so a lab sweep is
 exactly what the collector polls -- same commands, error-queue checks, recovery after a
 timeout, same analysis.
 What those classes leave to their caller is added here: building the `ScpiInstrument` from a
@@ -68,9 +68,9 @@ __all__ = [
     "EventType",
     "ItuReport",
     "NotchResult",
-    "Osa",
-    "Otdr",
+    "OsaSession",
     "OtdrEvent",
+    "OtdrSession",
     "OtdrTrace",
     "PollError",
     "Progress",
@@ -205,9 +205,9 @@ class Sweep:
         return trace.save(path)
 
 
-class Osa(_Session):
+class OsaSession(_Session):
     """An optical spectrum analyser of either dialect (`yokogawa`: AQ6370 class, `anritsu`:
-    MS9740A class); open it with `Osa.open`."""
+    MS9740A class); open it with `OsaSession.open`."""
 
     def __init__(self, document: dict[str, Any]):
         self._document = document
@@ -227,7 +227,7 @@ class Osa(_Session):
         dialect: str,
         timeout: float = 5.0,
         sweep_timeout: float = 60.0,
-    ) -> Osa:
+    ) -> OsaSession:
         """Connect and identify the analyser. `timeout`: limit of one read or write;
         `sweep_timeout`: longest a sweep may take."""
         return cls(
@@ -279,9 +279,9 @@ class Osa(_Session):
 # -- OTDR -------------------------------------------------------------------------------------
 
 
-class Otdr(_Session):
+class OtdrSession(_Session):
     """An OTDR of the qkdtel SCPI dialect (see `qkdtel.drivers.otdr.commands`); open it with
-    `Otdr.open`. `name` labels its progress reports."""
+    `OtdrSession.open`. `name` labels its progress reports."""
 
     def __init__(self, visa: VisaSettings, name: str):
         self.name = name
@@ -290,7 +290,7 @@ class Otdr(_Session):
         self.identity = _identify(self.instrument, visa.timeout + visa.open_timeout)
 
     @classmethod
-    def open(cls, resource: str, *, timeout: float = 5.0, name: str = "otdr") -> Otdr:
+    def open(cls, resource: str, *, timeout: float = 5.0, name: str = "otdr") -> OtdrSession:
         """Connect and identify the OTDR. `timeout`: limit of one read or write."""
         visa = _validated(
             VisaSettings, {"resource": resource, "timeout": timeout, "open_timeout": timeout}

@@ -1,5 +1,5 @@
 """`qkdtel osa sweep` and `qkdtel otdr acquire`: one measurement at the bench, as a table and a
-PNG plot, through the same driver code the collector polls with (`qkdtel.bench`).
+PNG plot, through the same driver code the collector polls with (`qkdtel.lab`).
 
     qkdtel osa sweep TCPIP::10.0.0.5::10001::SOCKET --dialect yokogawa --start 1528 --stop 1568 \\
         --rbw 0.02 --points 5001 --quantum 37,38 --plot link4.png --trace link4.npz
@@ -22,19 +22,19 @@ from rich import box
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from qkdtel.bench import (
+from qkdtel.cli_common import stderr, stdout
+from qkdtel.lab import (
     BaselineStore,
     ItuReport,
-    Osa,
-    Otdr,
+    OsaSession,
+    OtdrSession,
     OtdrTrace,
     PollError,
     Sweep,
     Thresholds,
     compare,
 )
-from qkdtel.bench import Progress as AcquisitionProgress
-from qkdtel.cli_common import stderr, stdout
+from qkdtel.lab import Progress as AcquisitionProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -123,7 +123,7 @@ def cmd_osa_sweep(args: argparse.Namespace) -> int:
     if args.trace is not None and args.trace.suffix.lower() not in (".npz", ".csv"):
         return _fail(f"{args.trace}: a trace file ends in .npz or .csv", EXIT_USAGE)
     try:
-        with Osa.open(args.resource, dialect=args.dialect, timeout=args.timeout) as osa:
+        with OsaSession.open(args.resource, dialect=args.dialect, timeout=args.timeout) as osa:
             sweep = osa.sweep(
                 **{k: v for k, v in span.items() if v is not None},
                 rbw_nm=args.rbw,
@@ -147,7 +147,7 @@ def cmd_osa_sweep(args: argparse.Namespace) -> int:
         if args.trace is not None:
             stdout.print(f"trace: {sweep.save(args.trace)}", highlight=False)
         if args.plot is not None:
-            from qkdtel.bench_plots import plot_spectrum
+            from qkdtel.lab_plots import plot_spectrum
 
             stdout.print(f"plot: {plot_spectrum(sweep, report, args.plot)}", highlight=False)
     except OSError as exc:
@@ -185,7 +185,7 @@ def _acquire(args: argparse.Namespace) -> OtdrTrace:
         TimeElapsedColumn(),
     )
     with (
-        Otdr.open(args.resource, timeout=args.timeout) as otdr,
+        OtdrSession.open(args.resource, timeout=args.timeout) as otdr,
         Progress(*columns, console=stdout) as bar,
     ):
         task = bar.add_task(f"{args.wavelength} nm", total=100.0)
@@ -244,7 +244,7 @@ def cmd_otdr_acquire(args: argparse.Namespace) -> int:
         )
         baseline = _against_baseline(args, trace) if args.baseline is not None else None
         if args.plot is not None:
-            from qkdtel.bench_plots import plot_otdr
+            from qkdtel.lab_plots import plot_otdr
 
             stdout.print(f"plot: {plot_otdr(trace, args.plot, baseline)}", highlight=False)
     except PollError as exc:

@@ -13,10 +13,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from qkdtel.bench import ItuReport, OtdrTrace, Sweep
 from qkdtel.drivers.optics import C_NM_THZ, channel_label, channel_nm
 from qkdtel.drivers.osa.analysis import grid_channels
 from qkdtel.drivers.otdr.trace import EventType
+from qkdtel.lab import ItuReport, OtdrTrace, Sweep
 
 SIZE_IN = (12.0, 6.0)
 DPI = 100
