@@ -3,7 +3,7 @@
 Read a profile like a datasheet: each `Out(source, name, convert)` line says "the value of MIB
 object `source`, passed through `convert`, is tag/field `name`". Everything vendor-specific
 (units, scale, state names, what a notification means) lives here; `driver.py` and
-`collector/traps.py` only execute these tables. Objects are named, never numbered: `mib.py`
+`traps.py` only execute these tables. Objects are named, never numbered: `mib.py`
 resolves every name through the compiled MIBs.
 
 Converters receive the decoded value: an `int` for integer syntaxes, a `str` for strings, and
