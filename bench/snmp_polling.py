@@ -52,7 +52,7 @@ import httpx
 import yaml
 from _common.cpu_profile import profile_rounds
 from _common.procs import CLOCK_TICK
-from _common.rounds import Job, Run, timed_rounds
+from _common.rounds import Job, SideRun, timed_rounds
 from _common.snmp_agents import Agents, choose_slots
 from _common.snmp_exporter import (
     EXPORTER,
@@ -116,9 +116,9 @@ def bench_qkdtel(
     rounds: int,
     concurrency: int,
     version: str,
-) -> tuple[Run, dict[str, Any]]:
+) -> tuple[SideRun, dict[str, Any]]:
     """The qkdtel side's timed rounds, and the warm-up readings to check the exporter's by."""
-    run = Run("qkdtel", version)
+    run = SideRun("qkdtel", version)
 
     async def measure() -> dict[str, Any]:
         readings, run.requests_per_poll = await qkdtel_warm_up(pollers)
@@ -144,10 +144,10 @@ def bench_exporter(
     rounds: int,
     concurrency: int,
     version: str,
-) -> Run:
+) -> SideRun:
     """The exporter side's timed rounds: scrapes over `concurrency` kept-alive connections,
     after one checked, untimed scrape of every module."""
-    run = Run("exporter", version)
+    run = SideRun("exporter", version)
     targets = []
     for slot in agents.slots:
         module = modules[slot.profile]
@@ -199,7 +199,7 @@ HEADER = (
 )
 
 
-def report(runs: Sequence[Run]) -> str:
+def report(runs: Sequence[SideRun]) -> str:
     lines = [HEADER]
     for run in runs:
         requests = "" if run.requests_per_poll is None else f"{run.requests_per_poll:.1f}"
@@ -253,7 +253,7 @@ def main() -> None:
 
     versions = VERSIONS[:1] if args.no_v3 else VERSIONS
     slots = choose_slots(args.modules)
-    runs: list[Run] = []
+    runs: list[SideRun] = []
     profiles: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="qkdtel-bench-snmp-") as tmp:
         work = Path(tmp)

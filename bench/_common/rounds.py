@@ -14,7 +14,7 @@ Job = Callable[[], Awaitable[str]]
 
 
 @dataclass
-class Run:
+class SideRun:
     """One side's timed rounds."""
 
     side: str
@@ -61,7 +61,7 @@ async def in_rounds(jobs: Sequence[Job], rounds: int, concurrency: int) -> list[
 
 
 async def timed_rounds(
-    run: Run,
+    run: SideRun,
     jobs: Sequence[Job],
     rounds: int,
     concurrency: int,
