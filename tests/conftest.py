@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures_plugin",
     "tests.fixtures_otdr",
     "tests.fixtures_scpi",
+    "tests.fixtures_https",
 ]
 
 
