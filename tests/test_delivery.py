@@ -444,9 +444,9 @@ def test_spool_rejected_command_refuses_a_spool_of_the_old_layout(tmp_path: Path
 
 
 def _reference_line(sample: Sample) -> str:
-    """The line of `sample` as the straightforward encoder before the compiled fast path wrote
-    it: tags sorted and escaped, empty ones left out, fields in order, NaN and infinities left
-    out, tab- or NUL-led field keys not first."""
+    """The line of `sample` as a straightforward encoder, written independently of the one in
+    qkdtel.sample (no caches, no inlined types): tags sorted and escaped, empty ones left out,
+    fields in order, NaN and infinities left out, tab- or NUL-led field keys not first."""
     key = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
     field_key = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", '"': r"\""})
     tags = "".join(
@@ -497,8 +497,8 @@ _VALUES = st.one_of(
 @hyp_settings(max_examples=300, deadline=None)
 @given(keys=_FIELD_KEYS, rows=st.lists(st.lists(_VALUES, min_size=4, max_size=4), max_size=6))
 def test_the_encoder_writes_what_the_reference_encoder_writes(keys, rows) -> None:
-    # Rows of the same field keys whose value types vary from row to row: the compiled path
-    # of the first row's types, the general path for the others, both agree with the reference.
+    # Rows of the same field keys whose value types vary from row to row (cached field keys met
+    # with values of other types, subclasses, NaN): the encoder agrees with the reference.
     points = [
         Sample("m x", {"dev": "a,b", "": "x", "e": ""}, dict(zip(keys, row, strict=False)), i)
         for i, row in enumerate(rows)
