@@ -40,3 +40,54 @@ def test_driver_sample_configs_are_valid(sample, monkeypatch, tmp_path):
     loaded = load_config_text(text, str(sample))
     assert loaded.devices, f"{sample} configures no device"
     assert {d.config.driver for d in loaded.devices} == {sample.parent.name}
+
+
+def python_blocks(markdown: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown.read_text(encoding="utf-8"), re.S)
+
+
+def test_readme_plugin_examples_run_against_real_sockets():
+    import asyncio
+    import socket
+
+    from qkdtel.sdk import Driver, Listener, ListenerContext, Refused
+
+    driver_code, listener_code = python_blocks(ROOT / "README.md")
+    driver_ns: dict = {}
+    exec(compile(driver_code, "README.md (driver)", "exec", dont_inherit=True), driver_ns)
+    listener_ns: dict = {}
+    exec(compile(listener_code, "README.md (listener)", "exec", dont_inherit=True), listener_ns)
+    ping, push = driver_ns["PingDriver"], listener_ns["PushListener"]
+    assert issubclass(ping, Driver) and ping.options_model is driver_ns["PingOptions"]
+    assert issubclass(push, Listener) and push.options_model is listener_ns["PushOptions"]
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        listening = f"127.0.0.1:{server.getsockname()[1]}"
+    driver = ping("mgmt", ping.options_model(address=listening), 1.0)
+    with pytest.raises(Refused) as refused:
+        asyncio.run(driver.poll())
+    assert isinstance(refused.value.__cause__, ConnectionRefusedError)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def receive() -> list:
+        got: list = []
+
+        async def emit(samples):
+            got.extend(samples)
+
+        listener = push("push", push.options_model(port=port))
+        await listener.start(emit, ListenerContext())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"fibre_temperature_c 21.5", ("127.0.0.1", port))
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        await listener.stop()
+        return got
+
+    (sample,) = asyncio.run(receive())
+    assert (sample.measurement, dict(sample.fields)) == ("udp_line", {"fibre_temperature_c": 21.5})
