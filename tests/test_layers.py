@@ -1,5 +1,6 @@
-"""A production install: the simulators' and bench plots' needs are an extra (`sims`), and
-`qkdtel run` loads neither a simulator module nor those packages."""
+"""The layering and a production install: every module has its place in the import-linter
+contracts (which ./run-tests checks); the simulators' and lab plots' needs are an extra
+(`sims`), and `qkdtel run` loads neither a simulator module nor those packages."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import tomllib
 from importlib.metadata import requires
+from pathlib import Path
 
 import yaml
 
@@ -78,3 +81,39 @@ def test_qkdtel_run_loads_no_simulator_module(tmp_path):
     assert "qkdtel.daemon" in modules and "qkdtel.drivers.qkd_snmp.traps" in modules
     unwanted = [m for m in modules if m.startswith(("qkdtel.sims", "matplotlib"))]
     assert unwanted == []
+
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def contracts() -> list[dict]:
+    return tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]["contracts"]
+
+
+def layers() -> list[set[str]]:
+    """The layers contract's modules of the `qkdtel` container, top layer first."""
+    (contract,) = [c for c in contracts() if c["type"] == "layers"]
+    return [{name.strip() for name in re.split(r"[:|]", layer)} for layer in contract["layers"]]
+
+
+def container_modules() -> set[str]:
+    """Every module and subpackage directly in `qkdtel`, wherever package-dir puts it."""
+    package_dir = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-dir"]
+    collector = PYPROJECT.parent / package_dir["qkdtel"]
+    names = {p.stem for p in collector.glob("*.py")} - {"__init__"}
+    names |= {p.name for p in collector.iterdir() if (p / "__init__.py").is_file()}
+    return names | {name.split(".")[1] for name in package_dir if name.count(".") == 1}
+
+
+def test_every_module_has_its_place_in_the_layers():
+    """A module the layers leave out would be checked by nothing: each new one needs a place."""
+    assert set().union(*layers()) == container_modules()
+
+
+def test_forbidden_contracts_name_every_module_of_the_layers_above():
+    order = layers()
+    for contract in (c for c in contracts() if c["type"] == "forbidden"):
+        (source,) = contract["source_modules"]
+        level = next(i for i, layer in enumerate(order) if source.split(".")[1] in layer)
+        above = {f"qkdtel.{name}" for layer in order[:level] for name in layer}
+        assert above <= set(contract["forbidden_modules"]), (contract["name"], above)
