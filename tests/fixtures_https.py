@@ -13,6 +13,10 @@ Fixtures
     ``stock`` (link_up, stored, encryptors, ...). Returns a `KmeBench`: ``sim``, ``stocks`` and
     ``device(name, **overrides)``, the configuration entry of a device polling it. Closed after
     the test.
+
+``qrng_sim`` (function scope, a factory)
+    ``qrng_sim(serial="QRNG-Quevedo-01", speed=1.0)`` serves a `SimulatedQrng`; returns a
+    `QrngBench`: ``sim`` and ``device(name, **overrides)``. Closed after the test.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pytest
 from qkdtel.sims.certs import TestPki, make_pki
 from qkdtel.sims.clock import AcceleratedClock
 from qkdtel.sims.kme.kme import KeyStock, SaePair, SimulatedKme, link_channel
+from qkdtel.sims.qrng import SimulatedQrng
 
 PKI_KEY_PASSWORD = "client-key-passphrase-7Hq"
 
@@ -87,6 +92,38 @@ def kme_sim(pki: TestPki) -> Iterator[Any]:
         sim = SimulatedKme(kme_id, "KME-peer", stocks, AcceleratedClock(speed), pki)
         started.append(sim)
         return KmeBench(sim, stocks, pki)
+
+    yield start
+    for sim in started:
+        sim.close()
+
+
+@dataclass
+class QrngBench:
+    sim: SimulatedQrng
+    pki: TestPki
+
+    def device(self, name: str, **overrides: Any) -> dict[str, Any]:
+        """A device entry polling this QRNG."""
+        return {
+            "name": name,
+            "driver": "qrng",
+            "interval": 0.2,
+            "timeout": 2,
+            "url": self.sim.url,
+            "tls": tls_options(self.pki),
+            **overrides,
+        }
+
+
+@pytest.fixture
+def qrng_sim(pki: TestPki) -> Iterator[Any]:
+    started: list[SimulatedQrng] = []
+
+    def start(serial: str = "QRNG-Quevedo-01", speed: float = 1.0) -> QrngBench:
+        sim = SimulatedQrng(serial, AcceleratedClock(speed), pki)
+        started.append(sim)
+        return QrngBench(sim, pki)
 
     yield start
     for sim in started:
