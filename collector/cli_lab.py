@@ -46,10 +46,10 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def _channels(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(
             f"expected channel numbers like 37,38, got {text!r}"
-        ) from None
+        ) from exc
 
 
 def _quiet_drivers() -> None:
@@ -211,7 +211,7 @@ def _against_baseline(args: argparse.Namespace, trace: OtdrTrace) -> OtdrTrace |
     try:
         baseline = store.load(args.link, trace.wavelength_nm)
     except ValueError as exc:  # names the file: not JSON, not a baseline, unreadable
-        raise PollError(str(exc)) from None
+        raise PollError(str(exc)) from exc
     if baseline is None:
         path = store.save(args.link, trace)
         stdout.print(f"no baseline yet: this acquisition saved as it: {path}", highlight=False)

@@ -110,9 +110,9 @@ def ascii_values(text: str, where: str, expected: int | None = None) -> np.ndarr
     items = [item for item in _SEPARATORS.split(text.strip()) if item]
     try:
         values = np.array([float(item) for item in items], dtype=np.float64)
-    except ValueError:
+    except ValueError as exc:
         bad = next(item for item in items if not _is_number(item))
-        raise Malformed(f"{where}: {bad[:40]!r} is not a number") from None
+        raise Malformed(f"{where}: {bad[:40]!r} is not a number") from exc
     return _checked(values, where, expected)
 
 

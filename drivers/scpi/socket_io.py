@@ -199,11 +199,11 @@ class SocketBlockReader:
             raise DeviceTimeout(f"{self.where}: time budget used up before the answer to {after!r}")
         try:
             _wait_ready(self.sock, select.POLLIN, seconds)
-        except TimeoutError:
+        except TimeoutError as exc:
             size = len(self.terminator)
             if length is not None and size and view[have - size : have] == self.terminator:
                 # the terminator ended the message
-                raise truncated_block(f"{self.where}: {after}", length, have - size) from None
+                raise truncated_block(f"{self.where}: {after}", length, have - size) from exc
             _translate(TimeoutError(), self.where, repr(after), seconds)
 
 

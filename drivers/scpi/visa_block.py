@@ -44,7 +44,7 @@ def read_visa_block(job: Job, after: str) -> bytes:
             )
         except VisaIOError as exc:
             if exc.error_code == constants.StatusCode.error_timeout and ended:
-                raise _truncated(job, where, length, payload) from None
+                raise _truncated(job, where, length, payload) from exc
             with visa_errors(job.where, repr(after), seconds):
                 raise
         payload += chunk
