@@ -61,6 +61,21 @@ def _quiet_drivers() -> None:
         drivers.setLevel(logging.ERROR)
 
 
+PLOTS_NEED = (
+    "--plot needs matplotlib, which a production install leaves out: pip install 'qkdtel[sims]'"
+)
+
+
+def _plots_available() -> bool:
+    """Whether matplotlib (the `sims` extra) is installed: checked before a sweep or an
+    acquisition, so a missing plotter costs no measurement."""
+    try:
+        import matplotlib  # noqa: F401 - only whether it imports
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
     stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     return code
@@ -122,6 +137,8 @@ def cmd_osa_sweep(args: argparse.Namespace) -> int:
     _quiet_drivers()
     if args.trace is not None and args.trace.suffix.lower() not in (".npz", ".csv"):
         return _fail(f"{args.trace}: a trace file ends in .npz or .csv", EXIT_USAGE)
+    if args.plot is not None and not _plots_available():
+        return _fail(PLOTS_NEED, EXIT_USAGE)
     try:
         with OsaSession.open(args.resource, dialect=args.dialect, timeout=args.timeout) as osa:
             sweep = osa.sweep(
@@ -230,6 +247,8 @@ def cmd_otdr_acquire(args: argparse.Namespace) -> int:
     _quiet_drivers()
     if args.baseline is not None and args.link is None:
         return _fail("--baseline needs --link (baselines are kept per link)", EXIT_USAGE)
+    if args.plot is not None and not _plots_available():
+        return _fail(PLOTS_NEED, EXIT_USAGE)
     try:
         trace = _acquire(args)
         stdout.print(event_table(trace))

@@ -117,3 +117,33 @@ def test_forbidden_contracts_name_every_module_of_the_layers_above():
         level = next(i for i, layer in enumerate(order) if source.split(".")[1] in layer)
         above = {f"qkdtel.{name}" for layer in order[:level] for name in layer}
         assert above <= set(contract["forbidden_modules"]), (contract["name"], above)
+
+
+def test_lab_plots_without_the_sims_extra_are_a_clear_usage_error(tmp_path):
+    # matplotlib is installed here (the tests install the extra): a finder refusing it stands
+    # in for a production install, which a test cannot make.
+    child = textwrap.dedent(
+        """
+        import sys
+
+        class NoMatplotlib:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "matplotlib":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, NoMatplotlib())
+        from qkdtel.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    plot = ["--plot", str(tmp_path / "plot.png")]
+    for command in (["osa", "sweep"], ["otdr", "acquire"]):
+        result = subprocess.run(
+            [sys.executable, "-c", child, *command, "TCPIP::127.0.0.1::9::SOCKET", *plot],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "--plot needs matplotlib" in result.stderr and "qkdtel[sims]" in result.stderr
+        assert "Traceback" not in result.stderr
