@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from qkdtel import __version__, mibs
@@ -19,7 +20,14 @@ from qkdtel.cli_lab import add_subcommand as add_lab
 from qkdtel.cli_spool import add_subcommand as add_spool
 from qkdtel.config import json_schema
 from qkdtel.output import FORMATS, print_samples
-from qkdtel.plugins import DriverNotFound, driver_entry_points, load_driver
+from qkdtel.plugins import (
+    DriverNotFound,
+    PluginNotFound,
+    driver_entry_points,
+    listener_entry_points,
+    load_driver,
+    load_listener,
+)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -99,17 +107,23 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
+    """The installed plugins: drivers, then listeners; exit 1 if one of them fails to load."""
     table = Table(header_style="bold")
-    for column in ("driver", "provided by", "entry point", "description"):
+    for column in ("plugin", "kind", "provided by", "entry point", "description"):
         table.add_column(column)
     failed = False
-    for name, ep in sorted(driver_entry_points().items()):
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
-        try:
-            description = load_driver(name).description
-        except DriverNotFound as exc:
-            description, failed = f"[red]{exc}[/]", True
-        table.add_row(name, dist, ep.value, description)
+    groups = (
+        ("driver", driver_entry_points(), load_driver),
+        ("listener", listener_entry_points(), load_listener),
+    )
+    for kind, entry_points, load in groups:
+        for name, ep in sorted(entry_points.items()):
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
+            try:
+                description = load(name).description
+            except PluginNotFound as exc:
+                description, failed = f"[red]{escape(str(exc))}[/]", True
+            table.add_row(name, kind, dist, ep.value, description)
     stdout.print(table)
     return EXIT_POLL_FAILED if failed else EXIT_OK
 
@@ -181,7 +195,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="include qkdtel_device_status points")
     p.set_defaults(func=cmd_poll)
 
-    p = sub.add_parser("drivers", help="list installed driver plugins")
+    p = sub.add_parser("drivers", help="list installed plugins: drivers and listeners")
     p.set_defaults(func=cmd_drivers)
 
     p = sub.add_parser("config", help="configuration helpers")

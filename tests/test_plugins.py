@@ -115,6 +115,10 @@ def test_the_plugin_imports_only_the_sdk_of_qkdtel():
 
 def test_installed_listener_is_discovered_and_runs_in_the_daemon(tmp_path, tcp_probe_driver):
     assert load_listener("udp_lines").__module__ == "qkdtel_tcp_probe.listener"
+    listing = qkdtel_cli("drivers")
+    assert listing.returncode == 0, listing.stderr
+    (row,) = [line for line in listing.stdout.splitlines() if "udp_lines" in line]
+    assert "listener" in row and "qkdtel-tcp-probe 1.0.0" in row
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
