@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures_otdr",
     "tests.fixtures_scpi",
     "tests.fixtures_https",
+    "tests.fixtures_netconf",
 ]
 
 

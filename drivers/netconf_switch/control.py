@@ -1,0 +1,226 @@
+"""Safe cross-connect changes: guards first, then lock, candidate, validate, confirmed commit.
+
+    control = SwitchControl("sw-quevedo", options, link_loss_db={"3": 4.3, "4": 10.0})
+    outcome = control.change("connect", 5, 15)          # or disconnect / move; dry_run=True
+
+Why it is built like this:
+- The guards (`guards.py`) run on the switch's current map before anything is sent.
+- The change goes through the candidate datastore under locks on running and candidate (no
+  other manager can interleave), is validated by the switch, and committed *confirmed*: the
+  switch applies it but rolls it back by itself unless a confirming commit follows within
+  `confirm_timeout`. The confirming commit is sent only after the running map read back is the
+  one planned. A session lost after the confirmed commit therefore leaves the switch rolled back
+  (RFC 6241 section 8.4: at once when the session ends, at the latest at the timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from ncclient.manager import Manager
+
+from qkdtel.drivers.netconf import NetconfSession, RpcError
+from qkdtel.drivers.netconf_switch.guards import ChangeRefused, check_budget, check_classical
+from qkdtel.drivers.netconf_switch.model import (
+    SwitchState,
+    pairs_edit,
+    parse_switch,
+    subtree_filter,
+)
+from qkdtel.drivers.netconf_switch.options import SwitchOptions
+from qkdtel.sdk import ConnectionLost, DeviceTimeout, PollError
+
+log = logging.getLogger(__name__)
+
+Operation = Literal["connect", "disconnect", "move"]
+
+
+class ChangeFailed(Exception):
+    """The switch did not take the change; the message says what state it is left in."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a change did (or, with dry_run, would do)."""
+
+    before: dict[int, int]
+    after: dict[int, int]
+    diff: list[str]
+    applied: bool
+
+
+def diff_lines(before: Mapping[int, int], after: Mapping[int, int]) -> list[str]:
+    """`- 1 -> 11` for a pair that goes, `+ 1 -> 13` for one that comes."""
+    lines = []
+    for ingress in sorted(set(before) | set(after)):
+        old, new = before.get(ingress), after.get(ingress)
+        if old == new:
+            continue
+        if old is not None:
+            lines.append(f"- {ingress} -> {old}")
+        if new is not None:
+            lines.append(f"+ {ingress} -> {new}")
+    return lines
+
+
+def planned(
+    current: Mapping[int, int], operation: Operation, ingress: int, egress: int | None
+) -> dict[int, int]:
+    """The map after `operation`; refuses what the map makes meaningless."""
+    after = dict(current)
+    fed = {e: i for i, e in current.items()}
+    if operation == "disconnect":
+        if ingress not in current:
+            raise ChangeRefused(f"ingress {ingress} is not connected")
+        if egress is not None and current[ingress] != egress:
+            raise ChangeRefused(f"ingress {ingress} feeds {current[ingress]}, not {egress}")
+        del after[ingress]
+        return after
+    assert egress is not None
+    if egress in fed and fed[egress] != ingress:
+        raise ChangeRefused(f"egress {egress} is already fed by ingress {fed[egress]}")
+    if operation == "connect" and ingress in current:
+        raise ChangeRefused(
+            f"ingress {ingress} already feeds {current[ingress]}: use move to change it"
+        )
+    if operation == "move" and ingress not in current:
+        raise ChangeRefused(f"ingress {ingress} is not connected: use connect")
+    if current.get(ingress) == egress:
+        raise ChangeRefused(f"ingress {ingress} already feeds {egress}")
+    after[ingress] = egress
+    return after
+
+
+class SwitchControl:
+    """Changes to one switch's cross-connects over its own NETCONF session."""
+
+    def __init__(
+        self,
+        name: str,
+        options: SwitchOptions,
+        link_loss_db: Mapping[str, float],
+        rpc_timeout: float = 30.0,
+    ):
+        self.name = name
+        self.options = options
+        self.link_loss_db = link_loss_db
+        self.session = NetconfSession(name, options, rpc_timeout)
+
+    def state(self) -> SwitchState:
+        """The switch as it is now (get: configuration and state)."""
+        reply = self.session.call("get", lambda m: m.get(filter=subtree_filter()))
+        return parse_switch(reply.data_ele, self.session.where)
+
+    def change(
+        self,
+        operation: Operation,
+        ingress: int,
+        egress: int | None = None,
+        *,
+        dry_run: bool = False,
+        override_classical: bool = False,
+    ) -> Outcome:
+        """Plan, guard, and (unless `dry_run`) apply one change; raise `ChangeRefused` from a
+        guard (nothing sent) or `ChangeFailed` (the message says what the switch is left in)."""
+        before = self.state().pairs
+        after = planned(before, operation, ingress, egress)
+        check_classical(before, after, self.options, override_classical)
+        check_budget(self.name, before, after, self.options, self.link_loss_db)
+        diff = diff_lines(before, after)
+        if not dry_run:
+            self._apply(before, after)
+        return Outcome(before, after, diff, applied=not dry_run)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- the NETCONF sequence -------------------------------------------------------------
+
+    def _call(self, what: str, request: Callable[[Manager], object]) -> object:
+        return self.session.call(what, request)
+
+    def _apply(self, before: dict[int, int], after: dict[int, int]) -> None:
+        locked: list[str] = []
+        committed = False
+        timeout = int(self.options.confirm_timeout)
+        try:
+            for target in ("running", "candidate"):
+                self._call(f"lock {target}", lambda m, t=target: m.lock(target=t))
+                locked.append(target)
+            self._call("discard-changes", lambda m: m.discard_changes())
+            edit = pairs_edit(before, after)
+            self._call("edit-config", lambda m: m.edit_config(target="candidate", config=edit))
+            self._call("validate", lambda m: m.validate(source="candidate"))
+            self._call(
+                "commit confirmed",
+                lambda m: m.commit(confirmed=True, timeout=str(timeout)),
+            )
+            committed = True
+            self._verify(after)
+            self._call("commit (confirm)", lambda m: m.commit())
+        except (ConnectionLost, DeviceTimeout) as exc:
+            raise ChangeFailed(self._lost_message(exc, committed, timeout)) from exc
+        except ChangeFailed:
+            self._back_out(committed)
+            raise
+        except PollError as exc:
+            self._back_out(committed)
+            raise ChangeFailed(self._refused_message(exc, committed)) from exc
+        finally:
+            self._unlock(locked)
+
+    def _verify(self, after: dict[int, int]) -> None:
+        """Read running back; a map other than planned is not confirmed."""
+        reply = self._call("get-config", lambda m: m.get_config("running", filter=subtree_filter()))
+        running = parse_switch(reply.data_ele, self.session.where).pairs  # type: ignore[attr-defined]
+        if running != after:
+            raise ChangeFailed(
+                f"{self.session.where}: running cross-connects after the confirmed commit are "
+                f"{running}, not the planned {after}"
+            )
+
+    def _back_out(self, committed: bool) -> None:
+        """After an rpc-error: undo what this session did (cancel or discard), quietly."""
+        what = "cancel-commit" if committed else "discard-changes"
+        try:
+            if committed:
+                self._call(what, lambda m: m.cancel_commit())
+            else:
+                self._call(what, lambda m: m.discard_changes())
+        except PollError as exc:
+            log.warning("%s: %s after a failed change: %s", self.name, what, exc)
+
+    def _unlock(self, locked: list[str]) -> None:
+        if not self.session.connected:
+            return  # the server released this session's locks when it ended
+        for target in reversed(locked):
+            try:
+                self._call(f"unlock {target}", lambda m, t=target: m.unlock(target=t))
+            except PollError as exc:
+                log.warning("%s: unlock %s: %s", self.name, target, exc)
+
+    def _lost_message(self, exc: PollError, committed: bool, timeout: int) -> str:
+        if committed:
+            return (
+                f"{exc}: the session was lost after the confirmed commit and before it was "
+                f"confirmed; the switch rolls the change back by itself (at once as the "
+                f"session ends, at the latest after the {timeout} s confirm timeout)"
+            )
+        return (
+            f"{exc}: the session was lost before the change was committed; the switch's "
+            f"running cross-connects are unchanged (the candidate is discarded by the next "
+            f"change)"
+        )
+
+    @staticmethod
+    def _refused_message(exc: PollError, committed: bool) -> str:
+        if isinstance(exc, RpcError) and exc.tag in ("lock-denied", "in-use"):
+            return (
+                f"{exc} -- another session (operator or controller) holds the lock; "
+                f"nothing was changed"
+            )
+        state = "the confirmed commit was cancelled" if committed else "nothing was changed"
+        return f"{exc}; {state}"

@@ -1,0 +1,256 @@
+"""Issue 9: optical switches over NETCONF/SSH against the simulated switch at Quevedo.
+
+The switch (sims/netconf) has, per link ending at Quevedo (3, 4, 8, 9), a quantum and a
+classical ingress port (1..8) and the matching egress ports (9..16); at start 1->11 and 3->9
+(quantum, link 3 <-> link 4) and 2->12, 4->10 (classical) are connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import paramiko
+import pytest
+import yaml
+from lxml import etree
+from ncclient import manager
+
+from qkdtel.config import load_config_text
+from qkdtel.drivers.netconf import HostKeyRejected, NetconfSession
+from qkdtel.drivers.netconf_switch.control import ChangeFailed, SwitchControl
+from qkdtel.drivers.netconf_switch.guards import ChangeRefused
+from qkdtel.drivers.netconf_switch.model import pairs_edit, yang_file
+from qkdtel.poller import DevicePoller
+from qkdtel.sims.netconf.switch import INSERTION_LOSS_DB
+from qkdtel.sims.topology import load_topology
+from tests.fixtures_netconf import SIM_PASSWORD
+
+START = {1: 11, 2: 12, 3: 9, 4: 10}
+LINK_LOSS = {link.id: link.loss_db for link in load_topology().links}
+
+
+def control(switch_sim, **overrides) -> SwitchControl:
+    return SwitchControl("sw-quevedo", switch_sim.switch_options(**overrides), LINK_LOSS, 5.0)
+
+
+def raw_manager(switch_sim):
+    """A second NETCONF client (plain ncclient), as another operator or controller would be."""
+    server = switch_sim.server
+    return manager.connect(
+        host=server.host,
+        port=server.port,
+        username="admin",
+        password=SIM_PASSWORD,
+        hostkey_verify=False,
+        allow_agent=False,
+        look_for_keys=False,
+    )
+
+
+# -- the YANG module --------------------------------------------------------------------------
+
+
+def test_yang_module_and_the_simulators_data_validate_with_yanglint(switch_sim, tmp_path):
+    module = yang_file()
+    subprocess.run(["yanglint", str(module)], check=True, capture_output=True)
+    with raw_manager(switch_sim) as m:
+        data = m.get().data_ele
+    (tmp_path / "get.xml").write_bytes(etree.tostring(data[0]))
+    result = subprocess.run(
+        ["yanglint", "-t", "data", str(module), str(tmp_path / "get.xml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    # the check can fail: a pair without its mandatory egress is refused
+    bad = etree.tostring(data[0]).replace(b"<egress>11</egress>", b"")
+    (tmp_path / "bad.xml").write_bytes(bad)
+    result = subprocess.run(
+        ["yanglint", "-t", "data", str(module), str(tmp_path / "bad.xml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "egress" in result.stderr
+
+
+# -- host keys and the session --------------------------------------------------------------
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint(switch_sim):
+    switch_sim.known_hosts.write_text("")
+    session = NetconfSession("sw-quevedo", switch_sim.switch_options(), 5.0)
+    with pytest.raises(HostKeyRejected) as caught:
+        session.manager()
+    message = str(caught.value)
+    fingerprint = switch_sim.server.host_key.get_fingerprint().hex(":")
+    assert "unknown host key" in message and f"MD5:{fingerprint}" in message
+    assert str(switch_sim.known_hosts) in message and SIM_PASSWORD not in message
+    assert caught.value.kind == "auth"
+
+
+def test_changed_host_key_is_refused_as_changed(switch_sim):
+    server = switch_sim.server
+    impostor = paramiko.ECDSAKey.generate()
+    switch_sim.known_hosts.write_text(
+        f"[{server.host}]:{server.port} {impostor.get_name()} {impostor.get_base64()}\n"
+    )
+    session = NetconfSession("sw-quevedo", switch_sim.switch_options(), 5.0)
+    with pytest.raises(HostKeyRejected, match="host key CHANGED") as caught:
+        session.manager()
+    assert server.host_key.get_fingerprint().hex(":") in str(caught.value)
+    assert server.operations == []  # refused before any NETCONF was spoken
+
+
+def test_one_session_is_reused_and_reopened_after_a_drop_with_backoff(switch_sim):
+    session = NetconfSession("sw-quevedo", switch_sim.switch_options(), 5.0)
+    for _ in range(3):
+        session.call("get", lambda m: m.get())
+    assert session.connects == 1
+    switch_sim.server.drop_sessions()
+    time.sleep(0.2)
+    session.call("get", lambda m: m.get())
+    assert session.connects == 2
+    session.close()
+
+
+def test_rpc_error_carries_tag_path_and_message(switch_sim):
+    session = NetconfSession("sw-quevedo", switch_sim.switch_options(), 5.0)
+    bad = pairs_edit({}, {1: 2})  # ingress to ingress: the switch refuses it at validate
+    session.call("edit-config", lambda m: m.edit_config(target="candidate", config=bad))
+    with pytest.raises(Exception) as caught:
+        session.call("validate", lambda m: m.validate(source="candidate"))
+    error = caught.value
+    assert error.kind == "instrument_error" and error.tag == "invalid-value"
+    assert (
+        error.path == "/qos:optical-switch/qos:cross-connects/qos:pair[qos:ingress='1']/qos:egress"
+    )
+    assert str(error).startswith("sw-quevedo (127.0.0.1:") and "egress 2 is an ingress port" in str(
+        error
+    )
+    session.close()
+
+
+# -- control --------------------------------------------------------------------------------
+
+
+def test_connect_move_disconnect_and_powers_follow(switch_sim):
+    ctl = control(switch_sim)
+    outcome = ctl.change("connect", 7, 13)  # link 9 quantum in -> link 8 quantum out
+    assert outcome.diff == ["+ 7 -> 13"] and switch_sim.pairs == {**START, 7: 13}
+    ports = ctl.state().ports
+    assert ports[13].power_dbm == pytest.approx(ports[7].power_dbm - INSERTION_LOSS_DB, abs=0.1)
+    ctl.change("move", 7, 15)
+    assert switch_sim.pairs == {**START, 7: 15}
+    ports = ctl.state().ports
+    assert ports[13].power_dbm == -60.0 and ports[15].power_dbm > -60.0
+    ctl.change("disconnect", 7)
+    assert switch_sim.pairs == START
+    assert not switch_sim.server.confirm_pending
+    ops = switch_sim.server.operations
+    assert ops.count("commit") == 6 and ops.count("validate") == 3 and ops.count("lock") == 6
+    ctl.close()
+
+
+def test_dry_run_prints_the_diff_and_sends_no_change(switch_sim):
+    ctl = control(switch_sim)
+    outcome = ctl.change("move", 1, 15, dry_run=True)
+    assert outcome.diff == ["- 1 -> 11", "+ 1 -> 15"] and not outcome.applied
+    assert switch_sim.pairs == START
+    assert switch_sim.server.operations == ["get"]
+    ctl.close()
+
+
+def test_an_unconfirmed_commit_rolls_back_by_itself(switch_sim):
+    with raw_manager(switch_sim) as m:
+        m.edit_config(target="candidate", config=pairs_edit(START, {**START, 7: 13}))
+        m.commit(confirmed=True, timeout="1")
+        assert switch_sim.pairs == {**START, 7: 13}
+        time.sleep(1.6)
+        assert switch_sim.pairs == START  # the session is still open: the timeout did it
+
+
+def test_a_lock_held_by_another_session_is_a_clear_error(switch_sim):
+    with raw_manager(switch_sim) as other:
+        other.lock(target="running")
+        with pytest.raises(ChangeFailed) as caught:
+            control(switch_sim).change("connect", 7, 13)
+        message = str(caught.value)
+        assert "lock running: rpc-error lock-denied" in message
+        assert "another session" in message and "nothing was changed" in message
+        assert switch_sim.pairs == START
+        assert "edit-config" not in switch_sim.server.operations
+
+
+def test_a_classical_port_is_refused_without_the_override(switch_sim):
+    ctl = control(switch_sim)
+    with pytest.raises(ChangeRefused, match=r"port 2, 12 carries classical .*--override"):
+        ctl.change("disconnect", 2)
+    assert switch_sim.pairs == START and switch_sim.server.operations == ["get"]
+    ctl.change("disconnect", 2, override_classical=True)
+    assert 2 not in switch_sim.pairs
+    ctl.close()
+
+
+def test_an_over_budget_quantum_path_is_refused_with_the_figure(switch_sim):
+    ctl = control(switch_sim)
+    # link 4 (10.0 dB) into link 8 (11.8 dB): 21.8 + switch 0.5 + two mux passes 2.0 = 24.3
+    with pytest.raises(ChangeRefused) as caught:
+        ctl.change("move", 3, 13)
+    assert "24.3 dB" in str(caught.value) and "CV budget of 23.0 dB" in str(caught.value)
+    assert switch_sim.pairs == START and switch_sim.server.operations == ["get"]
+    ctl.change("move", 3, 15)  # link 4 into link 9: 10.0 + 2.0 + 2.5 = 14.5 dB, allowed
+    assert switch_sim.pairs[3] == 15
+    ctl.close()
+
+
+def test_a_session_lost_mid_change_leaves_the_switch_rolled_back(switch_sim):
+    switch_sim.server.faults.drop_on = "confirm"
+    with pytest.raises(ChangeFailed) as caught:
+        control(switch_sim).change("connect", 7, 13)
+    assert "rolls the change back by itself" in str(caught.value)
+    assert "commit (confirm)" in str(caught.value)
+    deadline = time.monotonic() + 3
+    while switch_sim.pairs != START and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert switch_sim.pairs == START and not switch_sim.server.confirm_pending
+
+
+# -- polling through the collector ----------------------------------------------------------
+
+
+def poll_once(switch_sim, **overrides):
+    document = {
+        "collector": {"spool_dir": "/tmp/unused"},
+        "devices": [switch_sim.device(**overrides)],
+    }
+    (device,) = load_config_text(yaml.safe_dump(document)).devices
+
+    async def run():
+        poller = DevicePoller.create(device, max_backoff=1.0)
+        try:
+            return [await poller.poll() for _ in range(2)]
+        finally:
+            await poller.driver.aclose()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("bad_xml", "reply is not well-formed XML"),
+        ("wrong_namespace", "no optical-switch in namespace urn:example:qkdtel:optical-switch"),
+        ("missing_leaves", "cross-connects/pair[ingress=1]: egress is missing"),
+    ],
+)
+def test_malformed_replies_are_a_clear_per_device_error(switch_sim, fault, expected):
+    setattr(switch_sim.server.faults, fault, True)
+    results = poll_once(switch_sim)
+    for result in results:
+        assert not result.ok and result.error_class == "malformed", result.error
+        assert result.error.startswith("sw-quevedo (127.0.0.1:") and expected in result.error
+    setattr(switch_sim.server.faults, fault, False)
+    (first, _) = poll_once(switch_sim)
+    assert first.ok
