@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pysnmp.smi.builder import MibBuilder
 
-from qkdtel.mibs.smiv2_core import read_core_module
+from qkdtel.mibs.smiv2_core import CORE_MODULES, read_core_module
 
 MIB_DIR: Path = Path(__file__).resolve().parent
 """Folder of the `.mib` files (the package folder, in editable and wheel installs alike)."""
@@ -39,8 +39,13 @@ MODULES: tuple[str, ...] = (
     "QKDTEL-TOSHIBA-QKD-MIB",
     "QKDTEL-HWDU-CVQKD-MIB",
     "QKDTEL-AIT-CVQKD-MIB",
+    "QKDTEL-ENCRYPTOR-MIB",
 )
-"""The four vendor-family modules, in the order of their arcs under qkdtelModels."""
+"""The four QKD vendor-family modules and the encryptor module, in the order of their arcs
+under qkdtelModels."""
+
+STANDARD_MODULES: tuple[str, ...] = ("IF-MIB",)
+"""Standard modules compiled from the stand-ins (smiv2_core.py) because a qkdtel one imports them."""
 
 
 _BUILT = ("compiled", "untouched")  # untouched: a base module pysnmp ships precompiled
@@ -63,6 +68,8 @@ def _content_key() -> str:
     digest = hashlib.sha256(f"pysmi {pysmi.__version__} pysnmp {pysnmp.__version__}".encode())
     for path in mib_files():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, text in sorted(CORE_MODULES.items()):  # IF-MIB's stand-in is compiled too
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
     return digest.hexdigest()[:16]
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qkdtel.mibs.if_mib_subset import IF_MIB
+
 CORE_MODULES: dict[str, str] = {
     "SNMPv2-SMI": """\
 SNMPv2-SMI DEFINITIONS ::= BEGIN
@@ -24,6 +26,8 @@ SNMPv2-SMI DEFINITIONS ::= BEGIN
 org            OBJECT IDENTIFIER ::= { iso 3 }
 dod            OBJECT IDENTIFIER ::= { org 6 }
 internet       OBJECT IDENTIFIER ::= { dod 1 }
+mgmt           OBJECT IDENTIFIER ::= { internet 2 }
+mib-2          OBJECT IDENTIFIER ::= { mgmt 1 }
 private        OBJECT IDENTIFIER ::= { internet 4 }
 enterprises    OBJECT IDENTIFIER ::= { private 1 }
 
@@ -54,6 +58,9 @@ SNMPv2-CONF DEFINITIONS ::= BEGIN
 END
 """,
 }
+
+
+CORE_MODULES["IF-MIB"] = IF_MIB  # a runtime module too: see if_mib_subset.py
 
 
 def read_core_module(name: str, _context: object = None) -> str | None:

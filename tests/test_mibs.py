@@ -19,6 +19,7 @@ from qkdtel.mibs import (
     MIB_DIR,
     MODULES,
     SMI_MODULE,
+    STANDARD_MODULES,
     MibCompileError,
     compile_mibs,
     compiled_dir,
@@ -59,7 +60,7 @@ def test_the_package_ships_the_smi_and_the_four_vendor_modules():
 def test_pysmi_compiles_every_mib(tmp_path):
     compile_mibs(tmp_path)
     built = sorted(p.stem for p in tmp_path.glob("*.py"))
-    assert built == sorted([SMI_MODULE, *MODULES])
+    assert built == sorted([SMI_MODULE, *MODULES, *STANDARD_MODULES])
 
 
 def test_a_broken_mib_is_reported_with_its_file_and_pysmis_message(tmp_path):
@@ -87,7 +88,7 @@ def test_compiled_dir_is_built_once_even_by_concurrent_processes(tmp_path):
     (folder,) = answers
     assert Path(folder).parent == tmp_path / "mibs"
     assert [p.name for p in (tmp_path / "mibs").iterdir()] == [Path(folder).name]  # no debris
-    assert {p.stem for p in Path(folder).glob("*.py")} == {SMI_MODULE, *MODULES}
+    assert {p.stem for p in Path(folder).glob("*.py")} == {SMI_MODULE, *MODULES, *STANDARD_MODULES}
     stamp = (Path(folder) / f"{MODULES[0]}.py").stat().st_mtime_ns
     again = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -123,7 +124,7 @@ def test_mibs_compile_into_the_collectors_state_directory_never_home(tmp_path, s
         assert result.returncode == 0, result.stderr
     assert "qkd_link," in result.stdout
     (compiled,) = (state / "mibs").glob("mibs-*")
-    assert {p.stem for p in compiled.glob("*.py")} == {SMI_MODULE, *MODULES}
+    assert {p.stem for p in compiled.glob("*.py")} == {SMI_MODULE, *MODULES, *STANDARD_MODULES}
 
 
 def test_mib_builder_loads_every_module():
