@@ -45,7 +45,7 @@ MODULES: tuple[str, ...] = (
 under qkdtelModels."""
 
 STANDARD_MODULES: tuple[str, ...] = ("IF-MIB",)
-"""Standard modules compiled from the stand-ins (smiv2_core.py) because a qkdtel one imports them."""
+"""Standard modules compiled from the stand-ins (smiv2_core.py): a qkdtel module imports them."""
 
 
 _BUILT = ("compiled", "untouched")  # untouched: a base module pysnmp ships precompiled
