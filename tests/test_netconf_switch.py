@@ -18,6 +18,7 @@ from lxml import etree
 from ncclient import manager
 
 from qkdtel.config import load_config_text
+from qkdtel.daemon import Collector
 from qkdtel.drivers.netconf import HostKeyRejected, NetconfSession
 from qkdtel.drivers.netconf_switch.control import ChangeFailed, SwitchControl
 from qkdtel.drivers.netconf_switch.guards import ChangeRefused
@@ -25,7 +26,10 @@ from qkdtel.drivers.netconf_switch.model import pairs_edit, yang_file
 from qkdtel.poller import DevicePoller
 from qkdtel.sims.netconf.switch import INSERTION_LOSS_DB
 from qkdtel.sims.topology import load_topology
+from tests.collector_run import Recorder
 from tests.fixtures_netconf import SIM_PASSWORD
+from tests.metrics_doc import load_contract
+from tests.test_metrics_contract import violations
 
 START = {1: 11, 2: 12, 3: 9, 4: 10}
 LINK_LOSS = {link.id: link.loss_db for link in load_topology().links}
@@ -254,3 +258,50 @@ def test_malformed_replies_are_a_clear_per_device_error(switch_sim, fault, expec
     setattr(switch_sim.server.faults, fault, False)
     (first, _) = poll_once(switch_sim)
     assert first.ok
+
+
+# -- the daemon, the listener and InfluxDB ----------------------------------------------------
+
+
+def test_switch_telemetry_and_events_flow_into_influxdb(switch_sim, tmp_path, influxdb, influx_db):
+    subscription = {"device": "sw-quevedo", **switch_sim.options()}
+    del subscription["ports"]
+    document = {
+        "collector": {"spool_dir": str(tmp_path / "spool"), "flush_interval": 0.2},
+        "sinks": [{"type": "influxdb_v1", "url": influxdb.url, "database": influx_db}],
+        "devices": [switch_sim.device(interval=1)],
+        "listeners": [{"type": "netconf_notifications", "switches": [subscription]}],
+    }
+    loaded = load_config_text(yaml.safe_dump(document))
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        collector = Collector(loaded, observers=[recorder])
+        run = asyncio.create_task(collector.run(duration=4.0))
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(control(switch_sim).change, "connect", 7, 13)
+        await run
+
+    asyncio.run(scenario())
+    assert violations(recorder.samples, load_contract()) == []
+    powers = influxdb.query(
+        "SELECT last(power_dbm) FROM optical_switch_port WHERE device = 'sw-quevedo' "
+        'GROUP BY "port"',
+        influx_db,
+    )
+    by_port = {int(r["port"]): r["last"] for r in powers}
+    assert len(by_port) == 16
+    # link 9 (2.0 dB) quantum pilot at -35 dBm, through the switch (0.5 dB) to port 13
+    assert by_port[13] == pytest.approx(-37.5, abs=0.2) and by_port[16] == -60.0
+    events = influxdb.query(
+        'SELECT "source", "event", "ingress", "egress" FROM optical_switch_event', influx_db
+    )
+    seen = [(r["source"], r["event"], r["ingress"], r["egress"]) for r in events]
+    assert sorted(seen) == [
+        ("notification", "cross_connect_added", "7", "13"),
+        ("poll", "cross_connect_added", "7", "13"),
+    ]
+    (switch,) = influxdb.query("SELECT last(cross_connect_map) FROM optical_switch", influx_db)
+    assert switch["last"] == "1>11,2>12,3>9,4>10,7>13"
+    down = influxdb.query("SELECT count(up) FROM qkdtel_device_status WHERE up = false", influx_db)
+    assert down == []
