@@ -258,7 +258,11 @@ def test_the_generated_collector_configs_validate(snmp_sims):
         options = {d.config.name: d.options for d in loaded.devices}
         assert options["tsb-quevedo"].snmp.version == version
         assert options["tsb-quevedo"].address == snmp_sims.agents["tsb-quevedo"].address
-        assert loaded.config.traps.listen == f"127.0.0.1:{snmp_sims.trap_target[1]}"
+        (traps,) = loaded.listeners
+        assert (traps.type, traps.options.listen) == (
+            "snmp_traps",
+            f"127.0.0.1:{snmp_sims.trap_target[1]}",
+        )
         tags = {d.config.name: d.config.tags for d in loaded.devices}
         assert tags["idq-norte-l4"] == {"node": "Norte", "domain": "TID"}
 
@@ -730,8 +734,9 @@ def test_sims_up_runs_in_a_child_process_and_writes_a_valid_config(tmp_path):
     with SimsProcess(tmp_path / "sims.yaml", args) as sims:
         loaded = load_config(sims.config_path)  # the real loader, with the qkd_snmp driver
         assert [d.config.name for d in loaded.devices] == ["idq-quevedo-l4", "tsb-quevedo"]
-        assert loaded.config.traps.listen == "127.0.0.1:10162"
-        assert [u["user"] for u in loaded.config.traps.users] == ["qkdtel"]
+        (traps,) = loaded.listeners
+        assert traps.options.listen == "127.0.0.1:10162"
+        assert [u.user for u in traps.options.users] == ["qkdtel"]
         device = sims.devices["tsb-quevedo"]
         assert device["snmp"]["auth_protocol"] == "sha256" and device["profile"] == "toshiba"
         result = net_snmp(
