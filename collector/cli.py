@@ -1,4 +1,4 @@
-"""The `qkdtel` command: check, run, poll, drivers, config schema, sims, spool, osa, otdr."""
+"""The `qkdtel` command: check, run, poll, drivers, config, sims, spool, osa, otdr, switch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint
 from typing import Any
 
 from rich.markup import escape
@@ -18,10 +19,10 @@ from qkdtel import __version__, mibs
 from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_exit, stderr, stdout
 from qkdtel.cli_lab import add_subcommand as add_lab
 from qkdtel.cli_spool import add_subcommand as add_spool
+from qkdtel.cli_switch import add_subcommand as add_switch
 from qkdtel.config import json_schema
 from qkdtel.output import FORMATS, print_samples
 from qkdtel.plugins import (
-    DriverNotFound,
     PluginNotFound,
     driver_entry_points,
     listener_entry_points,
@@ -106,17 +107,21 @@ def cmd_poll(args: argparse.Namespace) -> int:
     return EXIT_POLL_FAILED if failed else EXIT_OK
 
 
+def _plugin_groups() -> tuple[tuple[str, dict[str, EntryPoint], Callable[[str], type]], ...]:
+    """(kind, installed entry points by name, loader) of drivers and of listeners."""
+    return (
+        ("driver", driver_entry_points(), load_driver),
+        ("listener", listener_entry_points(), load_listener),
+    )
+
+
 def cmd_drivers(args: argparse.Namespace) -> int:
     """The installed plugins: drivers, then listeners; exit 1 if one of them fails to load."""
     table = Table(header_style="bold")
     for column in ("plugin", "kind", "provided by", "entry point", "description"):
         table.add_column(column)
     failed = False
-    groups = (
-        ("driver", driver_entry_points(), load_driver),
-        ("listener", listener_entry_points(), load_listener),
-    )
-    for kind, entry_points, load in groups:
+    for kind, entry_points, load in _plugin_groups():
         for name, ep in sorted(entry_points.items()):
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
             try:
@@ -129,13 +134,15 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    drivers = {}
-    for name in driver_entry_points():
-        try:
-            drivers[name] = load_driver(name).options_model
-        except DriverNotFound as exc:  # one broken plugin must not hide the others' schema
-            stderr.print(f"warning: {exc}; its devices are not in the schema", markup=False)
-    stdout.out(json.dumps(json_schema(drivers), indent=2), highlight=False)
+    schemas: dict[str, dict[str, type]] = {"driver": {}, "listener": {}}
+    for kind, entry_points, load in _plugin_groups():
+        for name in entry_points:
+            try:
+                schemas[kind][name] = load(name).options_model
+            except PluginNotFound as exc:  # one broken plugin must not hide the others' schema
+                stderr.print(f"warning: {exc}; its entries are not in the schema", markup=False)
+    schema = json_schema(schemas["driver"], schemas["listener"])
+    stdout.out(json.dumps(schema, indent=2), highlight=False)
     return EXIT_OK
 
 
@@ -207,6 +214,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_simulator_commands(sub, command)
     add_spool(sub)
     add_lab(sub)
+    add_switch(sub)
     return parser
 
 

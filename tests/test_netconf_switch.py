@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 
 import paramiko
@@ -305,3 +306,55 @@ def test_switch_telemetry_and_events_flow_into_influxdb(switch_sim, tmp_path, in
     assert switch["last"] == "1>11,2>12,3>9,4>10,7>13"
     down = influxdb.query("SELECT count(up) FROM qkdtel_device_status WHERE up = false", influx_db)
     assert down == []
+
+
+# -- qkdtel switch ----------------------------------------------------------------------------
+
+
+def qkdtel(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qkdtel.cli", *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def switch_config(switch_sim, tmp_path):
+    path = tmp_path / "qkdtel.yaml"
+    document = {"collector": {"spool_dir": str(tmp_path / "spool")}}
+    document["devices"] = [switch_sim.device()]
+    path.write_text(yaml.safe_dump(document))
+    return str(path)
+
+
+def test_cli_dry_run_connect_show_disconnect(switch_sim, switch_config):
+    dry = qkdtel("switch", "connect", "-c", switch_config, "sw-quevedo", "7", "13", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "+ 7 -> 13" in dry.stdout and "dry run, nothing sent" in dry.stdout
+    assert switch_sim.pairs == START and "edit-config" not in switch_sim.server.operations
+    done = qkdtel("switch", "connect", "-c", switch_config, "sw-quevedo", "7", "13")
+    assert done.returncode == 0 and "committed and confirmed" in done.stdout, done.stderr
+    assert switch_sim.pairs == {**START, 7: 13}
+    show = qkdtel("switch", "show", "-c", switch_config, "sw-quevedo")
+    assert show.returncode == 0 and "l9-q-in" in show.stdout and "l8-q-out" in show.stdout
+    gone = qkdtel("switch", "disconnect", "-c", switch_config, "sw-quevedo", "7")
+    assert gone.returncode == 0 and "- 7 -> 13" in gone.stdout
+    assert switch_sim.pairs == START
+    assert SIM_PASSWORD not in dry.stdout + done.stdout + show.stdout + gone.stdout
+
+
+def test_cli_guards_and_mistakes_are_one_line_errors_exit_2(switch_sim, switch_config):
+    over = qkdtel("switch", "move", "-c", switch_config, "sw-quevedo", "3", "13")
+    assert over.returncode == 2 and "24.3 dB" in over.stderr and "Traceback" not in over.stderr
+    classical = qkdtel("switch", "disconnect", "-c", switch_config, "sw-quevedo", "4")
+    assert classical.returncode == 2 and "--override-classical" in classical.stderr
+    missing = qkdtel("switch", "show", "-c", switch_config, "sw-nowhere")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"{switch_config}: no device named 'sw-nowhere'"
+    assert switch_sim.pairs == START and "edit-config" not in switch_sim.server.operations
+
+
+def test_cli_diff_shows_a_pending_candidate_edit(switch_sim, switch_config):
+    with raw_manager(switch_sim) as other:
+        other.edit_config(target="candidate", config=pairs_edit(START, {**START, 8: 14}))
+        result = qkdtel("switch", "diff", "-c", switch_config, "sw-quevedo")
+    assert result.returncode == 0 and result.stdout.strip() == "+ 8 -> 14"
