@@ -659,22 +659,40 @@ def load_config(path: str | Path) -> LoadedConfig:
     return dataclasses.replace(loaded, source=path)
 
 
-def json_schema(drivers: dict[str, type[BaseModel]]) -> dict[str, Any]:
-    """JSON Schema of the file for editors, each device's options typed by its driver.
-
-    `drivers` maps driver names to their options models (all installed drivers).
-    """
-    if not drivers:
-        return Config.model_json_schema()
+def _plugin_variants(
+    plugins: dict[str, type[BaseModel]], base: type[BaseModel], key: str, what: str
+) -> Any:
+    """`base` entries discriminated by `key`, one variant per plugin typed by its options."""
     variants = []
-    for name, options in sorted(drivers.items()):
+    for name, options in sorted(plugins.items()):
         namespace = {
-            "__annotations__": {"driver": Literal[name]},  # type: ignore[valid-type]
+            "__annotations__": {key: Literal[name]},  # type: ignore[valid-type]
             "model_config": ConfigDict(extra="forbid", frozen=True),
             "__module__": __name__,
-            "__doc__": f"A device polled by the {name} driver.",
+            "__doc__": f"{what} {name}.",
         }
-        variants.append(type(f"Device_{name}", (DeviceConfig, options), namespace))
-    device = Annotated[Union[tuple(variants)], Field(discriminator="driver")]  # noqa: UP007
-    schema_model = create_model("Config", __base__=Config, devices=(list[device], []))
+        variants.append(
+            type(f"{base.__name__.removesuffix('Config')}_{name}", (base, options), namespace)
+        )
+    return Annotated[Union[tuple(variants)], Field(discriminator=key)]  # noqa: UP007
+
+
+def json_schema(
+    drivers: dict[str, type[BaseModel]], listeners: dict[str, type[BaseModel]] | None = None
+) -> dict[str, Any]:
+    """JSON Schema of the file for editors, each device's options typed by its driver and each
+    listener's by the listener (`traps:` by the `snmp_traps` listener's, as it is one).
+
+    `drivers` and `listeners` map names to options models (all installed plugins).
+    """
+    fields: dict[str, Any] = {}
+    if drivers:
+        device = _plugin_variants(drivers, DeviceConfig, "driver", "A device polled by the driver")
+        fields["devices"] = (list[device], [])
+    if listeners:
+        listener = _plugin_variants(listeners, ListenerConfig, "type", "A listener of type")
+        fields["listeners"] = (list[listener], [])
+    if listeners and TRAPS_LISTENER in listeners:
+        fields["traps"] = (listeners[TRAPS_LISTENER] | None, None)
+    schema_model = create_model("Config", __base__=Config, **fields)
     return schema_model.model_json_schema()

@@ -353,6 +353,22 @@ def test_schema_is_json_schema():
     assert '"gt"' not in result.stdout  # pydantic's own keyword when a bound is not expressed
 
 
+def test_schema_types_each_listeners_options_and_the_traps_section():
+    import jsonschema
+
+    result = run_cli("config", "schema")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    traps = schema["$defs"]["Listener_snmp_traps"]
+    assert {"type", "name", "listen", "communities", "users"} <= set(traps["properties"])
+    validator = jsonschema.Draft202012Validator(schema)
+    good = {"listeners": [{"type": "snmp_traps", "listen": "0.0.0.0:162"}]}
+    assert not list(validator.iter_errors(good))
+    assert not list(validator.iter_errors({"traps": {"listen": "0.0.0.0:162"}}))
+    misspelt = {"listeners": [{"type": "snmp_traps", "lissen": "0.0.0.0:162"}]}
+    assert list(validator.iter_errors(misspelt)), "a misspelt listener option passed the schema"
+
+
 def test_listeners_section_is_validated_by_each_listeners_model_with_lines(tmp_path):
     cfg = tmp_path / "qkdtel.yaml"
     cfg.write_text(
