@@ -20,7 +20,6 @@ from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_ex
 from qkdtel.cli_lab import add_subcommand as add_lab
 from qkdtel.cli_spool import add_subcommand as add_spool
 from qkdtel.cli_switch import add_subcommand as add_switch
-from qkdtel.cli_switch import add_subcommand as add_switch
 from qkdtel.config import json_schema
 from qkdtel.output import FORMATS, print_samples
 from qkdtel.plugins import (
@@ -215,7 +214,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_simulator_commands(sub, command)
     add_spool(sub)
     add_lab(sub)
-    add_switch(sub)
     add_switch(sub)
     return parser
 
