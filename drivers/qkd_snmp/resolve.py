@@ -165,3 +165,10 @@ def resolve(profile_name: str) -> Resolved:
         column_oids=tuple(infos[n].oid for n in profile.column_names),
         notifications=notifications,
     )
+
+
+def object_infos(module: str, *names: str) -> dict[str, ObjectInfo]:
+    """Objects of any compiled module by name, for drivers that read MIBs without an
+    `SnmpProfile` (the encryptors: IF-MIB and QKDTEL-ENCRYPTOR-MIB)."""
+    symbols = _builder().import_symbols(module, *names)
+    return {name: _info(symbol, name) for name, symbol in zip(names, symbols, strict=True)}

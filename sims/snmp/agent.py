@@ -12,6 +12,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pysnmp.carrier.asyncio.dgram import udp
 from pysnmp.entity import config, engine
@@ -98,6 +99,22 @@ class _DroppingUdpTransport(udp.UdpAsyncioTransport):
 def engine_id(name: str) -> bytes:
     """RFC 3411 text-format snmpEngineID under enterprise 32473: stable across restarts."""
     return bytes([0x80, 0x00, ENTERPRISE >> 8 & 0xFF, ENTERPRISE & 0xFF, 0x04]) + name.encode()[:27]
+
+
+def live_instance_class(builder: Any) -> type:
+    """The class of instances whose value is computed from a model at read time:
+    `Live(mib_object, index, read)`; shared by every simulated agent."""
+    (base,) = builder.import_symbols("SNMPv2-SMI", "MibScalarInstance")
+
+    class Live(base):  # type: ignore[misc, valid-type]
+        def __init__(self, column, index: tuple[int, ...], read: Callable[[], Value]):
+            super().__init__(column.name, index, column.syntax.clone(read()))
+            self._read = read
+
+        def getValue(self, name, **context):
+            return self.syntax.clone(self._read())
+
+    return Live
 
 
 class SimAgent:
@@ -195,18 +212,7 @@ class SimAgent:
         """Load the MIBs into the engine and create one live instance per object value."""
         builder = load_into(eng.get_mib_builder())
         module = self.profile.module
-        (base,) = builder.import_symbols("SNMPv2-SMI", "MibScalarInstance")
-
-        class Live(base):  # type: ignore[misc, valid-type]
-            """An instance whose value is computed from the model at read time."""
-
-            def __init__(self, column, index: tuple[int, ...], read: Callable[[], Value]):
-                super().__init__(column.name, index, column.syntax.clone(read()))
-                self._read = read
-
-            def getValue(self, name, **context):
-                return self.syntax.clone(self._read())
-
+        Live = live_instance_class(builder)
         instances = []
         for scalar, fn in self.profile.scalars.items():
             if scalar in self.faults.missing_objects:
