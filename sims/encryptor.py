@@ -13,6 +13,7 @@ traffic blocked), and comes back when keys return. `qkd_available = False` force
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,22 @@ from qkdtel.mibs import load_into
 from qkdtel.sims.background import BackgroundLoop
 from qkdtel.sims.clock import SimClock
 from qkdtel.sims.kme.kme import KeyStock
-from qkdtel.sims.snmp.agent import Credentials, Faults, SimAgent, live_instance_class
+from qkdtel.sims.snmp.agent import (
+    Credentials,
+    Faults,
+    SentNotification,
+    SimAgent,
+    live_instance_class,
+)
 from qkdtel.sims.snmp.noise import Wiggle, stream_id
 
 MIB = "QKDTEL-ENCRYPTOR-MIB"
 MAX_TICKS_PER_READ = 10_000
+TRAPS = {  # association state -> the notification announcing it
+    "classicalFallback": "qencClassicalFallback",
+    "encrypting": "qencQkdKeyRestored",
+    "keyWait": "qencKeyWait",
+}
 DEFAULT_CREDENTIALS = Credentials()
 NO_FAULTS = Faults()
 LAYER = {"sitline_eth": "l2Ethernet", "adva_otn": "l1Otn"}
@@ -169,6 +181,7 @@ class EncryptorAgent(SimAgent):
     ):
         super().__init__(name, site, None, None, [], clock, credentials=credentials, faults=faults)  # type: ignore[arg-type]  # no QKD profile, module model or link rows
         self.model = model
+        self._notified: dict[int, str] = {}  # association -> state last announced
 
     def _instrument(self, eng: Any) -> None:
         builder = load_into(eng.get_mib_builder())
@@ -211,6 +224,33 @@ class EncryptorAgent(SimAgent):
         builder.export_symbols(f"__{MIB}-SIM-{self.name}", *instances)
         self._identify_encryptor(builder)
 
+    def mark_states(self) -> None:
+        """Take every association's current state as known (no trap for the state at start)."""
+        now = self.clock.now()
+        for assoc in self.model.associations:
+            assoc.advance(now)
+            self._notified[assoc.index] = assoc.state
+
+    async def notify_state_changes(self, target: tuple[str, int]) -> None:
+        """Send the trap of every association whose state changed since the last call."""
+        now = self.clock.now()
+        columns = self.model.columns(self.clock)
+        for assoc in self.model.associations:
+            assoc.advance(now)
+            if assoc.state == self._notified.get(assoc.index, assoc.state):
+                self._notified[assoc.index] = assoc.state
+                continue
+            self._notified[assoc.index] = assoc.state
+            name = TRAPS.get(assoc.state)
+            if name is None or self._engine is None:
+                continue
+            objects = {
+                (MIB, column): columns[column](assoc)
+                for column in ("qencAssocPeer", "qencAssocKeySource", "qencAssocState")
+            }
+            if await self.send_notification_type(MIB, name, assoc.index, objects, target):
+                self.sent.append(SentNotification(self.name, name, assoc.index, now))
+
     def _identify_encryptor(self, builder: Any) -> None:
         (identity,) = builder.import_symbols(MIB, "qencMIB")
         values = {
@@ -226,16 +266,38 @@ class EncryptorAgent(SimAgent):
 
 
 class BackgroundEncryptors(BackgroundLoop):
-    """Encryptor agents served from a daemon thread (for tests and synchronous callers)."""
+    """Encryptor agents served from a daemon thread (for tests and synchronous callers); with
+    a `trap_target`, each agent's state changes are sent there as traps (`watch`)."""
 
-    def __init__(self, agents: list[EncryptorAgent], start_timeout: float = 30.0):
+    WATCH_PERIOD_S = 0.05
+
+    def __init__(
+        self,
+        agents: list[EncryptorAgent],
+        trap_target: tuple[str, int] | None = None,
+        start_timeout: float = 30.0,
+    ):
         super().__init__(start_timeout, stop_timeout=10.0)
         self.agents = agents
+        self.trap_target = trap_target
+        self._watcher: asyncio.Task[None] | None = None
 
     async def _start_serving(self) -> None:
         for agent in self.agents:
             await agent.start()
+        if self.trap_target is not None:
+            self._watcher = asyncio.create_task(self._watch(self.trap_target))
+
+    async def _watch(self, target: tuple[str, int]) -> None:
+        for agent in self.agents:
+            agent.mark_states()
+        while True:
+            await asyncio.sleep(self.WATCH_PERIOD_S)
+            for agent in self.agents:
+                await agent.notify_state_changes(target)
 
     async def _stop_serving(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         for agent in self.agents:
             agent.stop()

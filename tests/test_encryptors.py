@@ -22,6 +22,7 @@ from qkdtel.sims.encryptor import (
     EncryptorModel,
     Port,
 )
+from qkdtel.sims.influxd import free_port
 from qkdtel.sims.kme.kme import KeyStock, link_channel
 from tests.collector_run import Recorder, collector_document
 from tests.metrics_doc import load_contract
@@ -33,6 +34,7 @@ class Encryptors:
     l2: EncryptorAgent
     l1: EncryptorAgent
     stock: KeyStock  # the KME stock the L2's QKD-only association draws from
+    trap_target: tuple[str, int]  # where the agents send their traps
 
     def devices(self) -> list[dict]:
         return [
@@ -69,8 +71,9 @@ def encryptors() -> Iterator[Encryptors]:
     )
     agents = [EncryptorAgent("enc-quevedo", "Quevedo", l2, clock)]
     agents.append(EncryptorAgent("otn-norte", "Norte", l1, clock))
-    with BackgroundEncryptors(agents):
-        yield Encryptors(agents[0], agents[1], stock)
+    target = ("127.0.0.1", free_port())
+    with BackgroundEncryptors(agents, trap_target=target):
+        yield Encryptors(agents[0], agents[1], stock, target)
 
 
 def run(tmp_path, devices, seconds, **document) -> Recorder:
@@ -124,7 +127,8 @@ def test_classical_fallback_is_a_state_and_an_event(tmp_path, encryptors):
     cut.start()
     back.start()
     try:
-        recorder = run(tmp_path, encryptors.devices()[:1], 3.0)
+        listen = ":".join(map(str, encryptors.trap_target))
+        recorder = run(tmp_path, encryptors.devices()[:1], 3.0, traps={"listen": listen})
     finally:
         cut.cancel()
         back.cancel()
@@ -142,10 +146,21 @@ def test_classical_fallback_is_a_state_and_an_event(tmp_path, encryptors):
     assert assocs[-1].fields["key_fetch_failures_total"] > 0
     assert assocs[-1].fields["fallbacks_total"] == 1
     events = [s for s in recorder.samples if s.measurement == "encryptor_event"]
-    assert [(e.tags["event"], e.tags["severity"], e.tags["port"]) for e in events] == [
+    polled = [e for e in events if "notification" not in e.fields]
+    assert [(e.tags["event"], e.tags["severity"], e.tags["port"]) for e in polled] == [
         ("classical_fallback", "major", "eth-1/1"),
         ("qkd_restored", "info", "eth-1/1"),
     ]
+    # the same two changes as traps, received by the daemon's trap listener when they happen
+    trapped = [e for e in events if "notification" in e.fields]
+    assert [(e.tags["event"], e.fields["notification"]) for e in trapped] == [
+        ("classical_fallback", "qencClassicalFallback"),
+        ("qkd_restored", "qencQkdKeyRestored"),
+    ]
+    assert all(e.tags["device"] == "enc-quevedo" and e.tags["peer"] == "Norte" for e in trapped)
+    assert trapped[0].fields["key_source"] == "classical"
+    assert trapped[0].fields["state"] == "classical_fallback"
+    assert trapped[0].time_ns < polled[0].time_ns + 250_000_000  # not later than the poll
     module = [s for s in recorder.samples if s.measurement == "encryptor"]
     assert max(s.fields["associations_in_fallback"] for s in module) == 1
     assert module[-1].fields["associations_in_fallback"] == 0

@@ -172,3 +172,9 @@ def object_infos(module: str, *names: str) -> dict[str, ObjectInfo]:
     `SnmpProfile` (the encryptors: IF-MIB and QKDTEL-ENCRYPTOR-MIB)."""
     symbols = _builder().import_symbols(module, *names)
     return {name: _info(symbol, name) for name, symbol in zip(names, symbols, strict=True)}
+
+
+def notification_info(module: str, name: str) -> tuple[Oid, tuple[str, ...]]:
+    """A NOTIFICATION-TYPE of any compiled module: its OID and the objects it carries."""
+    (symbol,) = _builder().import_symbols(module, name)
+    return tuple(symbol.name), tuple(obj for _, obj in symbol.getObjects())

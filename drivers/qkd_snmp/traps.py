@@ -38,6 +38,7 @@ from pysnmp.entity import config
 from pysnmp.entity.engine import SnmpEngine
 from pysnmp.entity.rfc3413 import ntfrcv
 
+from qkdtel.drivers.encryptor_snmp.notifications import encryptor_event
 from qkdtel.drivers.qkd_snmp.ber import (
     FLAG_AUTH,
     FLAG_PRIV,
@@ -449,7 +450,8 @@ class TrapReceiver:
     def to_sample(
         self, address: tuple[str, int], varbinds: Sequence[tuple[Any, Any]]
     ) -> Sample | None:
-        """One notification -> its `qkd_event` point; None if it is not a QKD module's."""
+        """One notification -> its `qkd_event` point (an encryptor's: `encryptor_event`,
+        drivers/encryptor_snmp/notifications.py); None if it is neither."""
         values = {}
         for oid, value in varbinds:
             try:
@@ -458,9 +460,11 @@ class TrapReceiver:
                 values[tuple(oid)] = value  # a type no QKD object has: decode() rejects it
         trap_oid = values.get(self._trap_oid)
         kind = self._kinds.get(trap_oid) if isinstance(trap_oid, tuple) else None
-        if kind is None:
-            log.info("ignoring notification %s from %s: not a QKD module's", trap_oid, address[0])
-            return None
+        if kind is None:  # perhaps an encryptor's (QKDTEL-ENCRYPTOR-MIB)
+            sample = encryptor_event(trap_oid, values, *self._device(address), address[0])
+            if sample is None:
+                log.info("ignoring notification %s from %s: not a known one", trap_oid, address[0])
+            return sample
         mib, notification = kind.mib, kind.notification
         decoded: dict[str, int | str] = {}
         for name in notification.objects:

@@ -310,6 +310,23 @@ class SimAgent:
             (module, column): self.profile.columns[column](row.facts, reading)
             for module, column in notification.getObjects()
         }
+        if await self.send_notification_type(
+            self.profile.module, name, row.facts.index, objects, target, version
+        ):
+            self.sent.append(SentNotification(self.name, name, row.facts.index, reading.t))
+
+    async def send_notification_type(
+        self,
+        module: str,
+        name: str,
+        index: int,
+        objects: dict[tuple[str, str], Value],
+        target: tuple[str, int],
+        version: str = "2c",
+    ) -> bool:
+        """Send NOTIFICATION-TYPE `module::name` for row `index` with its objects' values, as
+        a v2c or v3 (authPriv) trap from the agent's own port; False if sending failed."""
+        assert self._engine is not None
         creds = self.credentials
         auth = (
             UsmUserData(
@@ -328,13 +345,9 @@ class SimAgent:
             await UdpTransportTarget.create(target, timeout=1, retries=0),
             ContextData(),
             "trap",
-            NotificationType(
-                ObjectIdentity(self.profile.module, name),
-                instanceIndex=(row.facts.index,),
-                objects=objects,
-            ),
+            NotificationType(ObjectIdentity(module, name), instanceIndex=(index,), objects=objects),
         )
         if error:
             log.warning("%s: sending %s failed: %s", self.name, name, error)
-            return
-        self.sent.append(SentNotification(self.name, name, row.facts.index, reading.t))
+            return False
+        return True
