@@ -1,4 +1,5 @@
-"""SNMP notification receiver: traps and informs from QKD modules -> `qkd_event` points.
+"""SNMP notification receiver: traps and informs from QKD modules -> `qkd_event` points (and
+from encryptors -> `encryptor_event`, drivers/encryptor_snmp/notifications.py).
 
 The `snmp_traps` listener (`SnmpTrapListener`, entry-point group `qkdtel.listeners`): the
 collector starts it with the configured devices and spools what it emits.
@@ -534,7 +535,7 @@ class SnmpTrapListener(Listener[TrapOptions]):
     send traps from their agent port; a bare host matches too).
     """
 
-    description = "SNMP traps and informs from QKD modules -> qkd_event"
+    description = "SNMP traps and informs: QKD modules -> qkd_event, encryptors -> encryptor_event"
 
     def __init__(self, name: str, options: TrapOptions):
         super().__init__(name, options)
