@@ -11,6 +11,7 @@ declare -A QKDTEL_APT=(
   [snmpwalk]=snmp [snmptrapd]=snmptrapd
   [prometheus-snmp-exporter]=prometheus-snmp-exporter
   [yanglint]=libyang2-tools [curl]=curl
+  [netconfd]=netconfd [sshd]=openssh-server [ssh-keygen]=openssh-client  # NETCONF interop tests
 )
 
 qkdtel_apt() {

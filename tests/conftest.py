@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures_scpi",
     "tests.fixtures_https",
     "tests.fixtures_netconf",
+    "tests.fixtures_netconfd",
 ]
 
 

@@ -154,7 +154,7 @@ def test_connect_move_disconnect_and_powers_follow(switch_sim):
     assert switch_sim.pairs == START
     assert not switch_sim.server.confirm_pending
     ops = switch_sim.server.operations
-    assert ops.count("commit") == 6 and ops.count("validate") == 3 and ops.count("lock") == 6
+    assert ops.count("commit") == 6 and ops.count("validate") == 3 and ops.count("lock") == 3
     ctl.close()
 
 
@@ -178,11 +178,12 @@ def test_an_unconfirmed_commit_rolls_back_by_itself(switch_sim):
 
 def test_a_lock_held_by_another_session_is_a_clear_error(switch_sim):
     with raw_manager(switch_sim) as other:
-        other.lock(target="running")
+        other.lock(target="candidate")
         with pytest.raises(ChangeFailed) as caught:
             control(switch_sim).change("connect", 7, 13)
         message = str(caught.value)
-        assert "lock running: rpc-error lock-denied" in message
+        assert "lock candidate: rpc-error lock-denied" in message
+        assert "candidate is locked by session" in message
         assert "another session" in message and "nothing was changed" in message
         assert switch_sim.pairs == START
         assert "edit-config" not in switch_sim.server.operations

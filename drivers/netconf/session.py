@@ -256,10 +256,20 @@ class NetconfSession:
 
     # -- RPCs -------------------------------------------------------------------------------
 
-    def call(self, operation: str, request: Callable[[Manager], T]) -> T:
+    def call(self, operation: str, request: Callable[[Manager], T], *, reconnect: bool = True) -> T:
         """Run one RPC (`request(manager)`); every failure becomes a `PollError` naming the
-        device and the operation. A broken or timed-out session is dropped."""
-        manager = self.manager()
+        device and the operation. A broken or timed-out session is dropped.
+
+        `reconnect=False` for the steps of a change after the first: locks and a pending
+        confirmed commit belong to one session, so a new one must not carry on its work.
+        """
+        if reconnect:
+            manager = self.manager()
+        else:
+            with self._lock:
+                manager = self._manager
+            if manager is None or not manager.connected:
+                raise ConnectionLost(f"{self.where}: {operation}: the session was lost")
         try:
             return request(manager)
         except RPCError as exc:

@@ -5,8 +5,9 @@
 
 Why it is built like this:
 - The guards (`guards.py`) run on the switch's current map before anything is sent.
-- The change goes through the candidate datastore under locks on running and candidate (no
-  other manager can interleave), is validated by the switch, and committed *confirmed*: the
+- The change goes through the candidate datastore under its lock (and running's, where running
+  is writable directly), so no other manager can interleave; it is validated by the switch
+  and committed *confirmed*: the
   switch applies it but rolls it back by itself unless a confirming commit follows within
   `confirm_timeout`. The confirming commit is sent only after the running map read back is the
   one planned. A session lost after the confirmed commit therefore leaves the switch rolled back
@@ -140,20 +141,23 @@ class SwitchControl:
     # -- the NETCONF sequence -------------------------------------------------------------
 
     def _call(self, what: str, request: Callable[[Manager], object]) -> object:
-        return self.session.call(what, request)
+        """One step of a change, on the session the change began on (never a new one)."""
+        return self.session.call(what, request, reconnect=False)
 
     def _apply(self, before: dict[int, int], after: dict[int, int]) -> None:
         locked: list[str] = []
         committed = False
         timeout = int(self.options.confirm_timeout)
         try:
-            for target in ("running", "candidate"):
+            manager = self.session.manager()  # the session the whole change runs on
+            for target in self._lock_targets(manager):
                 self._call(f"lock {target}", lambda m, t=target: m.lock(target=t))
                 locked.append(target)
             self._call("discard-changes", lambda m: m.discard_changes())
             edit = pairs_edit(before, after)
             self._call("edit-config", lambda m: m.edit_config(target="candidate", config=edit))
-            self._call("validate", lambda m: m.validate(source="candidate"))
+            if self.options.validate_candidate:
+                self._call("validate", lambda m: m.validate(source="candidate"))
             self._call(
                 "commit confirmed",
                 lambda m: m.commit(confirmed=True, timeout=str(timeout)),
@@ -171,6 +175,16 @@ class SwitchControl:
             raise ChangeFailed(self._refused_message(exc, committed)) from exc
         finally:
             self._unlock(locked)
+
+    @staticmethod
+    def _lock_targets(manager: Manager) -> tuple[str, ...]:
+        """The datastores to lock: the candidate, and running only where it can be written
+        directly (:writable-running); otherwise running changes only by commits of the
+        locked candidate. Why not always both: netconfd 2.13 tries to roll back a lost
+        session's confirmed commit before it drops that session's lock on running, fails
+        ("restore running config failed (config locked)") and leaves the change in place."""
+        writable = any(":writable-running" in c for c in manager.server_capabilities)
+        return ("running", "candidate") if writable else ("candidate",)
 
     def _verify(self, after: dict[int, int]) -> None:
         """Read running back; a map other than planned is not confirmed."""

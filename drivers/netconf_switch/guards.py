@@ -48,9 +48,12 @@ def check_classical(
         p for p in touched_ports(before, after) if _role(options, p).carries == "classical"
     )
     if classical and not override:
-        listed = ", ".join(map(str, classical))
+        listed = ", ".join(
+            f"{p}" if p in options.ports else f"{p} (not configured: taken as classical)"
+            for p in classical
+        )
         raise ChangeRefused(
-            f"port {listed} carries classical channels (configured ports.{classical[0]}); "
+            f"port {listed} carries classical channels (`ports:` of the device); "
             "refused without --override-classical"
         )
 

@@ -33,6 +33,11 @@ class SwitchOptions(NetconfConnection):
     ports: dict[int, PortRole] = Field(
         default_factory=dict, description="port number -> what it carries (guards)"
     )
+    validate_candidate: bool = Field(
+        True,
+        description="send <validate> before the commit (which validates anyway); false for "
+        "netconfd 2.13 (yuma123), which drops the candidate at the commit after a validate",
+    )
     confirm_timeout: Duration = Field(
         60.0, ge=5, le=3600, description="a change not confirmed by then rolls back by itself"
     )
