@@ -23,8 +23,10 @@ from qkdtel.daemon import Collector
 from qkdtel.drivers.netconf import HostKeyRejected, NetconfSession
 from qkdtel.drivers.netconf_switch.control import ChangeFailed, SwitchControl
 from qkdtel.drivers.netconf_switch.guards import ChangeRefused
+from qkdtel.drivers.netconf_switch.listener import NetconfNotificationListener, NotificationOptions
 from qkdtel.drivers.netconf_switch.model import pairs_edit, yang_file
 from qkdtel.poller import DevicePoller
+from qkdtel.sdk import DeviceSource, ListenerContext
 from qkdtel.sims.netconf.switch import INSERTION_LOSS_DB
 from qkdtel.sims.topology import load_topology
 from tests.collector_run import Recorder
@@ -359,3 +361,44 @@ def test_cli_diff_shows_a_pending_candidate_edit(switch_sim, switch_config):
         other.edit_config(target="candidate", config=pairs_edit(START, {**START, 8: 14}))
         result = qkdtel("switch", "diff", "-c", switch_config, "sw-quevedo")
     assert result.returncode == 0 and result.stdout.strip() == "+ 8 -> 14"
+
+
+def test_the_listener_subscribes_again_after_a_drop(switch_sim):
+    subscription = {"device": "sw-quevedo", **switch_sim.options()}
+    del subscription["ports"]
+    options = NotificationOptions.model_validate({"switches": [subscription]})
+    listener = NetconfNotificationListener("nc", options)
+    received: list = []
+
+    async def emit(samples):
+        received.extend(samples)
+
+    async def scenario():
+        context = ListenerContext(
+            [DeviceSource("sw-quevedo", "netconf_switch", None, {"node": "Q"})]
+        )
+        await listener.start(emit, context)
+        try:
+            switch_sim.server.drop_sessions()
+            deadline = time.monotonic() + 5
+            while switch_sim.server.operations.count("create-subscription") < 2:
+                assert time.monotonic() < deadline, switch_sim.server.operations
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(
+                control(switch_sim).change, "connect", 8, 14, override_classical=True
+            )
+            while not received and time.monotonic() < deadline + 5:
+                await asyncio.sleep(0.1)
+        finally:
+            await listener.stop()
+
+    asyncio.run(scenario())
+    (event,) = received
+    assert event.tags == {
+        "event": "cross_connect_added",
+        "ingress": "8",
+        "egress": "14",
+        "device": "sw-quevedo",
+        "node": "Q",
+    }
+    assert event.fields["source"] == "notification"
