@@ -23,6 +23,7 @@ from rich.table import Table
 from qkdtel.sims import collector_config
 from qkdtel.sims.cli_common import EXIT_OK, EXIT_USAGE, positive
 from qkdtel.sims.clock import AcceleratedClock
+from qkdtel.sims.netconf.cli import add_commands as switch_commands
 from qkdtel.sims.osa.cli import add_commands as osa_commands
 from qkdtel.sims.otdr.cli import add_commands as otdr_commands
 from qkdtel.sims.serial_meter import add_commands as powermeter_commands
@@ -92,6 +93,7 @@ def add_sims_commands(subparsers: argparse._SubParsersAction) -> None:
     otdr_commands(subparsers)
     osa_commands(subparsers)
     powermeter_commands(subparsers)
+    switch_commands(subparsers)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -402,3 +402,26 @@ def test_the_listener_subscribes_again_after_a_drop(switch_sim):
         "node": "Q",
     }
     assert event.fields["source"] == "notification"
+
+
+def test_qkdtel_sims_switch_serves_what_its_config_polls(tmp_path):
+    config = tmp_path / "switch.yaml"
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "qkdtel.cli", "sims", "switch", "--config-out", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not config.exists() and sim.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert config.exists(), sim.stderr.read() if sim.poll() is not None else "no config"
+        polled = qkdtel("poll", "-c", str(config), "-f", "line")
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    assert polled.returncode == 0, polled.stderr
+    assert 'cross_connect_map="1>11,2>12,3>9,4>10"' in polled.stdout
+    password = config.with_suffix(".password").read_text().strip()
+    assert password not in polled.stdout + polled.stderr

@@ -50,6 +50,9 @@ from qkdtel.sdk import (
 )
 
 log = logging.getLogger(__name__)
+# ncclient logs every message it sends or receives, whole, at INFO: at the daemon's usual
+# level that would be a page per poll. Its warnings and errors still show.
+logging.getLogger("ncclient").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 
