@@ -99,12 +99,7 @@ class Association:
     def _fetch(self, t: float) -> bool:
         if not self.qkd_available:
             return False
-        if self.stock is None:
-            return True
-        if self.stock.count_at(t) < 1:
-            return False
-        self.stock.stored -= 1  # the refresh takes its key from the KME's stock
-        return True
+        return self.stock is None or self.stock.take(t)  # the key comes from the KME's stock
 
     def advance(self, t: float) -> None:
         """Run the refreshes due up to simulated time `t`."""
@@ -231,8 +226,9 @@ class EncryptorAgent(SimAgent):
             assoc.advance(now)
             self._notified[assoc.index] = assoc.state
 
-    async def notify_state_changes(self, target: tuple[str, int]) -> None:
-        """Send the trap of every association whose state changed since the last call."""
+    async def notify_state_changes(self, target: tuple[str, int] | None) -> None:
+        """Run the associations up to now; send the trap of every one whose state changed
+        since the last call to `target` (None: no traps)."""
         now = self.clock.now()
         columns = self.model.columns(self.clock)
         for assoc in self.model.associations:
@@ -242,7 +238,7 @@ class EncryptorAgent(SimAgent):
                 continue
             self._notified[assoc.index] = assoc.state
             name = TRAPS.get(assoc.state)
-            if name is None or self._engine is None:
+            if name is None or target is None or self._engine is None:
                 continue
             objects = {
                 (MIB, column): columns[column](assoc)
@@ -266,8 +262,11 @@ class EncryptorAgent(SimAgent):
 
 
 class BackgroundEncryptors(BackgroundLoop):
-    """Encryptor agents served from a daemon thread (for tests and synchronous callers); with
-    a `trap_target`, each agent's state changes are sent there as traps (`watch`)."""
+    """Encryptor agents served from a daemon thread (for tests and synchronous callers).
+
+    The associations run every `WATCH_PERIOD_S` (`_watch`), not only when an SNMP request
+    reads them, so the KME stocks they draw from drain steadily, as real refreshes would;
+    with a `trap_target`, each state change is also sent there as a trap."""
 
     WATCH_PERIOD_S = 0.05
 
@@ -285,16 +284,15 @@ class BackgroundEncryptors(BackgroundLoop):
     async def _start_serving(self) -> None:
         for agent in self.agents:
             await agent.start()
-        if self.trap_target is not None:
-            self._watcher = asyncio.create_task(self._watch(self.trap_target))
-
-    async def _watch(self, target: tuple[str, int]) -> None:
         for agent in self.agents:
             agent.mark_states()
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.WATCH_PERIOD_S)
             for agent in self.agents:
-                await agent.notify_state_changes(target)
+                await agent.notify_state_changes(self.trap_target)
 
     async def _stop_serving(self) -> None:
         if self._watcher is not None:

@@ -55,7 +55,8 @@ class Encryptors:
 def encryptors() -> Iterator[Encryptors]:
     clock = AcceleratedClock(speed=1.0)
     # encryptors=0: this stock is drained by the association's own refreshes, key by key
-    stock = KeyStock(link_channel("l4", 1400.0), encryptors=0, stored=200.0)
+    # and fills slowly (one 256-bit key per second): the refreshes visibly drain it
+    stock = KeyStock(link_channel("l4", 256.0), encryptors=0, stored=200.0)
     ports = [Port(1, "eth-1/1", load=0.4), Port(2, "eth-1/2", load=0.1, up=False)]
     l2 = EncryptorModel(
         "sitline_eth",

@@ -22,6 +22,7 @@ from qkdtel.config import ConfigError, load_config_text
 from qkdtel.daemon import Collector
 from qkdtel.poller import DevicePoller
 from qkdtel.sims.https_server import Fault
+from qkdtel.sims.kme.kme import SimulatedKme
 from tests.collector_run import Recorder, collector_document
 from tests.fixtures_https import PKI_KEY_PASSWORD, tls_options
 from tests.metrics_doc import load_contract
@@ -51,11 +52,11 @@ def poll_once(device: dict):
     return asyncio.run(main())
 
 
-def assert_status_only(*kmes) -> None:
+def assert_status_only(*kmes: SimulatedKme) -> None:
     """Every request any KME saw was a status request: no enc_keys, no dec_keys."""
     for kme in kmes:
-        paths = kme.sim.requests()
-        assert paths, f"{kme.sim.kme_id} was never polled"
+        paths = kme.requests()
+        assert paths, f"{kme.kme_id} was never polled"
         assert all(STATUS_PATH.match(p) for p in paths), paths
         assert not [p for p in paths if "enc_keys" in p or "dec_keys" in p]
 
@@ -97,7 +98,7 @@ def test_key_stock_flows_into_influxdb_and_a_503_kme_fails_alone(
     assert failed and not any(s.fields["up"] for s in failed)
     assert {s.fields["error_class"] for s in failed} == {"instrument_error"}
     assert "HTTP 503" in failed[0].fields["error"]
-    assert_status_only(quevedo, norte)
+    assert_status_only(quevedo.sim, norte.sim)
 
 
 def test_a_link_outage_drains_the_stock_until_it_runs_dry(tmp_path, kme_sim):
@@ -126,7 +127,7 @@ def test_a_link_outage_drains_the_stock_until_it_runs_dry(tmp_path, kme_sim):
     ]
     assert events[0].tags["slave_sae_id"] == "enc-norte" and events[0].tags["device"] == "kme"
     assert violations(recorder.samples, load_contract()) == []
-    assert_status_only(kme)
+    assert_status_only(kme.sim)
 
 
 @pytest.mark.parametrize(
@@ -164,7 +165,7 @@ def test_key_material_instead_of_a_status_is_refused_and_never_logged(kme_sim, c
     assert "refused, nothing of it kept or logged" in result.error
     assert "key_ID" not in caplog.text and '"key"' not in caplog.text
     assert "key_ID" not in result.error
-    assert_status_only(kme)
+    assert_status_only(kme.sim)
 
 
 def test_a_kme_that_is_down_is_refused_then_polled_again_once_back(kme_sim):

@@ -51,6 +51,8 @@ class KeyStock:
     link_up: bool = True
     """Knob: False is a link outage (no key produced); the encryptors keep draining."""
     _t: float | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """The KME's server thread and an encryptor agent's loop read and take from one stock."""
 
     def fill_keys_per_s(self, t: float) -> float:
         if not self.link_up:
@@ -63,6 +65,18 @@ class KeyStock:
 
     def count_at(self, t: float) -> int:
         """Whole keys in stock at simulated time `t` (never going back)."""
+        with self._lock:
+            return self._advance(t)
+
+    def take(self, t: float) -> bool:
+        """Take one key at simulated time `t` (an encryptor's refresh); False if none is left."""
+        with self._lock:
+            if self._advance(t) < 1:
+                return False
+            self.stored -= 1
+            return True
+
+    def _advance(self, t: float) -> int:
         if self._t is None:
             self._t = t
         span = max(0.0, t - self._t)
@@ -98,7 +112,6 @@ class SimulatedKme:
         self.stocks = stocks
         self.clock = clock
         self.serve_keys_instead = False
-        self._lock = threading.Lock()
         self.server = MtlsJsonServer(self._route, str(pki.ca), pki.server)
 
     @property
@@ -121,9 +134,8 @@ class SimulatedKme:
             return 400, {"message": "unknown slave_SAE_ID"}
         if self.serve_keys_instead:
             return 200, {"keys": [_fake_key() for _ in range(2)]}
-        with self._lock:
-            stock = self.stocks[pair]
-            count = stock.count_at(self.clock.now())
+        stock = self.stocks[pair]
+        count = stock.count_at(self.clock.now())
         return 200, {
             "source_KME_ID": self.kme_id,
             "target_KME_ID": self.peer_kme_id,
