@@ -185,6 +185,8 @@ class EncryptorAgent(SimAgent):
         instances = []
 
         def add(module: str, name: str, index: tuple[int, ...], read: Callable[[], Any]) -> None:
+            if name in self.faults.missing_objects:
+                return  # firmware without it: reads answer noSuchObject / skip it in walks
             (obj,) = builder.import_symbols(module, name)
             instances.append(live(obj, index, read))
 
@@ -216,6 +218,10 @@ class EncryptorAgent(SimAgent):
         for assoc in model.associations:
             for name, fn in model.columns(clock).items():
                 add(MIB, name, (assoc.index,), lambda fn=fn, a=assoc: fn(a))
+        for module in (MIB, "IF-MIB"):  # as SimAgent does: gone from the agent's MIB tree
+            gone = [n for n in self.faults.missing_objects if builder.mibSymbols[module].get(n)]
+            if gone:
+                builder.unexport_symbols(module, *gone)
         builder.export_symbols(f"__{MIB}-SIM-{self.name}", *instances)
         self._identify_encryptor(builder)
 

@@ -24,8 +24,10 @@ from qkdtel.sims.encryptor import (
 )
 from qkdtel.sims.influxd import free_port
 from qkdtel.sims.kme.kme import KeyStock, link_channel
+from qkdtel.sims.snmp.agent import Faults
 from tests.collector_run import Recorder, collector_document
 from tests.metrics_doc import load_contract
+from tests.test_etsi014 import poll_once
 from tests.test_metrics_contract import violations
 
 
@@ -176,3 +178,49 @@ def test_a_link_outage_drains_the_kme_stock_and_the_encryptor_falls_back(tmp_pat
     assert stock.count_at(0) == 0
     events = [s for s in recorder.samples if s.measurement == "encryptor_event"]
     assert [e.tags["event"] for e in events] == ["classical_fallback"]
+
+
+def test_snmpv3_and_faults_are_that_devices_errors(encryptors):
+    l2, l1 = encryptors.devices()
+    creds = encryptors.l2.credentials
+    v3 = {
+        "version": "3",
+        "user": creds.user,
+        "auth_protocol": "sha256",
+        "auth_key": creds.auth_key,
+        "priv_protocol": "aes",
+        "priv_key": creds.priv_key,
+    }
+    polled = poll_once({**l2, "snmp": v3})
+    assert polled.ok, polled.error
+    assert {s.measurement for s in polled.samples} == {
+        "encryptor",
+        "encryptor_port",
+        "encryptor_association",
+    }
+    wrong = poll_once({**l2, "snmp": {**v3, "auth_key": "not-the-agents-key"}})
+    assert wrong.error_class in {"auth", "timeout"}
+    assert "not-the-agents-key" not in wrong.error
+
+    encryptors.l1.unresponsive = True
+    silent = poll_once({**l1, "snmp": {"request_timeout": 0.2, "retries": 0}})
+    assert silent.error_class == "timeout"
+    assert poll_once(l2).ok  # the other encryptor answers on
+
+
+def test_an_agent_without_the_association_table_is_no_such_object(tmp_path):
+    clock = AcceleratedClock()
+    port = Port(1, "eth-1/1")
+    model = EncryptorModel("sitline_eth", [port], [Association(1, port, "N", "etsi004", "qkd")])
+    faults = Faults(missing_objects=frozenset({"qencAssocState"}))
+    agent = EncryptorAgent("enc-old", "Quevedo", model, clock, faults=faults)
+    with BackgroundEncryptors([agent]):
+        device = {
+            "name": "enc-old",
+            "driver": "encryptor_snmp",
+            "address": f"127.0.0.1:{agent.port}",
+            "profile": "sitline_eth",
+        }
+        result = poll_once(device)
+    assert result.error_class == "no_such_object"
+    assert result.error.endswith("qencAssocTable column qencAssocState is absent")
