@@ -195,13 +195,15 @@ EVENTS = [
         {"notification": "tqkdLinkStatusChange", "source": "10.8.0.31", "vendor_state": "RUNNING"},
     ),
 ]
-ERROR_CLASSES = ["timeout", "auth", "no_such_object", "refused", "malformed", "error", "internal"]
+ERROR_CLASSES = sorted(CONTRACT["qkdtel_device_status"]["error_class"].values - {""})
+"""Every documented error class (docs/metrics.md), so each dashboard query finds some."""
 
 
 def sample_points(now: int) -> list[Point]:
     """Ten polls a minute apart of four QKD modules, a failing device and one collector."""
     points = []
-    polls = [(k, now - 30 - 60 * k) for k in range(10)]
+    # At least one failed poll per error class (the failing device below).
+    polls = [(k, now - 30 - 60 * k) for k in range(max(10, len(ERROR_CLASSES)))]
     for tags, fields in LINK_MODULES:
         module_tags = {t: tags[t] for t in ("device", "node", "vendor", "technology")}
         for k, t in polls:
@@ -241,7 +243,7 @@ def sample_points(now: int) -> list[Point]:
     for k, t in polls:  # a key manager that has been failing for ten minutes, every error class
         status = {
             "up": False,
-            "error_class": ERROR_CLASSES[k % 7],
+            "error_class": ERROR_CLASSES[k % len(ERROR_CLASSES)],
             "error": "no answer in 5.0 s",
             "poll_duration_s": 5.0,
             "samples": 0,
