@@ -26,7 +26,7 @@ class SwitchSim:
     @property
     def pairs(self) -> dict[int, int]:
         """The switch's running cross-connects, read from the simulator itself."""
-        return dict(self.server.switch.running.pairs)
+        return dict(self.server.model.running.pairs)
 
     def options(self, **overrides: Any) -> dict[str, Any]:
         """The device options reaching this switch (password inline)."""
@@ -37,7 +37,7 @@ class SwitchSim:
             "password": SIM_PASSWORD,
             "known_hosts": str(self.known_hosts),
             "reconnect_backoff": 0.2,
-            "ports": port_roles(self.server.switch),
+            "ports": port_roles(self.server.model),
             **overrides,
         }
 

@@ -50,7 +50,7 @@ def write_config(server: NetconfSimServer, path: Path, password: str) -> None:
     password_file.write_text(password + "\n")
     password_file.chmod(0o600)
     device = {
-        "name": server.switch.name,
+        "name": server.model.name,
         "driver": "netconf_switch",
         "interval": "10s",
         "timeout": "5s",
@@ -59,7 +59,7 @@ def write_config(server: NetconfSimServer, path: Path, password: str) -> None:
         "username": USERNAME,
         "password_file": str(password_file),
         "known_hosts": str(known_hosts),
-        "ports": port_roles(server.switch),
+        "ports": port_roles(server.model),
     }
     path.write_text(yaml.safe_dump({"devices": [device]}, sort_keys=False))
 

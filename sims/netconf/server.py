@@ -1,4 +1,5 @@
-"""A NETCONF-over-SSH server (RFC 6241, 6242, 5277) serving a simulated optical switch.
+"""A NETCONF-over-SSH server (RFC 6241, 6242, 5277) serving a simulated optical switch
+(or an SD-QKD node, sims/netconf/sdqkd.py).
 
 Why not a library: PyPI's `netconf` (a paramiko-based server) was looked at; its last release
 is from 2020, it has no notification support, pulls in `sshutil` and `monotonic`, answers
@@ -22,12 +23,13 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import paramiko
 from lxml import etree
 
 from qkdtel.sims.netconf.framing import Framer, FramingError
-from qkdtel.sims.netconf.switch import NC, NS, Config, Q, RpcFault, SwitchModel
+from qkdtel.sims.netconf.switch import NC, NS, Config, Q, RpcFault
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,22 @@ CAPABILITIES = (
     f"{NS}?module=qkdtel-optical-switch&revision=2026-12-06",
 )
 DEFAULT_CONFIRM_TIMEOUT = 600
+
+
+class DeviceModel(Protocol):
+    """What the server serves: datastores, their XML, and edit-config semantics."""
+
+    name: str
+    running: Config
+    candidate: Config
+
+    def state_xml(self) -> etree._Element: ...
+
+    def config_xml(self, config: Config) -> etree._Element | None: ...
+
+    def edit(self, config: etree._Element, default_operation: str) -> None: ...
+
+    def validate(self, config: Config) -> None: ...
 
 
 @dataclass
@@ -111,11 +129,11 @@ class _Auth(paramiko.ServerInterface):
 
 
 class NetconfSimServer:
-    """Serves one `SwitchModel` on 127.0.0.1 until `stop`."""
+    """Serves one device model (a `SwitchModel`, an SD-QKD `NodeModel`) until `stop`."""
 
     def __init__(
         self,
-        switch: SwitchModel,
+        model: DeviceModel,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -124,7 +142,7 @@ class NetconfSimServer:
         password: str | None = "admin",
         authorized_keys: list[paramiko.PKey] | None = None,
     ):
-        self.switch = switch
+        self.model = model
         self.host_key = host_key or paramiko.ECDSAKey.generate()
         self.faults = Faults()
         self.operations: list[str] = []
@@ -306,21 +324,22 @@ class NetconfSimServer:
             raise RpcFault("invalid-value", f"no datastore {target}", "", "protocol")
         return target
 
-    def _data(self, switch_xml: etree._Element) -> list:
+    def _data(self, content: etree._Element | None) -> list:
         data = etree.Element(f"{{{NC}}}data")
-        if self.faults.missing_leaves:
-            for egress in switch_xml.iter(f"{Q}egress"):
-                egress.getparent().remove(egress)
-        data.append(switch_xml)
+        if content is not None:
+            if self.faults.missing_leaves:
+                for egress in content.iter(f"{Q}egress"):
+                    egress.getparent().remove(egress)
+            data.append(content)
         return [data]
 
     def _get(self, session: _Session, op: etree._Element) -> list:
-        return self._data(self.switch.state_xml())
+        return self._data(self.model.state_xml())
 
     def _get_config(self, session: _Session, op: etree._Element) -> list:
         source = self._target(op, "source")
-        config = self.switch.candidate if source == "candidate" else self.switch.running
-        return self._data(self.switch.config_xml(config))
+        config = self.model.candidate if source == "candidate" else self.model.running
+        return self._data(self.model.config_xml(config))
 
     def _check_lock(self, session: _Session, target: str) -> None:
         holder = self._locks.get(target)
@@ -337,17 +356,15 @@ class NetconfSimServer:
         if config is None:
             raise RpcFault("missing-element", "config is missing", "", "protocol")
         default = op.findtext(f"{{{NC}}}default-operation") or "merge"
-        self.switch.edit(config, default)
+        self.model.edit(config, default)
 
     def _validate(self, session: _Session, op: etree._Element) -> None:
         source = self._target(op, "source")
-        self.switch.validate(
-            self.switch.candidate if source == "candidate" else self.switch.running
-        )
+        self.model.validate(self.model.candidate if source == "candidate" else self.model.running)
 
     def _commit(self, session: _Session, op: etree._Element) -> None:
         self._check_lock(session, "running")
-        switch = self.switch
+        switch = self.model
         switch.validate(switch.candidate)
         confirmed = op.find(f"{{{NC}}}confirmed") is not None
         pending = self._pending
@@ -381,12 +398,12 @@ class NetconfSimServer:
             return
         pending.timer.cancel()
         self._apply(pending.rollback)
-        self.switch.candidate = copy.deepcopy(pending.rollback)
+        self.model.candidate = copy.deepcopy(pending.rollback)
 
     def _apply(self, config: Config) -> None:
         """Make `config` the running one and tell subscribers what changed."""
-        before = self.switch.running.pairs
-        self.switch.running = config
+        before = self.model.running.pairs
+        self.model.running = config
         after = config.pairs
         changes = [(i, e, "removed") for i, e in before.items() if after.get(i) != e]
         changes += [(i, e, "added") for i, e in after.items() if before.get(i) != e]
@@ -416,7 +433,7 @@ class NetconfSimServer:
 
     def _discard(self, session: _Session, op: etree._Element) -> None:
         self._check_lock(session, "candidate")
-        self.switch.candidate = copy.deepcopy(self.switch.running)
+        self.model.candidate = copy.deepcopy(self.model.running)
 
     def _lock(self, session: _Session, op: etree._Element) -> None:
         target = self._target(op)
