@@ -48,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qkdtel.daemon import Collector
     from qkdtel.live import LiveLinkTable, run_with_live_table
     from qkdtel.spool import SpoolAccessError, SpoolCorruptError, SpoolLayoutError
+    from qkdtel.spool_lock import SpoolLockedError
     from qkdtel.spool_space import free_bytes, is_disk_full
 
     loaded = load_or_exit(args.config)
@@ -58,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             asyncio.run(collector.run(duration=args.duration))
         else:
             asyncio.run(run_with_live_table(collector, view, stdout, args.duration))
-    except (SpoolLayoutError, SpoolAccessError, SpoolCorruptError) as exc:
+    except (SpoolLayoutError, SpoolAccessError, SpoolCorruptError, SpoolLockedError) as exc:
         stderr.print(f"cannot start: {exc}", markup=False, highlight=False)
         return EXIT_CONFIG
     except Exception as exc:

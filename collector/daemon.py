@@ -26,6 +26,7 @@ from qkdtel.delivery import Delivery
 from qkdtel.plugins import load_listener
 from qkdtel.poller import DevicePoller, PollResult
 from qkdtel.sdk import DeviceSource, Listener, ListenerContext, Sample
+from qkdtel.spool_lock import SpoolLock
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Collector:
         settings = self.config.collector
         mibs.use_state_dir(settings.state_dir)
         self.delivery = Delivery(settings, self.config.effective_sinks())
+        self._spool_lock = SpoolLock(settings.spool_dir)
         self.pollers = [DevicePoller.create(d, settings.max_backoff) for d in loaded.devices]
         self.observers = observers or []
         self._semaphore = asyncio.Semaphore(settings.concurrency)
@@ -176,16 +178,17 @@ class Collector:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not main thread
                 loop.add_signal_handler(sig, self.stop)
-        await self.delivery.start()
-        try:
-            await self._start_listeners()
-            self._schedule()
-            self._scheduler.start()
-            log.info("collecting from %d device(s)", len(self.pollers))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=duration)
-        finally:
-            await self._shutdown()
+        with self._spool_lock:  # one daemon per spool, for this one's whole life
+            await self.delivery.start()
+            try:
+                await self._start_listeners()
+                self._schedule()
+                self._scheduler.start()
+                log.info("collecting from %d device(s)", len(self.pollers))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=duration)
+            finally:
+                await self._shutdown()
 
     async def _shutdown(self) -> None:
         """Stop scheduling, let in-flight polls finish within the grace period, then flush."""
