@@ -23,6 +23,7 @@ from rich.table import Table
 from qkdtel.sims import collector_config
 from qkdtel.sims.cli_common import EXIT_OK, EXIT_USAGE, positive
 from qkdtel.sims.clock import AcceleratedClock
+from qkdtel.sims.kme.cli import add_commands as keys_commands
 from qkdtel.sims.netconf.cli import add_commands as switch_commands
 from qkdtel.sims.osa.cli import add_commands as osa_commands
 from qkdtel.sims.otdr.cli import add_commands as otdr_commands
@@ -94,6 +95,7 @@ def add_sims_commands(subparsers: argparse._SubParsersAction) -> None:
     osa_commands(subparsers)
     powermeter_commands(subparsers)
     switch_commands(subparsers)
+    keys_commands(subparsers)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

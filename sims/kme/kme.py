@@ -57,7 +57,7 @@ class KeyStock:
     def fill_keys_per_s(self, t: float) -> float:
         if not self.link_up:
             return 0.0
-        return self.channel.reading(t).secret_key_rate_bps / self.key_size_bits
+        return self.channel.key_rate_at(t) / self.key_size_bits
 
     @property
     def drain_keys_per_s(self) -> float:

@@ -222,6 +222,13 @@ class ChannelModel:
         """Key consumption (encryptors): about 85 % of the mean production, +/- 30 % over hours."""
         return self.params.skr_bps * (0.85 + 0.3 * self._demand(t))
 
+    def key_rate_at(self, t: float) -> float:
+        """Secret key rate at `t`, 0 outside production: a pure function of `t`, for whoever
+        consumes the key (the KME simulator's stocks) without advancing this model's own store
+        and counters, from any thread and in any order."""
+        phase, _ = self.schedule.at(t)
+        return self._key_rate(t) if phase is Phase.PRODUCING else 0.0
+
     # -- stateful totals ------------------------------------------------------------------
 
     def _advance(self, t: float) -> None:
