@@ -404,10 +404,17 @@ def test_the_listener_subscribes_again_after_a_drop(switch_sim):
     assert event.fields["source"] == "notification"
 
 
-def test_qkdtel_sims_switch_serves_what_its_config_polls(tmp_path):
-    config = tmp_path / "switch.yaml"
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("switch", 'cross_connect_map="1>11,2>12,3>9,4>10"'),
+        ("sdqkd", "qkd_link,band=O,device=sdqkd-quevedo,direction=rx,link=3,module=idq-quevedo-l3"),
+    ],
+)
+def test_qkdtel_sims_switch_and_sdqkd_serve_what_their_config_polls(tmp_path, command, expected):
+    config = tmp_path / "sim.yaml"
     sim = subprocess.Popen(
-        [sys.executable, "-m", "qkdtel.cli", "sims", "switch", "--config-out", str(config)],
+        [sys.executable, "-m", "qkdtel.cli", "sims", command, "--config-out", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -422,6 +429,6 @@ def test_qkdtel_sims_switch_serves_what_its_config_polls(tmp_path):
         sim.terminate()
         sim.wait(10)
     assert polled.returncode == 0, polled.stderr
-    assert 'cross_connect_map="1>11,2>12,3>9,4>10"' in polled.stdout
+    assert expected in polled.stdout
     password = config.with_suffix(".password").read_text().strip()
     assert password not in polled.stdout + polled.stderr
