@@ -30,6 +30,7 @@ from pydantic import (
     create_model,
 )
 
+from qkdtel.paths import default_lineprotocol_dir, default_spool_dir
 from qkdtel.plugins import DriverNotFound, ListenerNotFound, load_driver, load_listener
 from qkdtel.sdk import Duration, Model
 
@@ -43,7 +44,10 @@ class CollectorSettings(Model):
         32, ge=1, le=4096, description="polls running at once, all devices together"
     )
     spool_dir: Path = Field(
-        Path("qkdtel-data/spool"), description="durable queue between polling and writing"
+        default_factory=default_spool_dir,
+        description="durable queue between polling and writing; default: <state>/spool, the"
+        " state directory being $STATE_DIRECTORY (systemd), else /var/lib/qkdtel for root, else"
+        " $XDG_STATE_HOME/qkdtel (~/.local/state/qkdtel)",
     )
     spool_max_points: int = Field(
         2_000_000, ge=1000, le=1_000_000_000, description="points the spool may hold"
@@ -120,7 +124,10 @@ class FileSink(Model):
 
     type: Literal["file"]
     name: str = "file"
-    path: Path = Path("qkdtel-data/lineprotocol")
+    path: Path = Field(
+        default_factory=default_lineprotocol_dir,
+        description="folder of the files; default: <state>/lineprotocol (see spool_dir)",
+    )
     rotate_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1 << 40)
 
 
