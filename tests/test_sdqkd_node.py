@@ -163,3 +163,19 @@ def test_sdqkd_points_flow_into_influxdb(node_sim, tmp_path, influxdb, influx_db
     assert apps and apps[0]["last"] >= 0
     down = influxdb.query("SELECT count(up) FROM qkdtel_device_status WHERE up = false", influx_db)
     assert down == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("bad_xml", "reply is not well-formed XML"),
+        ("wrong_namespace", "no qkd_node in namespace urn:example:qkdtel:etsi-qkd-015"),
+        ("missing_leaves", "]: qkdl_status is missing"),
+    ],
+)
+def test_malformed_node_replies_are_a_clear_per_device_error(node_sim, fault, expected):
+    server, device = node_sim
+    setattr(server.faults, fault, True)
+    for result in poll_twice(device):
+        assert not result.ok and result.error_class == "malformed", result.error
+        assert result.error.startswith("sdqkd-quevedo (127.0.0.1:") and expected in result.error

@@ -5,6 +5,7 @@ drop with back-off; host keys are checked against a configured known_hosts file;
 ncclient failure becomes one `PollError` of the SDK naming the device (see session.py).
 """
 
+from qkdtel.drivers.netconf.data import find_container
 from qkdtel.drivers.netconf.options import NetconfConnection
 from qkdtel.drivers.netconf.session import (
     BASE_NS,
@@ -21,4 +22,5 @@ __all__ = [
     "NetconfSession",
     "RpcError",
     "connection_error",
+    "find_container",
 ]

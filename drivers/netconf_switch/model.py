@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from qkdtel.drivers.netconf import find_container
 from qkdtel.sdk import Malformed
 
 NS = "urn:example:qkdtel:optical-switch"
@@ -68,21 +69,9 @@ def _float(text: str | None, where: str) -> float | None:
         raise Malformed(f"{where}: {text.strip()!r} is not a number") from None
 
 
-def find_switch(data: etree._Element | None, where: str) -> etree._Element:
-    """The <optical-switch> container inside a reply's <data>."""
-    if data is None:
-        raise Malformed(f"{where}: the reply has no data")
-    found = data if data.tag == f"{Q}optical-switch" else data.find(f"{Q}optical-switch")
-    if found is None:
-        others = sorted({etree.QName(e).namespace or "" for e in data if isinstance(e.tag, str)})
-        seen = f" (it has {', '.join(others)})" if others else " (it is empty)"
-        raise Malformed(f"{where}: no optical-switch in namespace {NS} in the reply{seen}")
-    return found
-
-
 def parse_switch(data: etree._Element | None, where: str) -> SwitchState:
     """A `SwitchState` from a get or get-config reply's <data>."""
-    root = find_switch(data, where)
+    root = find_container(data, NS, "optical-switch", where)
     ports: dict[int, PortState] = {}
     for index, port in enumerate(root.findall(f"{Q}port"), start=1):
         port_where = f"{where}: optical-switch/port[{index}]"

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from lxml import etree
 
-from qkdtel.drivers.netconf import NetconfSession
+from qkdtel.drivers.netconf import NetconfSession, find_container
 from qkdtel.drivers.optics import channel_thz
 from qkdtel.drivers.sdqkd_node.options import SdQkdOptions
 from qkdtel.sdk import BlockingDriver, FieldValue, Malformed, Sample, now_ns
@@ -78,7 +78,7 @@ class SdQkdNodeDriver(BlockingDriver[SdQkdOptions]):
     def poll_blocking(self) -> list[Sample]:
         request = ("subtree", f'<qkd_node xmlns="{NS}"/>')
         reply = self.session.call("get", lambda m: m.get(filter=request))
-        node = self._node(reply.data_ele)
+        node = find_container(reply.data_ele, NS, "qkd_node", self.session.where)
         at = now_ns()
         interfaces = self._interfaces(node)
         links = [
@@ -87,17 +87,6 @@ class SdQkdNodeDriver(BlockingDriver[SdQkdOptions]):
         samples = [*links, *self._modules(interfaces, links, at)]
         samples += [self._app(app, at) for app in node.findall(f"{Q}qkd_applications/{Q}qkd_app")]
         return samples
-
-    def _node(self, data: etree._Element | None) -> etree._Element:
-        where = self.session.where
-        node = data.find(f"{Q}qkd_node") if data is not None else None
-        if node is None:
-            found = sorted(
-                {etree.QName(e).namespace or "" for e in (data or []) if isinstance(e.tag, str)}
-            )
-            seen = f" (it has {', '.join(found)})" if found else " (it is empty)"
-            raise Malformed(f"{where}: no qkd_node in namespace {NS} in the reply{seen}")
-        return node
 
     def _interfaces(self, node: etree._Element) -> dict[str, dict[str, str]]:
         """qkdi_id -> the tags its module gives (vendor, technology)."""

@@ -67,6 +67,9 @@ class _End:
 class NodeModel:
     """The SD-QKD node of `site`; `state_xml()` reads every channel at the clock's instant."""
 
+    namespace = NS
+    required_leaves = (f"{Q}qkdl_status",)
+
     def __init__(self, topology: Topology, site: str, seed: int = 0, clock: SimClock | None = None):
         self.topology = topology
         self.site = site

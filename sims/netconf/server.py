@@ -11,7 +11,8 @@ unlock, discard-changes, create-subscription with `cross-connect-change` notific
 close-session and kill-session.
 
 Faults for tests (`Faults`): replies that are not XML, data in a wrong namespace, pairs
-missing their egress leaf, and a dropped connection at a chosen RPC.
+missing a mandatory leaf (the model's `required_leaves`), and a dropped connection at a
+chosen RPC.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class DeviceModel(Protocol):
     """What the server serves: datastores, their XML, and edit-config semantics."""
 
     name: str
+    namespace: str
+    required_leaves: tuple[str, ...]
+    """Leaves the `missing_leaves` fault removes (Clark names)."""
     running: Config
     candidate: Config
 
@@ -291,7 +295,7 @@ class NetconfSimServer:
         if name == "get" and self.faults.bad_xml:
             return text.replace(b"</rpc-reply>", b"<unclosed></rpc-reply>")
         if name == "get" and self.faults.wrong_namespace:
-            return text.replace(NS.encode(), b"urn:example:some-other-switch")
+            return text.replace(self.model.namespace.encode(), b"urn:example:some-other-model")
         return text
 
     def _dispatch(self, session: _Session, name: str, op: etree._Element) -> list | None:
@@ -328,8 +332,8 @@ class NetconfSimServer:
         data = etree.Element(f"{{{NC}}}data")
         if content is not None:
             if self.faults.missing_leaves:
-                for egress in content.iter(f"{Q}egress"):
-                    egress.getparent().remove(egress)
+                for leaf in list(content.iter(*self.model.required_leaves)):
+                    leaf.getparent().remove(leaf)
             data.append(content)
         return [data]
 

@@ -100,6 +100,9 @@ def pair_path(ingress: int, leaf: str = "") -> str:
 class SwitchModel:
     """Ports, the running and candidate datastores, and what the monitors read."""
 
+    namespace = NS
+    required_leaves = (f"{Q}egress",)
+
     def __init__(self, name: str, ports: list[Port], pairs: dict[int, int], seed: int = 0):
         self.name = name
         self.ports = {p.port_id: p for p in ports}
