@@ -18,7 +18,7 @@ from qkdtel.poller import DevicePoller
 from qkdtel.sims.netconf.sdqkd import NodeModel, collector_maps
 from qkdtel.sims.netconf.server import NetconfSimServer
 from qkdtel.sims.snmp.network import build_channels
-from qkdtel.sims.snmp.physics import ModuleModel
+from qkdtel.sims.snmp.physics import ModuleModel, Phase
 from qkdtel.sims.topology import load_topology
 from tests.collector_run import Recorder
 from tests.metrics_doc import load_contract
@@ -179,3 +179,80 @@ def test_malformed_node_replies_are_a_clear_per_device_error(node_sim, fault, ex
     for result in poll_twice(device):
         assert not result.ok and result.error_class == "malformed", result.error
         assert result.error.startswith("sdqkd-quevedo (127.0.0.1:") and expected in result.error
+
+
+def test_a_link_going_down_and_up_between_polls_is_a_qkd_event(tmp_path):
+    topology = load_topology()
+    node = NodeModel(topology, "Quevedo", clock=FixedClock())
+    # find, by the physics' own schedule, a maintenance window of one of the node's links
+    end = node.ends[0]
+    schedule = node.channels[end.index].schedule
+    period = topology.behaviour.maintenance_every_h * 3600
+    down_at = next(t for t in range(0, int(period), 60) if schedule.at(t)[0] is Phase.MAINTENANCE)
+    up_at = next(
+        t for t in range(down_at, 2 * int(period), 60) if schedule.at(t)[0] is Phase.PRODUCING
+    )
+    before = down_at - 60
+    assert before >= 0 and schedule.at(before)[0] is Phase.PRODUCING
+    times = iter([float(before), float(down_at), float(up_at)])  # never backwards
+
+    class SteppingClock:
+        """One instant per poll: producing, in maintenance, producing again."""
+
+        def __init__(self):
+            self.t = next(times)
+
+        def now(self) -> float:
+            return self.t
+
+    clock = SteppingClock()
+    node.clock = clock
+    server = NetconfSimServer(node, password=PASSWORD).start()
+    try:
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(server.known_hosts_line())
+        peers, links = collector_maps(topology)
+        device = {
+            "name": "sdqkd-quevedo",
+            "driver": "sdqkd_node",
+            "timeout": 5,
+            "address": server.host,
+            "port": server.port,
+            "username": "admin",
+            "password": PASSWORD,
+            "known_hosts": str(known_hosts),
+            "peers": peers,
+            "links": links,
+        }
+        document = {"collector": {"spool_dir": "/tmp/unused"}, "devices": [device]}
+        (loaded,) = load_config_text(yaml.safe_dump(document)).devices
+
+        async def run():
+            poller = DevicePoller.create(loaded, max_backoff=1.0)
+            results = []
+            try:
+                for _ in range(3):
+                    results.append(await poller.poll())
+                    clock.t = next(times, clock.t)
+            finally:
+                await poller.driver.aclose()
+            return results
+
+        results = asyncio.run(run())
+    finally:
+        server.stop()
+    assert all(r.ok for r in results)
+    events = [
+        [
+            s
+            for s in r.samples
+            if s.measurement == "qkd_event" and s.tags["link"] == end.channel.link
+        ]
+        for r in results
+    ]
+    assert events[0] == []
+    (down,) = [e for e in events[1] if e.tags["event"] == "link_down"]
+    assert down.tags["severity"] == "major" and down.fields["vendor_state"] == "OFF"
+    assert down.tags["peer"] == end.peer_site
+    assert any(e.tags["event"] == "link_up" for e in events[2])
+    assert violations([s for r in results for s in r.samples], load_contract()) == []

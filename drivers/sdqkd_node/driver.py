@@ -66,6 +66,11 @@ def itu_channel(wavelength_nm: float) -> int | None:
     return channel if abs(channel_thz(channel) - 299_792.458 / wavelength_nm) < 0.02 else None
 
 
+def _link_key(sample: Sample) -> tuple[str, ...]:
+    """What tells one link end of the node from another across polls."""
+    return tuple(sample.tags.get(k, "") for k in ("module", "link", "channel", "direction"))
+
+
 class SdQkdNodeDriver(BlockingDriver[SdQkdOptions]):
     """One SD-QKD node (ETSI GS QKD 015 agent) over NETCONF."""
 
@@ -74,6 +79,8 @@ class SdQkdNodeDriver(BlockingDriver[SdQkdOptions]):
     def __init__(self, name: str, options: SdQkdOptions, timeout: float):
         super().__init__(name, options, timeout)
         self.session = NetconfSession(name, options, timeout * RPC_SHARE)
+        self._generating: dict[tuple[str, ...], bool] | None = None
+        """Whether each link generated key at the previous poll (None before the first)."""
 
     def poll_blocking(self) -> list[Sample]:
         request = ("subtree", f'<qkd_node xmlns="{NS}"/>')
@@ -84,7 +91,7 @@ class SdQkdNodeDriver(BlockingDriver[SdQkdOptions]):
         links = [
             self._link(link, interfaces, at) for link in node.findall(f"{Q}qkd_links/{Q}qkd_link")
         ]
-        samples = [*links, *self._modules(interfaces, links, at)]
+        samples = [*links, *self._modules(interfaces, links, at), *self._events(links, at)]
         samples += [self._app(app, at) for app in node.findall(f"{Q}qkd_applications/{Q}qkd_app")]
         return samples
 
@@ -142,6 +149,29 @@ class SdQkdNodeDriver(BlockingDriver[SdQkdOptions]):
             if value is not None:
                 fields[name] = value
         return Sample("qkd_link", tags, fields, at)
+
+    def _events(self, links: list[Sample], at: int) -> list[Sample]:
+        """`qkd_event` link_down / link_up for a link that stopped or started generating key
+        since the previous poll (a GS QKD 015 agent has no SNMP trap to say so)."""
+        now = {_link_key(s): bool(s.fields["key_generating"]) for s in links}
+        before, self._generating = self._generating, now
+        if before is None:
+            return []
+        events = []
+        for link in links:
+            key = _link_key(link)
+            if key not in before or before[key] == now[key]:
+                continue
+            up = now[key]
+            tags = {k: v for k, v in link.tags.items() if k in ("peer", "link", "vendor")}
+            tags.update(event="link_up" if up else "link_down", severity="info" if up else "major")
+            fields: dict[str, FieldValue] = {
+                "notification": "qkdl_status",
+                "source": self.options.where,
+                "vendor_state": str(link.fields["vendor_state"]),
+            }
+            events.append(Sample("qkd_event", tags, fields, at))
+        return events
 
     @staticmethod
     def _modules(
