@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import threading
 
+import httpx
 import pytest
 import yaml
 
@@ -223,3 +225,13 @@ def test_an_sae_id_cannot_reach_another_endpoint(kme_sim, slave):
     device = kme.device("kme", sae_pairs=[{"master_sae_id": "a", "slave_sae_id": slave}])
     with pytest.raises(ConfigError, match=r"sae_pairs\[0\]\.slave_sae_id"):
         load_config_text(yaml.safe_dump({"devices": [device]}))
+
+
+def test_a_client_without_a_certificate_gets_no_status(kme_sim, pki):
+    """The protocol-level half of "missing client certificate": a client presenting none (the
+    driver cannot be configured so, see above) is refused by the KME before any request."""
+    kme = kme_sim()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    with pytest.raises((httpx.TransportError, ssl.SSLError)), httpx.Client(verify=context) as c:
+        c.get(f"{kme.sim.url}/api/v1/keys/enc-norte/status").raise_for_status()
+    assert kme.sim.requests() == [] and kme.sim.server.handshake_failures >= 1
