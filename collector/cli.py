@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import importlib
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint
@@ -18,6 +17,7 @@ from rich.table import Table
 from qkdtel import __version__, mibs
 from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_exit, stderr, stdout
 from qkdtel.cli_lab import add_subcommand as add_lab
+from qkdtel.cli_logging import add_logging_options, configure_logging
 from qkdtel.cli_spool import add_subcommand as add_spool
 from qkdtel.cli_switch import add_subcommand as add_switch
 from qkdtel.config import json_schema
@@ -45,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qkdtel.daemon import Collector
+    from qkdtel.daemon import Collector, ListenerStartError
     from qkdtel.live import LiveLinkTable, run_with_live_table
     from qkdtel.spool import SpoolAccessError, SpoolCorruptError, SpoolLayoutError
     from qkdtel.spool_lock import SpoolLockedError
@@ -59,7 +59,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             asyncio.run(collector.run(duration=args.duration))
         else:
             asyncio.run(run_with_live_table(collector, view, stdout, args.duration))
-    except (SpoolLayoutError, SpoolAccessError, SpoolCorruptError, SpoolLockedError) as exc:
+    except (
+        SpoolLayoutError,
+        SpoolAccessError,
+        SpoolCorruptError,
+        SpoolLockedError,
+        ListenerStartError,
+    ) as exc:
         stderr.print(f"cannot start: {exc}", markup=False, highlight=False)
         return EXIT_CONFIG
     except Exception as exc:
@@ -159,7 +165,7 @@ def _command_word(argv: Sequence[str]) -> str | None:
     """The subcommand `argv` names (the first word that is no option or option value)."""
     words = iter(argv)
     for word in words:
-        if word == "--log-level":
+        if word in ("--log-level", "--log-format"):
             next(words, None)
         elif not word.startswith("-"):
             return word
@@ -182,7 +188,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="qkdtel", description="Telemetry and bench control for QKD network hardware."
     )
     parser.add_argument("--version", action="version", version=f"qkdtel {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -216,18 +221,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_spool(sub)
     add_lab(sub)
     add_switch(sub)
+    add_logging_options(parser)  # last: on every subcommand too
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_word(argv)).parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    configure_logging(args.log_level, args.log_format)
     return args.func(args)
 
 

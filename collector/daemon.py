@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import zlib
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
@@ -31,6 +32,12 @@ from qkdtel.spool_lock import SpoolLock
 log = logging.getLogger(__name__)
 
 SampleObserver = Callable[[list[Sample]], None]
+
+LISTENER_MEASUREMENT = "qkdtel_listener"
+
+
+class ListenerStartError(RuntimeError):
+    """A listener could not start (its port is taken...); the message names it and why."""
 
 
 def _address_of(options: object) -> str | None:
@@ -109,7 +116,19 @@ class Collector:
             Sample(p.measurement, p.tags, {**p.fields, "polls_running": running}, p.time_ns)
             for p in points
         ]
-        await self.submit(points)
+        await self.submit(points + self._listener_telemetry())
+
+    def _listener_telemetry(self) -> list[Sample]:
+        """One `qkdtel_listener` point per listener that counts something (docs/metrics.md)."""
+        return [
+            Sample(
+                LISTENER_MEASUREMENT,
+                {"listener": listener.name, "host": socket.gethostname()},
+                dict(counters),
+            )
+            for listener in self._listeners
+            if (counters := listener.counters())
+        ]
 
     def _schedule(self) -> None:
         now = datetime.now().astimezone()
@@ -155,7 +174,12 @@ class Collector:
         context = ListenerContext(devices=tuple(self._device_sources()))
         for spec in self._listener_specs:
             listener = load_listener(spec.type)(spec.name, spec.options)
-            await listener.start(self.submit, context)
+            try:
+                await listener.start(self.submit, context)
+            except OSError as exc:  # a port taken, an address gone: the operator must act
+                raise ListenerStartError(
+                    f"listener {spec.name} ({spec.type}): {exc.strerror or exc}"
+                ) from exc
             self._listeners.append(listener)
             log.info("listener %s (%s) started", spec.name, spec.type)
 

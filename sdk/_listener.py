@@ -78,3 +78,9 @@ class Listener(ABC, Generic[OptionsT]):
     @abstractmethod
     async def stop(self) -> None:
         """Stop receiving and release what `start` took."""
+
+    def counters(self) -> Mapping[str, int]:
+        """What the listener counted since start (received, refused by reason...): the
+        collector reports them as fields of `qkdtel_listener` (each must be in docs/metrics.md)
+        and on /metrics. Nothing by default."""
+        return {}

@@ -167,6 +167,64 @@ def _level(flags: int) -> int | None:
     return bool(flags & FLAG_AUTH) + bool(flags & FLAG_PRIV)
 
 
+REFUSAL_LOG_PERIOD = 60.0
+"""Seconds between two summaries of refused notifications in the log."""
+
+
+class RefusalLog:
+    """Logs refused notifications without flooding: the first refusal at once (reason and
+    sender), then at most one summary per `period` of what was refused since, by reason.
+
+    A wrong community or a failed authentication may be an attack or a misconfigured device;
+    either way the operator must hear of it, but a device retrying every second must not
+    fill the disk with the same line.
+    """
+
+    def __init__(self, where: str, period: float = REFUSAL_LOG_PERIOD) -> None:
+        self.where = where
+        self.period = period
+        self._pending: Counter[str] = Counter()
+        self._senders: set[str] = set()
+        self._last: float | None = None
+
+    def note(self, reason: str, sender: str) -> None:
+        """One refusal: logged now if it is the first, else counted for the next summary."""
+        now = time.monotonic()
+        if self._last is None:
+            self._last = now
+            log.warning(
+                "SNMP notification from %s refused on %s: %s (more are summarised every %.0f s)",
+                sender,
+                self.where,
+                reason,
+                self.period,
+                extra={"listen": self.where, "reason": reason, "sender": sender},
+            )
+            return
+        self._pending[reason] += 1
+        self._senders.add(sender)
+        if now - self._last >= self.period:
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the summary of the refusals counted since the last line, if any."""
+        if not self._pending:
+            return
+        by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(self._pending.items()))
+        senders = ", ".join(sorted(self._senders)[:5]) + (", ..." if len(self._senders) > 5 else "")
+        log.warning(
+            "%d more SNMP notification(s) refused on %s: %s (from %s)",
+            sum(self._pending.values()),
+            self.where,
+            by_reason,
+            senders,
+            extra={"listen": self.where, "refused": dict(self._pending)},
+        )
+        self._pending.clear()
+        self._senders.clear()
+        self._last = time.monotonic()
+
+
 class TrapReceiver:
     """Listens on `listener.listen` and turns every notification into one `qkd_event` point.
 
@@ -202,6 +260,7 @@ class TrapReceiver:
         self._own_engine_id = b""
         self.refused: Counter[str] = Counter()
         """Datagrams refused, by reason (`REFUSALS`)."""
+        self._refusals = RefusalLog(f"{self.host}:{self.port}")
         self.accepted = 0
         """Datagrams passed to pysnmp."""
         self.evicted = 0
@@ -225,9 +284,14 @@ class TrapReceiver:
         self._own_engine_id = bytes(engine.snmpEngineID)
         transport = _TrapSocket(self._admit, self._failed)
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(
-            lambda: transport, local_addr=(self.host, self.port), family=socket.AF_INET
-        )
+        try:
+            await loop.create_datagram_endpoint(
+                lambda: transport, local_addr=(self.host, self.port), family=socket.AF_INET
+            )
+        except OSError as exc:  # the port taken (another receiver, snmptrapd), not allowed...
+            raise OSError(
+                exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror}"
+            ) from None
         config.add_transport(engine, udp.DOMAIN_NAME, transport)
         for index, community in enumerate(self.listener.communities):
             config.add_v1_system(engine, f"community-{index}", community.get_secret_value())
@@ -250,6 +314,7 @@ class TrapReceiver:
         if self._transport is not None:
             self._transport.close_transport()
         self._engine = self._transport = self._receiver = None
+        self._refusals.flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -306,12 +371,14 @@ class TrapReceiver:
             reason = self._check_v3(datagram, message, address[0])
         if reason is not None:
             self.refused[reason] += 1
+            self._refusals.note(reason, address[0])
             return False
         self.accepted += 1
         return True
 
     def _failed(self) -> None:
         self.refused["error"] += 1
+        self._refusals.note("error", "?")
 
     def _check_v2c(self, datagram: bytes) -> str | None:
         """Refusal reason for a v2c notification (or junk), None to accept."""
@@ -558,3 +625,11 @@ class SnmpTrapListener(Listener[TrapOptions]):
     async def stop(self) -> None:
         if self.receiver is not None:
             await self.receiver.stop()
+
+    def counters(self) -> dict[str, int]:
+        """`received` (passed the gate) and `refused_<reason>` for every reason (`REFUSALS`)."""
+        receiver = self.receiver
+        if receiver is None:
+            return {}
+        refused = {f"refused_{reason}": receiver.refused[reason] for reason in REFUSALS}
+        return {"received": receiver.accepted, **refused}
