@@ -12,6 +12,7 @@ declare -A QKDTEL_APT=(
   [prometheus-snmp-exporter]=prometheus-snmp-exporter
   [yanglint]=libyang2-tools [curl]=curl
   [netconfd]=netconfd [sshd]=openssh-server [ssh-keygen]=openssh-client  # NETCONF interop tests
+  [systemd-analyze]=systemd [setpriv]=util-linux  # the unit in packaging/, the service user
 )
 
 qkdtel_apt() {
