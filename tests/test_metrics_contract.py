@@ -19,7 +19,7 @@ import pytest
 from qkdtel.config import load_config
 from qkdtel.drivers.qkd_snmp.options import TrapOptions
 from qkdtel.drivers.qkd_snmp.traps import TrapReceiver
-from qkdtel.poller import DevicePoller
+from qkdtel.poller import DevicePoller, PollResult
 from qkdtel.sdk import Sample
 from qkdtel.sims.snmp.profiles import PROFILES as SIM_PROFILES
 from qkdtel.sims.snmp.profiles import TrapCondition
@@ -111,9 +111,18 @@ def poll_twin(config_path: Path) -> list[Sample]:
     async def main() -> list[Sample]:
         pollers = [DevicePoller.create(device, max_backoff=60.0) for device in loaded.devices]
         samples: list[Sample] = []
+        # A few polls at a time, as the daemon's `concurrency` would: the 28 agents share one
+        # thread in this process, and 28 polls at once on a loaded machine outwait the 1 s
+        # request timeout of the generated config.
+        gate = asyncio.Semaphore(4)
+
+        async def poll(poller: DevicePoller) -> PollResult:
+            async with gate:
+                return await poller.poll()
+
         try:
             for _ in range(2):
-                results = await asyncio.gather(*(p.poll() for p in pollers))
+                results = await asyncio.gather(*(poll(p) for p in pollers))
                 failed = [f"{r.device}: {r.error_class} {r.error}" for r in results if not r.ok]
                 assert not failed, failed
                 samples += [s for r in results for s in r.samples]
