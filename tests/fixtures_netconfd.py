@@ -129,6 +129,7 @@ def netconfd() -> Iterator[Netconfd]:
             "--log-level=info",
         ],
         env={**os.environ, "HOME": str(home)},
+        cwd=home,  # netconfd writes backup-cfg.xml into its working directory
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
