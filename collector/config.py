@@ -37,6 +37,22 @@ from qkdtel.sdk import Duration, Model
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+class HealthSettings(Model):
+    """The collector's own HTTP endpoint: `/metrics` (Prometheus) and `/healthz`."""
+
+    listen: str = Field(
+        "127.0.0.1:9273",
+        pattern=r"^[^\s:]+:[0-9]{1,5}$",
+        description="host:port to serve on (keep it on loopback or a management network)",
+    )
+    unhealthy_after: Duration = Field(
+        300.0,
+        le=86400,
+        description="/healthz answers 503 when a sink has delivered nothing this long while"
+        " points wait for it; at most 1 day",
+    )
+
+
 class CollectorSettings(Model):
     """How the daemon schedules, spools and delivers."""
 
@@ -81,6 +97,9 @@ class CollectorSettings(Model):
     )
     self_telemetry_interval: Duration = Field(
         10.0, le=3600, description="period of qkdtel_collector; at most 1h"
+    )
+    health: HealthSettings | None = Field(
+        None, description="serve /metrics and /healthz over HTTP (off unless given)"
     )
 
     @property

@@ -14,20 +14,24 @@ import logging
 import signal
 import socket
 import zlib
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from qkdtel import mibs
-from qkdtel.config import LoadedConfig
+from qkdtel.config import HealthSettings, LoadedConfig
 from qkdtel.delivery import Delivery
 from qkdtel.plugins import load_listener
 from qkdtel.poller import DevicePoller, PollResult
 from qkdtel.sdk import DeviceSource, Listener, ListenerContext, Sample
 from qkdtel.spool_lock import SpoolLock
+
+if TYPE_CHECKING:
+    from qkdtel.health import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,9 @@ class Collector:
         self._scheduler = AsyncIOScheduler()
         self._listener_specs = loaded.listeners
         self._listeners: list[Listener] = []
+        self.poll_counts: Counter[tuple[str, str]] = Counter()
+        """(device, `ok` or the error class) -> polls since start (for /metrics)."""
+        self._health = self._health_server(settings.health)
 
     async def submit(self, samples: list[Sample]) -> None:
         """Spool samples durably, then show them to observers."""
@@ -104,9 +111,23 @@ class Collector:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s failed", task.get_name(), exc_info=exc)
 
+    def _health_server(self, settings: HealthSettings | None) -> HealthServer | None:
+        """The /metrics and /healthz endpoint, if `collector.health` asks for it."""
+        if settings is None:
+            return None
+        from qkdtel.health import DaemonView, HealthServer  # prometheus_client: only if asked
+
+        view = DaemonView(
+            self.delivery,
+            lambda: dict(self.poll_counts),
+            lambda: [(listener.name, listener.counters()) for listener in list(self._listeners)],
+        )
+        return HealthServer(settings, view)
+
     async def _poll(self, poller: DevicePoller) -> None:
         async with self._semaphore:
             result: PollResult = await poller.poll()
+        self.poll_counts[poller.name, result.error_class or "ok"] += 1
         await self.submit(result.all_samples())
 
     async def _self_telemetry(self) -> None:
@@ -183,6 +204,16 @@ class Collector:
             self._listeners.append(listener)
             log.info("listener %s (%s) started", spec.name, spec.type)
 
+    def _start_health(self) -> None:
+        """Serve /metrics and /healthz, if configured; an address in use stops the start."""
+        if self._health is None:
+            return
+        try:
+            self._health.start()
+        except OSError as exc:
+            raise ListenerStartError(f"collector.health: {exc.strerror or exc}") from exc
+        log.info("serving /metrics and /healthz on %s", self._health.settings.listen)
+
     async def _stop_listeners(self) -> None:
         """Stop the listeners; one that fails to stop is logged and does not keep the others."""
         for listener in self._listeners:
@@ -205,6 +236,7 @@ class Collector:
         with self._spool_lock:  # one daemon per spool, for this one's whole life
             await self.delivery.start()
             try:
+                self._start_health()
                 await self._start_listeners()
                 self._schedule()
                 self._scheduler.start()
@@ -231,6 +263,8 @@ class Collector:
                 log.warning("abandoned %d poll(s) still running at shutdown", len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
         await self._self_telemetry()
+        if self._health is not None:
+            await self._health.stop()
         await self.delivery.stop(timeout=max(0.5, deadline - loop.time()))
         for poller in self.pollers:
             await poller.aclose()

@@ -92,9 +92,26 @@ class _SinkState:
     crashes_in_a_row: int = 0
     stalled: bool = False
     """The writer failed and has not had an acknowledgement committed since."""
+    last_delivery: float = field(default_factory=time.monotonic)
+    """Monotonic time of the last write the sink acknowledged (or of the start)."""
     task: asyncio.Task[None] | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
     """Set when the writer task ends: a write chain still running sends nothing more."""
+
+
+@dataclass(frozen=True)
+class SinkProgress:
+    """How one sink's delivery goes, now."""
+
+    name: str
+    pending: int
+    """Points waiting for it in the spool."""
+    since_delivery_s: float
+    """Seconds since its last acknowledged write (or since the start)."""
+    stalled: bool
+    """Its writer failed and nothing was acknowledged since (`writer_stalled`)."""
+    writer_alive: bool
+    """Its writer task runs (or the daemon is stopping)."""
 
 
 class Delivery:
@@ -298,6 +315,20 @@ class Delivery:
             for name, state in self._sinks.items()
         ]
 
+    def progress(self) -> list[SinkProgress]:
+        """Each sink's delivery as the health check judges it (`qkdtel.health`)."""
+        now = time.monotonic()
+        return [
+            SinkProgress(
+                name,
+                self._spool.pending(name) if self._spool else 0,
+                now - state.last_delivery,
+                state.stalled,
+                self._closing or (state.task is not None and not state.task.done()),
+            )
+            for name, state in self._sinks.items()
+        ]
+
     # -- one writer task per sink ------------------------------------------------------------
 
     async def _run(self, name: str, state: _SinkState) -> None:
@@ -315,6 +346,7 @@ class Delivery:
             # In the acknowledging thread, before the spool shows the points as no longer pending.
             state.written += written
             state.rejected += rejected
+            state.last_delivery = time.monotonic()
             if state.stalled:
                 log.warning(
                     "sink %s: delivering again after %d writer failures",
