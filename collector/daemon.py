@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -23,10 +24,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from qkdtel import mibs
-from qkdtel.config import HealthSettings, LoadedConfig
+from qkdtel.config import ConfigError, HealthSettings, LoadedConfig, load_config
 from qkdtel.delivery import Delivery
 from qkdtel.plugins import load_listener
 from qkdtel.poller import DevicePoller, PollResult
+from qkdtel.reload import plan_reload
 from qkdtel.sdk import DeviceSource, Listener, ListenerContext, Sample
 from qkdtel.spool_lock import SpoolLock
 
@@ -70,6 +72,9 @@ class Collector:
         self._stopping = asyncio.Event()
         self._scheduler = AsyncIOScheduler()
         self._listener_specs = loaded.listeners
+        self._running = loaded
+        """The configuration in force: the file at start, its devices as of the last reload."""
+        self._reload_lock = asyncio.Lock()
         self._listeners: list[Listener] = []
         self.poll_counts: Counter[tuple[str, str]] = Counter()
         """(device, `ok` or the error class) -> polls since start (for /metrics)."""
@@ -133,8 +138,12 @@ class Collector:
     async def _self_telemetry(self) -> None:
         points = self.delivery.telemetry()
         running = sum(t.get_name().startswith("poll:") for t in self._in_flight)
+        shard = self.config.collector.shard  # sharded: which collector of several this is
+        tags = {} if shard is None else {"shard": str(shard.index)}
         points = [
-            Sample(p.measurement, p.tags, {**p.fields, "polls_running": running}, p.time_ns)
+            Sample(
+                p.measurement, {**p.tags, **tags}, {**p.fields, "polls_running": running}, p.time_ns
+            )
             for p in points
         ]
         await self.submit(points + self._listener_telemetry())
@@ -151,23 +160,27 @@ class Collector:
             if (counters := listener.counters())
         ]
 
+    def _schedule_poller(self, poller: DevicePoller) -> None:
+        """Poll the device at its interval from now on."""
+        interval = poller.device.config.interval
+        # Spread first polls over the interval (stable per device name) so a restart does
+        # not hit every device in the same instant.
+        offset = (zlib.crc32(poller.name.encode()) % 1000) / 1000 * min(interval, 5.0)
+        self._scheduler.add_job(
+            self._fire,
+            IntervalTrigger(seconds=interval),
+            args=[poller],
+            id=f"poll:{poller.name}",
+            next_run_time=datetime.now().astimezone() + timedelta(seconds=offset),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(interval)),
+        )
+
     def _schedule(self) -> None:
         now = datetime.now().astimezone()
         for poller in self.pollers:
-            interval = poller.device.config.interval
-            # Spread first polls over the interval (stable per device name) so a restart does
-            # not hit every device in the same instant.
-            offset = (zlib.crc32(poller.name.encode()) % 1000) / 1000 * min(interval, 5.0)
-            self._scheduler.add_job(
-                self._fire,
-                IntervalTrigger(seconds=interval),
-                args=[poller],
-                id=f"poll:{poller.name}",
-                next_run_time=now + timedelta(seconds=offset),
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(interval)),
-            )
+            self._schedule_poller(poller)
         period = self.config.collector.self_telemetry_interval
         self._scheduler.add_job(
             self._fire_self_telemetry,
@@ -227,12 +240,68 @@ class Collector:
         """Ask the daemon to stop (safe from a signal handler)."""
         self._stopping.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the file the daemon was started with (in a task of ours)."""
+        if not self._stopping.is_set():
+            self._spawn(self.reload(), "reload")
+
+    async def reload(self) -> bool:
+        """Apply the configuration file anew if it is valid (see `qkdtel.reload`); a file
+        with errors keeps the running configuration and logs every error with its path."""
+        source = self._running.source
+        if source is None:
+            log.warning("reload: the configuration was not read from a file; nothing to reload")
+            return False
+        async with self._reload_lock:  # two SIGHUPs in a row: one reload after the other
+            try:
+                new = await asyncio.to_thread(load_config, source)
+            except ConfigError as exc:
+                log.error(
+                    "reload: %s is invalid (%d error(s)); keeping the running configuration",
+                    exc.source,
+                    len(exc.problems),
+                )
+                for problem in exc.problems:
+                    log.error("reload: %s: %s", exc.source, problem)
+                return False
+            plan = plan_reload(self._running, new)
+            for name in [*plan.removed, *(d.config.name for d in plan.changed)]:
+                self._retire(name)
+            for device in [*plan.changed, *plan.added]:
+                poller = DevicePoller.create(device, self.config.collector.max_backoff)
+                self.pollers.append(poller)
+                self._schedule_poller(poller)
+            self._running = dataclasses.replace(self._running, devices=new.devices)
+            log.info("reload: %s: %s", source, plan.summary())
+            if plan.needs_restart:
+                log.warning(
+                    "reload: %s: changes to %s take effect at the next restart",
+                    source,
+                    ", ".join(plan.needs_restart),
+                )
+            return True
+
+    def _retire(self, name: str) -> None:
+        """Stop polling the device `name`; its driver closes once a poll in flight ends."""
+        self._scheduler.remove_job(f"poll:{name}")
+        poller = next(p for p in self.pollers if p.name == name)
+        self.pollers.remove(poller)
+        self._spawn(self._close_when_idle(poller), f"retire:{name}")
+
+    @staticmethod
+    async def _close_when_idle(poller: DevicePoller) -> None:
+        while poller.running:  # its poll task holds it until the poll's timeout at most
+            await asyncio.sleep(0.1)
+        await poller.aclose()
+
     async def run(self, duration: float | None = None) -> None:
         """Run until `stop()` (or SIGTERM/SIGINT, or `duration` seconds), then shut down cleanly."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not main thread
                 loop.add_signal_handler(sig, self.stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         with self._spool_lock:  # one daemon per spool, for this one's whole life
             await self.delivery.start()
             try:
