@@ -8,7 +8,7 @@ VENV="${QKDTEL_VENV:-$QKDTEL_ROOT/.venv}"
 # command -> Debian package providing it
 declare -A QKDTEL_APT=(
   [influxd]=influxdb [influx]=influxdb-client
-  [snmpwalk]=snmp [snmptrapd]=snmptrapd
+  [snmpwalk]=snmp [snmpd]=snmpd [snmptrapd]=snmptrapd
   [prometheus-snmp-exporter]=prometheus-snmp-exporter
   [yanglint]=libyang2-tools [curl]=curl
   [netconfd]=netconfd [sshd]=openssh-server [ssh-keygen]=openssh-client  # NETCONF interop tests

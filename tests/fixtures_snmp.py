@@ -45,8 +45,12 @@ Fixtures
     on stderr; one warm-up command takes that first run, so tests that demand a clean stderr
     see none of it.
 
-Helpers: ``free_udp_port()``, and ``REPRESENTATIVE`` (profile -> the twin module
-``single_agent`` starts for it).
+``netsnmp_tools`` (session scope)
+    Fails, never skips, when a Net-SNMP tool the tests drive is missing: ./run-tests installs
+    them (scripts/bootstrap.sh); a missing tool is a broken set-up, not a reason to test less.
+
+Helpers: ``free_udp_port()``, ``require_tools(*names)`` (the same check for any tool), and
+``REPRESENTATIVE`` (profile -> the twin module ``single_agent`` starts for it).
 """
 
 from __future__ import annotations
@@ -124,6 +128,25 @@ class SingleAgent:
             self.agent.unresponsive = value
 
         self.background.call(apply)
+
+
+NETSNMP_TOOLS = ("snmpd", "snmptrapd", "snmptrap", "snmpinform", "snmpwalk", "snmptranslate")
+
+
+def require_tools(*names: str) -> None:
+    """Fail the test (never skip it) if one of these commands is missing."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        pytest.fail(
+            f"missing {', '.join(missing)}: ./run-tests installs them (scripts/bootstrap.sh)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def netsnmp_tools() -> None:
+    """Net-SNMP's tools are installed (see the module docstring)."""
+    require_tools(*NETSNMP_TOOLS)
 
 
 @pytest.fixture(scope="session", autouse=True)

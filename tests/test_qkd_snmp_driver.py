@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from qkdtel.sims.snmp.agent import Credentials
 from qkdtel.sims.snmp.network import BackgroundNetwork, SimNetwork
 from qkdtel.sims.snmp.profiles import PROFILES as SIM_PROFILES
 from tests.fixtures_hil import QkdTarget, driver_options
-from tests.fixtures_snmp import REPRESENTATIVE, free_udp_port
+from tests.fixtures_snmp import REPRESENTATIVE, free_udp_port, require_tools
 
 STATUSES = {"active", "pending", "off", "failure"}
 FAMILY_TAGS = {
@@ -309,8 +308,7 @@ NETSNMP_ROW = {  # what snmpd serves for one Cerberis 3 link (MIB name: snmpd ty
 def netsnmp_agent(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Net-SNMP's snmpd serving one Cerberis 3 row (OIDs from the compiled MIB), a v2c
     community and one SNMPv3 user per auth/priv combination."""
-    if not shutil.which("snmpd"):
-        pytest.skip("Net-SNMP snmpd is not installed")
+    require_tools("snmpd")
     folder = tmp_path_factory.mktemp("snmpd")
     port, port6 = free_udp_port(), free_udp_port()
     mib = resolve("cerberis3")

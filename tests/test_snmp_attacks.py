@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -35,7 +34,7 @@ from qkdtel.sims.snmp.agent import engine_id
 from tests.fixtures_hil import driver_options
 from tests.test_traps import QUEVEDO, SENDER_ENGINE, V3, Harness, oid, run, varbinds
 
-needs_netsnmp = pytest.mark.skipif(not shutil.which("snmptrap"), reason="Net-SNMP tools missing")
+needs_netsnmp = pytest.mark.usefixtures("netsnmp_tools")
 
 USM_UNKNOWN_ENGINE_IDS = (1, 3, 6, 1, 6, 3, 15, 1, 1, 4, 0)
 EVIL_ENGINE = b"\x80\x00\x1f\x88\x04evil-engine"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import time
 import tracemalloc
 from typing import Any
@@ -239,7 +238,7 @@ def test_clients_take_mutated_answers_as_poll_errors_and_heal(single_agent, vers
 # ---- the trap receiver ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not shutil.which("snmptrap"), reason="Net-SNMP tools missing")
+@pytest.mark.usefixtures("netsnmp_tools")
 def test_trap_receiver_takes_mutated_traps_without_escapes_in_bounded_memory():
     seeds = [
         capture("-v2c", "-c", "trapcomm"),

@@ -7,7 +7,6 @@ OIDs on the command lines come from the compiled MIBs through the driver's profi
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 from collections.abc import Sequence
 
@@ -19,7 +18,7 @@ from qkdtel.drivers.qkd_snmp.resolve import resolve
 from qkdtel.drivers.qkd_snmp.traps import TrapReceiver
 from qkdtel.sdk import Sample
 
-pytestmark = pytest.mark.skipif(not shutil.which("snmptrap"), reason="Net-SNMP tools missing")
+pytestmark = pytest.mark.usefixtures("netsnmp_tools")
 
 V3 = {
     "user": "trapper",
