@@ -29,10 +29,11 @@ from pydantic import (
     ValidationError,
     create_model,
 )
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
 from qkdtel.paths import default_lineprotocol_dir, default_spool_dir
 from qkdtel.plugins import DriverNotFound, ListenerNotFound, load_driver, load_listener
-from qkdtel.sdk import Duration, Model
+from qkdtel.sdk import DURATION_PATTERN, Duration, Model, is_secret, parse_duration
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -721,4 +722,60 @@ def json_schema(
     if listeners and TRAPS_LISTENER in listeners:
         fields["traps"] = (listeners[TRAPS_LISTENER] | None, None)
     schema_model = create_model("Config", __base__=Config, **fields)
-    return schema_model.model_json_schema()
+    return _accept_env_refs(schema_model.model_json_schema(schema_generator=_FileSchema))
+
+
+_ENV_REF_SCHEMA = {
+    "type": "string",
+    "pattern": _ENV_REF.pattern,
+    "description": "an ${ENV} reference, substituted before validation",
+}
+_KEEP_OUTSIDE = ("title", "description", "default")
+_DISCRIMINATORS = {"driver", "type"}
+
+
+class _FileSchema(GenerateJsonSchema):
+    """The schema of what the *file* may hold, not of the validated model: a duration may be
+    written `10s`, a secret `token` as `token_file: PATH` (one of the two)."""
+
+    def function_before_schema(self, schema: Any) -> JsonSchemaValue:
+        inner = super().function_before_schema(schema)
+        if schema["function"]["function"] is parse_duration:
+            return {"anyOf": [inner, {"type": "string", "pattern": DURATION_PATTERN.pattern}]}
+        return inner
+
+    def model_schema(self, schema: Any) -> JsonSchemaValue:
+        out = super().model_schema(schema)
+        cls = schema["cls"]
+        secrets = [n for n, info in cls.model_fields.items() if is_secret(info.annotation)]
+        for name in secrets:
+            file_key = f"{name}_file"
+            out["properties"][file_key] = {
+                "type": "string",
+                "description": f"a file holding {name} (trailing newline dropped)",
+            }
+            either: dict[str, Any] = {"not": {"required": [name, file_key]}}
+            if name in out.get("required", []):
+                out["required"].remove(name)
+                either = {"oneOf": [{"required": [name]}, {"required": [file_key]}]}
+            out.setdefault("allOf", []).append(either)
+        return out
+
+
+def _accept_env_refs(node: Any, key: str | None = None) -> Any:
+    """Every scalar the loader would take from an `${ENV}` reference (numbers, booleans,
+    strings bound by a pattern or a list of values) also accepts one: the loader substitutes
+    before it validates. Plugin discriminators (`driver`, `type`) stay literal."""
+    if isinstance(node, list):
+        return [_accept_env_refs(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _accept_env_refs(v, k) for k, v in node.items()}
+    kind = out.get("type")
+    constrained = kind == "string" and ({"pattern", "enum"} & out.keys())
+    if key in _DISCRIMINATORS or "const" in out:
+        return out
+    if kind in ("number", "integer", "boolean") or constrained:
+        outside = {k: out.pop(k) for k in _KEEP_OUTSIDE if k in out}
+        return {**outside, "anyOf": [out, _ENV_REF_SCHEMA]}
+    return out

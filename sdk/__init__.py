@@ -31,10 +31,19 @@ from qkdtel.sdk._errors import (
     StatusErrorClass,
 )
 from qkdtel.sdk._listener import DeviceSource, Emit, Listener, ListenerContext, Problem
-from qkdtel.sdk._options import MAX_DURATION, Duration, Model, NoOptions, parse_duration
+from qkdtel.sdk._options import (
+    DURATION_PATTERN,
+    MAX_DURATION,
+    Duration,
+    Model,
+    NoOptions,
+    is_secret,
+    parse_duration,
+)
 from qkdtel.sdk._sample import FieldValue, Sample, now_ns
 
 __all__ = [
+    "DURATION_PATTERN",
     "ERROR_KINDS",
     "MAX_DURATION",
     "AuthError",
@@ -60,6 +69,7 @@ __all__ = [
     "Refused",
     "Sample",
     "StatusErrorClass",
+    "is_secret",
     "now_ns",
     "parse_duration",
 ]

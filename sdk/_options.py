@@ -20,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+"""What a duration written as text looks like (`500ms`, `10s`, `5m`, `1h`, `2.5`)."""
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 MAX_DURATION = 7 * 86400.0
@@ -30,7 +31,7 @@ MAX_DURATION = 7 * 86400.0
 def parse_duration(value: Any) -> Any:
     """Accept `10`, `2.5`, `500ms`, `10s`, `5m`, `1h`; return seconds (pydantic checks > 0)."""
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = DURATION_PATTERN.match(value)
         if not match:
             raise ValueError("a duration is a number of seconds or like 500ms, 10s, 5m, 1h")
         return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -51,7 +52,8 @@ Duration = Annotated[
 than zero and at most a week (a field may bound it tighter with `Field(le=...)`)."""
 
 
-def _is_secret(annotation: Any) -> bool:
+def is_secret(annotation: Any) -> bool:
+    """Whether a field of this type is a secret (it may then be given as `<name>_file`)."""
     return annotation is SecretStr or SecretStr in get_args(annotation)
 
 
@@ -72,7 +74,7 @@ class Model(BaseModel):
             return data
         for name, info in cls.model_fields.items():
             file_key = f"{name}_file"
-            if file_key not in data or not _is_secret(info.annotation):
+            if file_key not in data or not is_secret(info.annotation):
                 continue
             if name in data:
                 raise ValueError(f"give either {name} or {file_key}, not both")
