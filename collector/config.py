@@ -28,6 +28,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     create_model,
+    model_validator,
 )
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
@@ -52,6 +53,20 @@ class HealthSettings(Model):
         description="/healthz answers 503 when a sink has delivered nothing this long while"
         " points wait for it; at most 1 day",
     )
+
+
+class ShardSettings(Model):
+    """This collector is one of `count` splitting the devices by rendezvous hashing on their
+    names (`qkdtel.shard`): each polls only its own share, into its own spool."""
+
+    index: int = Field(ge=0, le=1023, description="this collector's shard, from 0")
+    count: int = Field(ge=1, le=1024, description="how many collectors share the devices")
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> ShardSettings:
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} must be below count {self.count}")
+        return self
 
 
 class CollectorSettings(Model):
@@ -98,6 +113,11 @@ class CollectorSettings(Model):
     )
     self_telemetry_interval: Duration = Field(
         10.0, le=3600, description="period of qkdtel_collector; at most 1h"
+    )
+    shard: ShardSettings | None = Field(
+        None,
+        description="poll only this shard's share of the devices (`--shard i/N` overrides);"
+        " spool_dir gets the suffix .shard-<index>",
     )
     health: HealthSettings | None = Field(
         None, description="serve /metrics and /healthz over HTTP (off unless given)"
@@ -168,6 +188,23 @@ class DeviceConfig(Model):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class DeviceDefaults(Model):
+    """What every device gets unless its own entry says otherwise (Telegraf's agent interval
+    and global_tags): a device's `tags` are added to these, its own winning."""
+
+    interval: Duration | None = Field(
+        None, le=86400, description="time between polls of a device that gives none"
+    )
+    timeout: Duration | None = Field(
+        None, le=3600, description="limit of one poll of a device that gives none"
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="tags of every device")
+
+
+INCLUDABLE = ("sinks", "listeners", "devices")
+"""The lists an included file may add to (in name order, after the main file's)."""
+
+
 class ListenerConfig(Model):
     """One listener. Keys not listed here belong to the listener and are validated by it."""
 
@@ -197,6 +234,14 @@ class Config(Model):
         " notifications); the `traps:` section is the same as a `snmp_traps` listener",
     )
     devices: list[DeviceConfig] = Field(default_factory=list)
+    defaults: DeviceDefaults = Field(
+        default_factory=DeviceDefaults, description="interval, timeout and tags of every device"
+    )
+    include: Path | None = Field(
+        None,
+        description="a directory (relative: to this file's) whose *.yaml files add sinks,"
+        " listeners and devices, merged in name order (like conf.d)",
+    )
 
     def effective_sinks(self) -> list[InfluxV2Sink | InfluxV1Sink | FileSink]:
         """The configured sinks, or the embedded local store when there are none."""
@@ -517,7 +562,11 @@ def environment_problems(config: Config) -> list[tuple[tuple, str]]:
 
 
 def load_config_text(
-    text: str, source: str = "<config>", *, check_environment: bool = False
+    text: str,
+    source: str = "<config>",
+    *,
+    check_environment: bool = False,
+    base_dir: Path | None = None,
 ) -> LoadedConfig:
     """Validate a configuration document; raise `ConfigError` listing every problem.
 
@@ -532,6 +581,7 @@ def load_config_text(
         raise ConfigError(source, ["(top level): expected a mapping of settings"])
 
     problems: list[tuple[tuple, str]] = []
+    origins = _include(raw, Path(source).parent if base_dir is None else base_dir, problems)
     raw = _interpolate(raw, problems)
     raw_traps = raw.pop("traps", None)
     raw_devices = raw.get("devices") or []
@@ -550,6 +600,8 @@ def load_config_text(
         problems.extend(_repeated_names([s.name for s in settings.sinks], "sinks"))
         if check_environment:
             problems.extend(environment_problems(settings))
+        raw_devices = [_with_defaults(d, settings.defaults) for d in raw_devices]
+        raw["devices"] = raw_devices
     device_options = _device_options(raw_devices, problems)
     listeners = _listeners(_listener_entries(raw, raw_traps, problems), problems)
     if check_environment:
@@ -565,12 +617,9 @@ def load_config_text(
             problems.extend(_pydantic_problems(exc, ()))
 
     if problems:
-        lines = []
-        for loc, msg in problems:
-            line = _line_of(root, loc)
-            at = f" (line {line})" if line else ""
-            lines.append(f"{format_loc(loc)}{at}: {msg}")
-        raise ConfigError(source, lines)
+        raise ConfigError(
+            source, [_where(loc, root, origins) + f": {msg}" for loc, msg in problems]
+        )
     assert config is not None
     devices = [
         Device(device, options)
@@ -578,6 +627,89 @@ def load_config_text(
         if device.enabled
     ]
     return LoadedConfig(config, devices, listeners=[spec for _, spec in listeners])
+
+
+_Origin = tuple[str, yaml.Node | None, int]
+"""Where an entry merged from an included file came from: (file, its node there, its index)."""
+
+
+def _include(raw: dict[str, Any], base_dir: Path, problems: list[tuple]) -> dict[tuple, _Origin]:
+    """Append the entries of every `*.yaml` file of `include:` (in name order) to the main
+    file's lists; returns where each appended entry came from, for error messages."""
+    where = raw.get("include")
+    if where is None:
+        return {}
+    if not isinstance(where, str):
+        problems.append((("include",), "expected the path of a directory"))
+        return {}
+    directory = base_dir / where
+    try:
+        files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+    except OSError as exc:
+        problems.append((("include",), f"cannot read the directory {directory}: {exc.strerror}"))
+        return {}
+    origins: dict[tuple, _Origin] = {}
+    for path in files:
+        try:
+            node, data = _parse_yaml(_decode(path.read_bytes(), str(path)), str(path))
+        except ConfigError as exc:
+            problems.extend((("include",), f"{path}: {p}") for p in exc.problems)
+            continue
+        except OSError as exc:
+            problems.append((("include",), f"cannot read {path}: {exc.strerror}"))
+            continue
+        for key, entries in (data or {}).items() if isinstance(data, dict) else [(None, None)]:
+            if key not in INCLUDABLE or not isinstance(entries, list):
+                line = _line_of(node, (key,) if isinstance(key, str) else ())
+                problems.append(
+                    (
+                        ("include",),
+                        f"{path} (line {line}): an included file holds only lists of"
+                        f" {', '.join(INCLUDABLE)}",
+                    )
+                )
+                continue
+            merged = raw.setdefault(key, [])
+            if not isinstance(merged, list):
+                continue  # the main file's own error says so
+            for index, entry in enumerate(entries):
+                origins[(key, len(merged))] = (str(path), _item_node(node, key, index), index)
+                merged.append(entry)
+    return origins
+
+
+def _item_node(root: yaml.Node | None, key: str, index: int) -> yaml.Node | None:
+    """The node of `root[key][index]` (for the lines of errors)."""
+    for k, v in root.value if isinstance(root, yaml.MappingNode) else []:
+        if k.value == key and isinstance(v, yaml.SequenceNode) and index < len(v.value):
+            return v.value[index]
+    return None
+
+
+def _where(loc: tuple, root: yaml.Node | None, origins: dict[tuple, _Origin]) -> str:
+    """`devices[3].snmp (line 41)`, or for an entry from an included file
+    `conf.d/20-sites.yaml: devices[0].snmp (line 7)` (its index and line in that file)."""
+    origin = origins.get(tuple(loc[:2]))
+    if origin is None:
+        line = _line_of(root, loc)
+        return format_loc(loc) + (f" (line {line})" if line else "")
+    path, node, index = origin
+    line = _line_of(node, loc[2:])
+    return f"{path}: {format_loc((loc[0], index, *loc[2:]))}" + (f" (line {line})" if line else "")
+
+
+def _with_defaults(raw_device: Any, defaults: DeviceDefaults) -> Any:
+    """A device entry with `defaults:` filled in where it gives nothing of its own."""
+    if not isinstance(raw_device, dict):
+        return raw_device  # its own error says what it should be
+    out = dict(raw_device)
+    for key in ("interval", "timeout"):
+        value = getattr(defaults, key)
+        if value is not None and key not in out:
+            out[key] = value
+    if defaults.tags and isinstance(out.get("tags", {}), dict):
+        out["tags"] = {**defaults.tags, **(out.get("tags") or {})}
+    return out
 
 
 def _device_options(raw_devices: list[Any], problems: list[tuple[tuple, str]]) -> list[BaseModel]:
