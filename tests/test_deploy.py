@@ -192,3 +192,20 @@ def test_default_paths_follow_the_environment(tmp_path):
         "/xdg/qkdtel/lineprotocol",
     ]
     assert defaults({"HOME": "/home/u"}, nobody)[0] == "/home/u/.local/state/qkdtel/spool"
+
+
+def test_container_image_has_the_same_defaults():
+    """The Containerfile (built by .ci/run where a builder runs; none does here) keeps state
+    where the unit does, runs as a user of its own, and starts the same command."""
+    lines = (REPO / "Containerfile").read_text().splitlines()
+    instructions = [ln.split(None, 1) for ln in lines if ln and not ln.startswith((" ", "#"))]
+    final = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
+    by_op: dict[str, list[str]] = {}
+    for op, rest in final:
+        by_op.setdefault(op, []).append(rest)
+    assert f"STATE_DIRECTORY={SYSTEM_STATE_DIR}" in by_op["ENV"][0]
+    assert by_op["USER"] == ["qkdtel"]
+    assert by_op["VOLUME"] == [f'["{SYSTEM_STATE_DIR}"]']
+    exec_start = unit_settings(UNIT.read_text())["ExecStart"][0].split()
+    assert by_op["ENTRYPOINT"] == ['["qkdtel"]']
+    assert by_op["CMD"] == ["[" + ", ".join(f'"{w}"' for w in exec_start[1:]) + "]"]
