@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from qkdtel.config import Device
 from qkdtel.plugins import load_driver
-from qkdtel.sdk import DeviceBusy, Driver, PollError, Sample, now_ns
+from qkdtel.sdk import DeviceBusy, Driver, PartialPoll, PollError, Sample, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,16 @@ class PollResult:
     status: Sample
     error_class: str = ""
     error: str = ""
+    missing: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.error_class
+
+    @property
+    def degraded(self) -> bool:
+        """Up, but the device lacked some of what its driver reads (`missing`)."""
+        return self.ok and bool(self.missing)
 
     def all_samples(self) -> list[Sample]:
         return [*self.samples, self.status]
@@ -82,8 +88,11 @@ class DevicePoller:
         samples: list[Sample] = []
         error_class = error = ""
         busy = False
+        missing: tuple[str, ...] = ()
         try:
             samples = await asyncio.wait_for(self.driver.poll(), timeout=cfg.timeout)
+            if isinstance(samples, PartialPoll):
+                missing = samples.missing
         except DeviceBusy as exc:  # the thread of a timed-out poll still holds the device
             error_class, error, busy = exc.kind, str(exc), True
         except PollError as exc:
@@ -103,6 +112,8 @@ class DevicePoller:
             self.consecutive_failures += 1
             log.warning("%s: poll failed (%s): %s", cfg.name, error_class, error)
         else:
+            if missing:
+                log.info("%s: degraded poll, the device lacks %s", cfg.name, ", ".join(missing))
             if self.consecutive_failures:
                 log.info("%s: back up after %d failed polls", cfg.name, self.consecutive_failures)
             self.consecutive_failures = 0
@@ -119,6 +130,8 @@ class DevicePoller:
             {**cfg.tags, "device": cfg.name, "driver": cfg.driver},
             {
                 "up": not error_class,
+                "degraded": bool(missing) and not error_class,
+                "missing": ",".join(missing),
                 "error_class": error_class,
                 "error": error,
                 "poll_duration_s": round(duration, 6),
@@ -129,7 +142,7 @@ class DevicePoller:
             },
             now_ns(),
         )
-        return PollResult(cfg.name, samples, status, error_class, error)
+        return PollResult(cfg.name, samples, status, error_class, error, missing)
 
     async def aclose(self) -> None:
         try:

@@ -40,7 +40,7 @@ from qkdtel.sdk._options import (
     is_secret,
     parse_duration,
 )
-from qkdtel.sdk._sample import FieldValue, Sample, now_ns
+from qkdtel.sdk._sample import FieldValue, PartialPoll, Sample, now_ns
 
 __all__ = [
     "DURATION_PATTERN",
@@ -64,6 +64,7 @@ __all__ = [
     "Model",
     "NoOptions",
     "NoSuchObject",
+    "PartialPoll",
     "PollError",
     "Problem",
     "Refused",

@@ -68,7 +68,9 @@ class Driver(ABC, Generic[OptionsT]):
 
     `poll` runs on the collector's event loop and must not block it: network I/O is awaited,
     and blocking libraries go through a worker thread (see `BlockingDriver`). It raises a
-    `PollError` subclass for a failure the operator should see.
+    `PollError` subclass for a failure the operator should see. A device that answered but
+    lacked some objects is no failure: return a `PartialPoll` (the samples read, and the
+    names of what was missing) and the collector writes them, marking the poll `degraded`.
     """
 
     options_model: ClassVar[type[BaseModel]] = NoOptions
@@ -87,7 +89,7 @@ class Driver(ABC, Generic[OptionsT]):
 
     @abstractmethod
     async def poll(self) -> list[Sample]:
-        """Read the device once and return its samples."""
+        """Read the device once and return its samples (a `PartialPoll` if some were absent)."""
 
     async def aclose(self) -> None:
         """Release connections; called once when the collector stops."""

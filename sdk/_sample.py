@@ -8,7 +8,7 @@ them. Measurement and field names must be those of docs/metrics.md (tests enforc
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 FieldValue = float | int | bool | str
@@ -39,3 +39,19 @@ class Sample:
         merged = dict(defaults)
         merged.update(self.tags)
         return Sample(self.measurement, merged, self.fields, self.time_ns)
+
+
+class PartialPoll(list[Sample]):
+    """What a poll returns when the device answered but lacked some of what the driver reads
+    (a MIB column or scalar gone after a firmware change): the samples of everything it did
+    read, and `missing`, the names of what it did not have.
+
+    Why not an error: one absent object must not cost every other measurement of the device
+    (Telegraf and snmp_exporter write what they got, too). The collector writes the samples
+    and marks the poll `degraded` in `qkdtel_device_status`, naming `missing`. It is a list,
+    so code that only wants the samples needs no change.
+    """
+
+    def __init__(self, samples: Iterable[Sample], missing: Iterable[str]):
+        super().__init__(samples)
+        self.missing: tuple[str, ...] = tuple(missing)

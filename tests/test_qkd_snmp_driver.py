@@ -25,7 +25,15 @@ from qkdtel.config import ConfigError, load_config_text
 from qkdtel.drivers.qkd_snmp import QkdSnmpDriver
 from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions
 from qkdtel.drivers.qkd_snmp.resolve import resolve
-from qkdtel.sdk import AuthError, DeviceTimeout, Malformed, NoSuchObject, PollError, Refused, Sample
+from qkdtel.sdk import (
+    AuthError,
+    DeviceTimeout,
+    Malformed,
+    PartialPoll,
+    PollError,
+    Refused,
+    Sample,
+)
 from qkdtel.sims.clock import ManualClock
 from qkdtel.sims.snmp.agent import Credentials
 from qkdtel.sims.snmp.network import BackgroundNetwork, SimNetwork
@@ -438,19 +446,35 @@ def test_silent_agent_times_out_after_its_attempts(single_agent, version):
 
 
 @pytest.mark.parametrize(
-    ("missing", "named"),
+    ("missing", "named", "lost"),
     [
-        (("cerbLinkVisibility",), "cerbLinkVisibility"),
-        (("cerbLaserTemperature",), "cerbLaserTemperature.0"),
-        (SIM_PROFILES["cerberis3"].columns, "cerbLinkTable"),
+        (("cerbLinkVisibility",), "cerbLinkVisibility", "qkd_link.visibility"),
+        (("cerbLaserTemperature",), "cerbLaserTemperature.0", "qkd_module.laser_temperature_c"),
     ],
-    ids=["column", "scalar", "whole-table"],
+    ids=["column", "scalar"],
 )
-def test_missing_objects_are_named(single_agent, missing, named):
+def test_a_missing_object_is_named_and_everything_else_read(single_agent, missing, named, lost):
+    full = single_agent("cerberis3")
+    (complete,) = poll(make_driver(full.device))
     sim = single_agent("cerberis3", missing=tuple(missing))
-    error, _ = poll_error(make_driver(sim.device))
-    assert isinstance(error, NoSuchObject), repr(error)
-    assert named in str(error)
+    (partial,) = poll(make_driver(sim.device))
+    assert isinstance(partial, PartialPoll), type(partial)
+    assert partial.missing == (named,)
+    measurement, field = lost.split(".")
+    for before, after in zip(complete, partial, strict=True):
+        assert before.measurement == after.measurement
+        expected = set(before.fields) - ({field} if before.measurement == measurement else set())
+        assert set(after.fields) == expected, after.measurement
+
+
+def test_an_empty_link_table_is_zero_links_not_a_failure(single_agent):
+    sim = single_agent("cerberis3", missing=tuple(SIM_PROFILES["cerberis3"].columns))
+    (samples,) = poll(make_driver(sim.device))
+    (module,) = samples  # no qkd_link point, the module's own
+    assert module.measurement == "qkd_module"
+    assert (module.fields["links"], module.fields["links_generating"]) == (0, 0)
+    assert "laser_temperature_c" in module.fields
+    assert not isinstance(samples, PartialPoll)
 
 
 def agent_with_column(madqci_topology, profile: str, column: str, value: Any):

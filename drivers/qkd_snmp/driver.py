@@ -18,7 +18,7 @@ from qkdtel.drivers.qkd_snmp.options import QkdSnmpOptions, SnmpSettings
 from qkdtel.drivers.qkd_snmp.resolve import Resolved, resolve
 from qkdtel.drivers.qkd_snmp.usm import UsmClient
 from qkdtel.drivers.qkd_snmp.v2c import V2cClient
-from qkdtel.sdk import Driver, NoSuchObject, Sample, now_ns
+from qkdtel.sdk import Driver, PartialPoll, Sample, now_ns
 
 Index = tuple[int, ...]
 
@@ -60,9 +60,10 @@ class QkdSnmpDriver(Driver[QkdSnmpOptions]):
             self._client.walk(mib.column_oids, repetitions, self._last_index),
         )
         read_at = time.monotonic()
-        module_values = self._scalar_values(scalars)
-        rows = self._rows(columns)
-        self._rows_seen, self._last_index = len(rows), max(rows)
+        missing: list[str] = []
+        module_values = self._scalar_values(scalars, missing)
+        rows = self._rows(columns, missing)
+        self._rows_seen, self._last_index = len(rows), max(rows, default=None)
 
         stamp = now_ns()
         profile = mib.profile
@@ -83,27 +84,34 @@ class QkdSnmpDriver(Driver[QkdSnmpOptions]):
         _, module_fields = mib.convert(profile.scalars, module_values, ".0")
         module_fields.update(links=len(rows), links_generating=generating)
         samples.append(Sample("qkd_module", dict(profile.module_tags), module_fields, stamp))
-        return samples
+        return PartialPoll(samples, missing) if missing else samples
 
-    def _scalar_values(self, values: list[Any]) -> dict[str, int | str]:
+    def _scalar_values(self, values: list[Any], missing: list[str]) -> dict[str, int | str]:
+        """Scalars by name, decoded; one the agent lacks is left out and named in `missing`."""
         decoded: dict[str, int | str] = {}
         for name, value in zip(self._mib.profile.scalar_names, values, strict=True):
             if is_missing(value):
-                raise NoSuchObject(f"{self._client.where}: {name}.0 does not exist on the agent")
+                missing.append(f"{name}.0")
+                continue
             decoded[name] = self._mib.objects[name].decode(value, f"{name}.0")
         return decoded
 
-    def _rows(self, columns: list[list[tuple[Index, Any]]]) -> dict[Index, dict[str, int | str]]:
-        """Per-column walk results -> rows by index, every cell decoded."""
+    def _rows(
+        self, columns: list[list[tuple[Index, Any]]], missing: list[str]
+    ) -> dict[Index, dict[str, int | str]]:
+        """Per-column walk results -> rows by index, every cell decoded.
+
+        An empty table is zero links (SNMP cannot tell it from an absent one); a column absent
+        while others have rows is left out of every row and named in `missing`.
+        """
         names = self._mib.profile.column_names
-        if not any(columns):
-            raise NoSuchObject(
-                f"{self._client.where}: {self._mib.profile.table} is empty or absent"
-            )
         rows: dict[Index, dict[str, int | str]] = {}
+        if not any(columns):
+            return rows
         for name, cells in zip(names, columns, strict=True):
             if not cells:
-                raise NoSuchObject(f"{self._client.where}: column {name} is absent")
+                missing.append(name)
+                continue
             info = self._mib.objects[name]
             for index, value in cells:
                 rows.setdefault(index, {})[name] = info.decode(value, f"{name}{_dotted(index)}")
