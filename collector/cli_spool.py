@@ -5,6 +5,7 @@
     qkdtel spool rejected -c qkdtel.yaml --requeue       # send them all again
     qkdtel spool rejected -c qkdtel.yaml --requeue 12 13 # send these again
     qkdtel spool check -c qkdtel.yaml                    # look for damage (exit 1 if damaged)
+    qkdtel spool status -c qkdtel.yaml [--json]          # backlog per sink, oldest point, bytes
 
 Works while the daemon runs (the spool is SQLite in WAL mode); the daemon picks requeued lines
 up within `collector.flush_interval`. Requeued lines that are still refused are set aside again
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from qkdtel.spool import (
     check_spool,
     list_rejected,
     requeue_rejected,
+    spool_status,
 )
 
 HINT = (
@@ -97,6 +101,64 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _age(oldest_ns: int | None, now_ns: int) -> str:
+    """How long ago a point was taken, for a person: `3m12s`, `2h05m`, `-` for none."""
+    if oldest_ns is None:
+        return "-"
+    seconds = max(0, (now_ns - oldest_ns) // 1_000_000_000)
+    hours, rest = divmod(seconds, 3600)
+    if hours:
+        return f"{hours}h{rest // 60:02d}m"
+    return f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Backlog per sink, the oldest pending point's age, bytes on disk; read-only, so it works
+    while the daemon runs (WAL)."""
+    path = _spool_path(args)
+    try:
+        status = spool_status(path)
+    except FileNotFoundError:
+        stderr.print(f"no spool at {path}", highlight=False)
+        return EXIT_CONFIG
+    except (SpoolLayoutError, SpoolCorruptError, SpoolAccessError) as exc:
+        stderr.print(str(exc), markup=False, highlight=False)
+        return EXIT_CONFIG
+    now = time.time_ns()
+    if args.json:
+        doc = {
+            "spool": str(path),
+            "points": status.points,
+            "bytes_on_disk": status.bytes_on_disk,
+            "sinks": [
+                {
+                    "sink": s.sink,
+                    "pending": s.pending,
+                    "oldest_pending_age_s": None
+                    if s.oldest_ns is None
+                    else round((now - s.oldest_ns) / 1e9, 3),
+                    "rejected": s.rejected,
+                }
+                for s in status.sinks
+            ],
+        }
+        stdout.out(json.dumps(doc, indent=2), highlight=False)
+        return EXIT_OK
+    mib = status.bytes_on_disk / (1 << 20)
+    stdout.print(
+        f"{path}: {status.points} point(s), {mib:.1f} MiB on disk (database + WAL)",
+        markup=False,
+        highlight=False,
+    )
+    width = max([len("sink"), *(len(s.sink) for s in status.sinks)])
+    row = f"{{:<{width}}}  {{:>10}}  {{:>14}}  {{:>8}}"
+    stdout.print(row.format("sink", "pending", "oldest pending", "rejected"), highlight=False)
+    for s in status.sinks:
+        line = row.format(s.sink, s.pending, _age(s.oldest_ns, now), s.rejected)
+        stdout.print(line, markup=False, highlight=False)
+    return EXIT_OK
+
+
 def add_subcommand(subparsers: Any) -> None:
     """Add `spool` to the `qkdtel` command's subparsers."""
     spool = subparsers.add_parser(
@@ -127,3 +189,10 @@ def add_subcommand(subparsers: Any) -> None:
     )
     check.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
     check.set_defaults(func=cmd_check)
+    status = spool_sub.add_parser(
+        "status",
+        help="backlog per sink, the oldest pending point's age, bytes on disk (read-only)",
+    )
+    status.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    status.add_argument("--json", action="store_true", help="one JSON document (for scripts)")
+    status.set_defaults(func=cmd_status)

@@ -1028,6 +1028,82 @@ class Spool:
 # -- the rejected lines, for the CLI (works while the daemon runs: WAL) ----------------------
 
 
+@dataclass(frozen=True)
+class SinkBacklog:
+    """One sink's share of the spool: points it has not acknowledged, and the timestamp of
+    the oldest of them (None when none wait)."""
+
+    sink: str
+    pending: int
+    oldest_ns: int | None
+    rejected: int
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    """What `qkdtel spool status` shows: points held, each sink's backlog, bytes on disk."""
+
+    points: int
+    sinks: list[SinkBacklog]
+    bytes_on_disk: int
+
+
+def _line_time_ns(line: bytes) -> int | None:
+    """The timestamp of a line-protocol line (its last token; every spooled line has one)."""
+    token = line.rstrip().rsplit(b" ", 1)[-1]
+    return int(token) if token.isdigit() else None
+
+
+def spool_status(path: Path) -> SpoolStatus:
+    """The spool's backlog per sink, read in one read transaction (WAL: while the daemon
+    writes), changing nothing."""
+    conn = _connect_read_only(path)
+    try:
+        with _Transaction(conn, immediate=False):
+            first, last = Spool._bounds(conn)
+            cursors = conn.execute("SELECT sink, acked_seq FROM cursors ORDER BY sink").fetchall()
+            rejected = dict(conn.execute("SELECT sink, count(*) FROM rejected GROUP BY sink"))
+            sinks = []
+            for sink, acked in cursors:
+                pending = max(0, last - max(acked, first - 1))
+                oldest = _point_time_ns(conn, max(acked + 1, first)) if pending else None
+                sinks.append(SinkBacklog(sink, pending, oldest, rejected.get(sink, 0)))
+    finally:
+        conn.close()
+    return SpoolStatus(max(0, last - first + 1), sinks, files_bytes(path))
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the spool at `path` (no lock taken, nothing set: a look
+    while the daemon runs), its layout checked."""
+    if not path.exists():
+        raise FileNotFoundError(f"no spool at {path}")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
+        version, tables = _layout(conn)
+    except sqlite3.DatabaseError as exc:
+        if is_damage(exc):
+            raise SpoolCorruptError(path, str(exc)) from exc
+        raise SpoolAccessError(f"spool file {path}: {exc}") from exc
+    if version != LAYOUT_VERSION:
+        conn.close()
+        raise SpoolLayoutError(_layout_problem(path, version, tables))
+    return conn
+
+
+def _point_time_ns(conn: sqlite3.Connection, seq: int) -> int | None:
+    """The timestamp of the spooled point numbered `seq`."""
+    row = conn.execute(
+        "SELECT first_seq, ends, body FROM chunks WHERE last_seq >= ? ORDER BY last_seq LIMIT 1",
+        (seq,),
+    ).fetchone()
+    if row is None:
+        return None
+    first_seq, ends, body = row
+    return _line_time_ns(_split(body, _unpack_ends(ends))[seq - first_seq])
+
+
 def list_rejected(path: Path, sink: str | None = None) -> list[RejectedLine]:
     """Every line kept aside as rejected, oldest first, optionally of one sink only."""
     conn = _connect(path, create=False)
