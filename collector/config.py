@@ -169,6 +169,11 @@ class FileSink(Model):
         description="folder of the files; default: <state>/lineprotocol (see spool_dir)",
     )
     rotate_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1 << 40)
+    database: str = Field(
+        "qkdtel",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="database each file's header names for `influx -import` (InfluxDB 1.x)",
+    )
 
 
 Sink = Annotated[InfluxV2Sink | InfluxV1Sink | FileSink, Field(discriminator="type")]

@@ -151,9 +151,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             console.print(f"{total} device polls recorded in InfluxDB.")
         files = sorted((workdir / "lineprotocol").glob("*"))
-        lines = sum(f.read_text(encoding="utf-8").count("\n") for f in files if f.is_file())
+        lines = sum(_points_in(f) for f in files if f.is_file())
         console.print(
             f"Local line-protocol store: {lines} points in {workdir / 'lineprotocol'}\n"
             f"Run it again: qkdtel run -c {config_path} --live  (with `qkdtel sims up` running)"
         )
     return 0
+
+
+def _points_in(path: Path) -> int:
+    """Points in a local-store file: its lines, less the `# ...` header `influx -import` reads."""
+    text = path.read_text(encoding="utf-8")
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))

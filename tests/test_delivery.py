@@ -35,6 +35,10 @@ T0 = 1_700_000_000_000_000_000
 METRICS = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
 
+HEADER = "# DML\n# CONTEXT-DATABASE: qkdtel\n"
+"""What the local store writes first in each file (`influx -import` needs it)."""
+
+
 def samples(n: int, start: int = 0, measurement: str = "qkd_link") -> list[Sample]:
     """`n` distinct points of every field type, one second apart."""
     return [
@@ -272,7 +276,7 @@ def test_samples_with_nothing_storable_are_not_spooled(tmp_path: Path) -> None:
 
     run(main)
     (written,) = (tmp_path / "lp").glob("*.lp")
-    assert written.read_text() == "m v=1.5 2\n"
+    assert written.read_text() == f"{HEADER}m v=1.5 2\n"
 
 
 def test_file_sink_rotates_and_its_files_import_into_influxdb_1x(
@@ -282,7 +286,7 @@ def test_file_sink_rotates_and_its_files_import_into_influxdb_1x(
     directory = tmp_path / "lp"
 
     async def main() -> None:
-        sink = FileSink(type="file", path=directory, rotate_bytes=8192)
+        sink = FileSink(type="file", path=directory, rotate_bytes=8192, database=influx_db)
         delivery = Delivery(settings(tmp_path, batch_size=50), [sink])
         await delivery.start()
         await delivery.submit(points)
@@ -293,21 +297,22 @@ def test_file_sink_rotates_and_its_files_import_into_influxdb_1x(
     assert len(files) > 3
     # Rotation happens between batches: no file grows past rotate_bytes by more than one batch.
     assert all(f.stat().st_size < 8192 + 50 * 200 for f in files)
-    content = "".join(f.read_text() for f in files)
+    header = f"# DML\n# CONTEXT-DATABASE: {influx_db}\n"
+    assert all(f.read_text().startswith(header) for f in files)
+    content = "".join(f.read_text().removeprefix(header) for f in files)
     assert content.splitlines() == [to_line(p) for p in points]
 
-    # The import command of the FileWriter docstring, against the real server.
-    dump = tmp_path / "import.txt"
-    dump.write_text(f"# DML\n# CONTEXT-DATABASE: {influx_db}\n{content}")
-    subprocess.run(
-        [
-            *("influx", "-host", "127.0.0.1", "-port", str(influxdb.port)),
-            *("-import", f"-path={dump}", "-precision=ns"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    # The import command of the FileWriter docstring and README, each file as written.
+    for file in files:
+        subprocess.run(
+            [
+                *("influx", "-host", "127.0.0.1", "-port", str(influxdb.port)),
+                *("-import", f"-path={file}", "-precision=ns"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     assert sorted(stored(influxdb, influx_db), key=lambda r: r["time"]) == as_rows(points)
 
 
@@ -320,7 +325,7 @@ def test_file_sink_trims_a_line_a_crash_cut_short(tmp_path: Path) -> None:
     writer.write(b"m v=3 3")
     writer.close()
     assert torn.read_bytes() == b"m v=1 1\nm v=2 2\n"
-    assert writer.current.read_bytes() == b"m v=3 3\n"
+    assert writer.current.read_bytes() == f"{HEADER}m v=3 3\n".encode()
 
 
 def test_secrets_stay_out_of_logs_and_errors(

@@ -4,14 +4,14 @@ Files are named `qkdtel-<UTC time>-<n>.lp` under the sink's `path` (their names 
 they were written), hold plain line protocol with nanosecond timestamps, and are rotated once
 they pass `rotate_bytes`. Each batch is flushed and fsync'ed before the spool lets it go.
 
-Loading them later:
-- InfluxDB 2.x / 3.x take plain line protocol:
+Each file starts with the two lines InfluxDB 1.x's `influx -import` needs (`# DML`, `# CONTEXT-
+DATABASE: <database>`); to line protocol they are comments, so every loader takes the files
+as written:
+- InfluxDB 1.x (the database must exist: `influx -execute 'CREATE DATABASE qkdtel'`):
+      influx -import -path=qkdtel-20250101T000000.000000Z-0.lp -precision=ns
+- InfluxDB 2.x / 3.x:
       influx write --bucket qkdtel --precision ns --file qkdtel-20250101T000000.000000Z-0.lp
   (repeat `--file` for several files).
-- InfluxDB 1.x's `influx -import` wants a header naming the database first:
-      (printf '# DML\\n# CONTEXT-DATABASE: qkdtel\\n'; cat qkdtel-*.lp) > import.txt
-      influx -import -path=import.txt -precision=ns
-  The files carry no header themselves, so that 2.x can load them unchanged.
 
 A crash after a batch reached the file but before the spool recorded it means the batch is
 written again at the next start: the line then appears twice, which InfluxDB stores as one point
@@ -71,6 +71,7 @@ class FileWriter(SinkWriter):
         self.name = sink.name
         self.directory = sink.path
         self.rotate_bytes = sink.rotate_bytes
+        self.header = f"# DML\n# CONTEXT-DATABASE: {sink.database}\n".encode()
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = sorted(self.directory.glob(PATTERN))
         if existing:
@@ -94,6 +95,9 @@ class FileWriter(SinkWriter):
                 handle = path.open("xb")
             except FileExistsError:
                 continue
+            handle.write(self.header)
+            handle.flush()
+            os.fsync(handle.fileno())
             _fsync_dir(self.directory)
             return handle
         raise RetryableWriteError(f"sink {self.name}: cannot create a new file in {self.directory}")
@@ -102,10 +106,10 @@ class FileWriter(SinkWriter):
         handle = self._file
         size = handle.tell()
         try:
-            if size and size + len(body) + 1 > self.rotate_bytes:
+            if size > len(self.header) and size + len(body) + 1 > self.rotate_bytes:
                 handle.close()
                 self._file = handle = self._new_file()
-                size = 0
+                size = handle.tell()
             handle.write(body)
             handle.write(b"\n")
             handle.flush()
