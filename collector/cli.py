@@ -14,7 +14,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from qkdtel import __version__, mibs
+from qkdtel import __version__, cli_shard, mibs
 from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_exit, stderr, stdout
 from qkdtel.cli_lab import add_subcommand as add_lab
 from qkdtel.cli_logging import add_logging_options, configure_logging
@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qkdtel.spool_lock import SpoolLockedError
     from qkdtel.spool_space import free_bytes, is_disk_full
 
-    loaded = load_or_exit(args.config)
+    loaded = cli_shard.apply(args, load_or_exit(args.config))
     view = LiveLinkTable() if args.live else None
     collector = Collector(loaded, observers=[view] if view else [])
     try:
@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_poll(args: argparse.Namespace) -> int:
     from qkdtel.poller import DevicePoller
 
-    loaded = load_or_exit(args.config)
+    loaded = cli_shard.apply(args, load_or_exit(args.config))
     mibs.use_state_dir(loaded.config.collector.state_dir)
     devices = loaded.devices
     if args.devices:
@@ -200,12 +200,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("run", help="run the telemetry daemon"))
     p.add_argument("--live", action="store_true", help="show per-link key rate and QBER live")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    cli_shard.add_options(p)
     p.set_defaults(func=cmd_run)
 
     p = with_config(sub.add_parser("poll", help="poll devices once and print the samples"))
     p.add_argument("devices", nargs="*", help="device names (default: all enabled)")
     p.add_argument("-f", "--format", choices=FORMATS, default="table")
     p.add_argument("--status", action="store_true", help="include qkdtel_device_status points")
+    cli_shard.add_options(p)
     p.set_defaults(func=cmd_poll)
 
     p = sub.add_parser("drivers", help="list installed plugins: drivers and listeners")
