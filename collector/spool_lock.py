@@ -1,10 +1,12 @@
 """One daemon per spool: an advisory lock held for the daemon's whole life.
 
 Two daemons on one spool would both deliver its points (every point written twice) and race
-on its cursors. `qkdtel run` therefore takes an exclusive `flock` on `<spool_dir>/daemon.lock`
+on its cursors. `qkdtel run` therefore takes an exclusive `flock` on the spool directory itself
 before it opens the spool, and keeps it until it exits; the kernel drops it when the process
-dies, however it dies, so a crash never leaves a stale lock behind. The file holds the PID of
-the holder, for the error a second daemon prints. Commands that only look (`qkdtel spool
+dies, however it dies, so a crash never leaves a stale lock behind. Locking the directory (not
+a lock file in it) creates nothing: a spool the daemon may not use is refused by the spool's own
+checks with the directory as it was. The holder's PID, for the error a second daemon prints,
+comes from the kernel's table of locks (/proc/locks). Commands that only look (`qkdtel spool
 rejected`, `spool check`) never take it: SQLite's own locking keeps them safe beside the daemon.
 """
 
@@ -15,7 +17,7 @@ import fcntl
 import os
 from pathlib import Path
 
-LOCK_FILE = "daemon.lock"
+PROC_LOCKS = Path("/proc/locks")
 
 
 class SpoolLockedError(RuntimeError):
@@ -27,32 +29,29 @@ class SpoolLock:
 
     def __init__(self, spool_dir: Path) -> None:
         self.spool_dir = spool_dir
-        self.path = spool_dir / LOCK_FILE
         self._fd: int | None = None
 
     def acquire(self) -> None:
         """Take the lock without waiting; raise `SpoolLockedError` naming the holder if taken."""
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.spool_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_pid(fd)
+            holder = holder_pid(self.spool_dir)
             os.close(fd)
             raise SpoolLockedError(
                 f"spool {self.spool_dir} is in use by another qkdtel daemon"
-                f" ({f'PID {holder}' if holder else 'PID unknown'}, lock {self.path});"
+                f" ({f'PID {holder}' if holder else 'PID unknown'});"
                 " stop it first, or give this one another collector.spool_dir"
             ) from None
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
-        """Let go of the lock (the file stays: removing it would race with a starting daemon)."""
+        """Let go of the lock."""
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
@@ -65,8 +64,17 @@ class SpoolLock:
         self.release()
 
 
-def _read_pid(fd: int) -> int | None:
-    """The PID the holder wrote, if the file holds one."""
-    with contextlib.suppress(OSError, ValueError):
-        return int(os.pread(fd, 32, 0).decode().strip())
+def holder_pid(directory: Path) -> int | None:
+    """PID of the process holding a flock on `directory`, from /proc/locks (Linux), if known.
+
+    A line reads `1: FLOCK  ADVISORY  WRITE 4242 fe:00:2214214 0 EOF`: the PID, then the
+    device (major:minor, hex) and inode of the locked file.
+    """
+    with contextlib.suppress(OSError):
+        st = os.stat(directory)
+        ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in PROC_LOCKS.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 6 and words[1] == "FLOCK" and words[5] == ident:
+                return int(words[4])
     return None

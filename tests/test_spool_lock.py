@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from qkdtel.spool_lock import LOCK_FILE
+from qkdtel.spool_lock import holder_pid
 from tests.collector_run import collector_document
 
 
@@ -25,15 +25,15 @@ def qkdtel(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def wait_for_lock(lock: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the daemon wrote its PID into the lock file (it holds the lock from then on)."""
+def wait_for_lock(spool_dir: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until the daemon holds its lock on the spool directory (as the kernel reports it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if lock.exists() and lock.read_text().strip() == str(proc.pid):
+        if spool_dir.exists() and holder_pid(spool_dir) == proc.pid:
             return
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.1)
-    raise AssertionError(f"{lock} never named PID {proc.pid}")
+    raise AssertionError(f"PID {proc.pid} never locked {spool_dir}")
 
 
 def test_second_daemon_on_the_same_spool_is_refused(tmp_path):
@@ -46,7 +46,7 @@ def test_second_daemon_on_the_same_spool_is_refused(tmp_path):
         text=True,
     )
     try:
-        wait_for_lock(tmp_path / "spool" / LOCK_FILE, first)
+        wait_for_lock(tmp_path / "spool", first)
         second = qkdtel("run", "-c", str(cfg), "--duration", "20")
         assert second.returncode == 2, second.stderr
         assert "cannot start:" in second.stderr
@@ -61,6 +61,12 @@ def test_second_daemon_on_the_same_spool_is_refused(tmp_path):
         _, err = first.communicate(timeout=30)
     assert first.returncode == 0, err
 
-    # The lock died with its daemon: the next one starts (and stops) normally.
+    # The lock died with its daemon: the next one starts (and stops) normally, even after a
+    # daemon killed outright (the kernel drops a flock with its process: no stale lock).
+    killed = subprocess.Popen([sys.executable, "-m", "qkdtel.cli", "run", "-c", str(cfg)])
+    wait_for_lock(tmp_path / "spool", killed)
+    killed.kill()
+    killed.wait(timeout=30)
     again = qkdtel("run", "-c", str(cfg), "--duration", "0.5")
     assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (tmp_path / "spool").iterdir() if "lock" in p.name) == []
