@@ -272,6 +272,8 @@ class Collector:
                 self.pollers.append(poller)
                 self._schedule_poller(poller)
             self._running = dataclasses.replace(self._running, devices=new.devices)
+            if plan.added or plan.removed or plan.changed:
+                await self._tell_listeners()
             log.info("reload: %s: %s", source, plan.summary())
             if plan.needs_restart:
                 log.warning(
@@ -280,6 +282,15 @@ class Collector:
                     ", ".join(plan.needs_restart),
                 )
             return True
+
+    async def _tell_listeners(self) -> None:
+        """Give every listener the devices as they are now (after a reload)."""
+        context = ListenerContext(devices=tuple(self._device_sources()))
+        for listener in self._listeners:
+            try:
+                await listener.devices_changed(context)
+            except Exception:
+                log.exception("listener %s: taking the reloaded devices failed", listener.name)
 
     def _retire(self, name: str) -> None:
         """Stop polling the device `name`; its driver closes once a poll in flight ends."""

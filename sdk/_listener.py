@@ -79,6 +79,11 @@ class Listener(ABC, Generic[OptionsT]):
     async def stop(self) -> None:
         """Stop receiving and release what `start` took."""
 
+    async def devices_changed(self, context: ListenerContext) -> None:
+        """The configured devices changed (the collector reloaded its file): attribute what
+        arrives by `context.devices` from now on. By default the listener keeps the list it
+        started with."""
+
     def counters(self) -> Mapping[str, int]:
         """What the listener counted since start (received, refused by reason...): the
         collector reports them as fields of `qkdtel_listener` (each must be in docs/metrics.md)

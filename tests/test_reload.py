@@ -4,6 +4,7 @@ keeps the running configuration and logs every error with its path and line."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -120,3 +121,51 @@ def test_sighup_adds_removes_and_keeps_a_bad_file_out(tmp_path, tcp_probe_driver
         code = daemon.stop()
     assert code == 0, "".join(daemon.log)
     assert "Traceback" not in "".join(daemon.log)
+
+
+def test_reload_tells_the_trap_listener_of_new_devices(tmp_path):
+    """A device added by a reload is known to the trap listener at once: its notifications
+    carry its name, where before the reload they came from `unknown`."""
+    from qkdtel.config import load_config
+    from qkdtel.daemon import Collector
+    from tests.collector_run import Recorder
+    from tests.test_operate_logging import free_udp_port
+    from tests.test_traps import oid
+
+    port = free_udp_port()
+    cfg = tmp_path / "qkdtel.yaml"
+    norte = {"name": "norte", "driver": "qkd_snmp", "address": "127.0.0.1:9", "interval": "1h"}
+    sur = {"name": "sur", "driver": "qkd_snmp", "address": "127.0.0.2:9", "interval": "1h"}
+
+    def write(devices: list[dict]) -> None:
+        document = collector_document(tmp_path, [{**d, "profile": "cerberis3"} for d in devices])
+        document["traps"] = {"listen": f"127.0.0.1:{port}", "communities": ["c0mm"]}
+        cfg.write_text(yaml.safe_dump(document))
+
+    async def trap_from_sur() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "snmptrap", "-M", "/dev/null", "-v2c", "-c", "c0mm", "--clientaddr=127.0.0.2",
+            f"127.0.0.1:{port}", "", oid("cerberis3", "cerbLinkDown"),
+            oid("cerberis3", "cerbLinkState", 1), "i", "5",
+        )  # fmt: skip
+        assert await proc.wait() == 0
+        await asyncio.sleep(1.0)
+
+    write([norte])
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        collector = Collector(load_config(cfg), observers=[recorder])
+        run = asyncio.create_task(collector.run(duration=30))
+        while not collector._listeners:  # started
+            await asyncio.sleep(0.1)
+        await trap_from_sur()
+        write([norte, sur])
+        assert await collector.reload()
+        await trap_from_sur()
+        collector.stop()
+        await run
+
+    asyncio.run(scenario())
+    events = [s.tags["device"] for s in recorder.samples if s.measurement == "qkd_event"]
+    assert events == ["unknown", "sur"]

@@ -318,8 +318,17 @@ class TrapReceiver:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def set_devices(self, devices: Sequence[Source]) -> None:
+        """Attribute notifications by `devices` from now on (the collector reloaded its file)."""
+        self.devices = list(devices)
+        await self._index_devices()
+
     async def _index_devices(self) -> None:
+        """Resolve the devices' addresses; the tables are swapped in whole once built, so a
+        notification arriving meanwhile is attributed by the previous ones."""
         loop = asyncio.get_running_loop()
+        by_ip: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        by_address: dict[tuple[str, int], list[tuple[str, dict[str, str]]]] = {}
         for name, host, tags in self.devices:
             try:
                 host_only, port = split_address(host, 0)
@@ -332,9 +341,10 @@ class TrapReceiver:
                 log.warning("device %s: cannot resolve %s for traps: %s", name, host_only, exc)
                 continue
             for ip in {info[4][0] for info in infos}:
-                self._by_ip.setdefault(ip, []).append((name, tags))
+                by_ip.setdefault(ip, []).append((name, tags))
                 if port:
-                    self._by_address.setdefault((ip, port), []).append((name, tags))
+                    by_address.setdefault((ip, port), []).append((name, tags))
+        self._by_ip, self._by_address = by_ip, by_address
 
     @staticmethod
     def _notification_kinds() -> dict[tuple[int, ...], _Kind]:
@@ -594,6 +604,15 @@ def listen_problem(listen: str) -> str | None:
     return None
 
 
+def _sources(context: ListenerContext) -> list[Source]:
+    """The configured devices with an address, as the receiver matches senders."""
+    return [
+        (device.name, device.address, dict(device.tags))
+        for device in context.devices
+        if device.address is not None
+    ]
+
+
 class SnmpTrapListener(Listener[TrapOptions]):
     """The `snmp_traps` listener: a `TrapReceiver` for the collector's configured devices.
 
@@ -614,13 +633,12 @@ class SnmpTrapListener(Listener[TrapOptions]):
         return [(("listen",), problem)] if problem else []
 
     async def start(self, emit: Emit, context: ListenerContext) -> None:
-        sources = [
-            (device.name, device.address, dict(device.tags))
-            for device in context.devices
-            if device.address is not None
-        ]
-        self.receiver = TrapReceiver(self.options, sources, emit)
+        self.receiver = TrapReceiver(self.options, _sources(context), emit)
         await self.receiver.start()
+
+    async def devices_changed(self, context: ListenerContext) -> None:
+        if self.receiver is not None:
+            await self.receiver.set_devices(_sources(context))
 
     async def stop(self) -> None:
         if self.receiver is not None:
