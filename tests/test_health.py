@@ -144,3 +144,48 @@ def test_health_port_in_use_is_exit_2(tmp_path: Path):
     assert result.returncode == 2, result.stderr
     assert f"cannot start: collector.health: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_healthz_reports_a_failed_writer_until_it_delivers_again(tmp_path: Path):
+    """A sink writer that fails (INJECTED: it raises RuntimeError, as a bug would; no real
+    sink fails that way on demand) makes /healthz 503 naming it, and 200 once it delivers."""
+    import asyncio
+
+    from qkdtel.config import FileSink, HealthSettings
+    from qkdtel.delivery import Delivery
+    from qkdtel.health import DaemonView, HealthServer
+    from tests.test_delivery import run, samples, settings, wait_for
+    from tests.test_writer_supervision import BuggyWriter
+
+    port = free_port()
+    sink = FileSink(type="file", name="a", path=tmp_path / "lp")
+    seen: list[tuple[int, dict]] = []
+
+    async def healthz() -> tuple[int, dict]:
+        status, body = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/healthz")
+        seen.append((status, json.loads(body)))
+        return seen[-1]
+
+    async def main() -> None:
+        delivery = Delivery(settings(tmp_path, flush_interval=0.05, retry_max_delay=1.0), [sink])
+        await delivery.start()
+        server = HealthServer(
+            HealthSettings(listen=f"127.0.0.1:{port}"), DaemonView(delivery, dict, list)
+        )
+        server.start()
+        try:
+            assert (await healthz())[0] == 200
+            state = delivery._sinks["a"]
+            state.writer = buggy = BuggyWriter(state.writer, failures=2)
+            await delivery.submit(samples(50))
+            await wait_for(lambda: len(buggy.attempts) >= 1)
+            status, body = await healthz()
+            assert status == 503, body
+            assert body["problems"] == ["sink a: its writer failed and is being restarted"]
+            await wait_for(lambda: delivery.spool.pending("a") == 0)
+            assert (await healthz())[0] == 200
+        finally:
+            await server.stop()
+            await delivery.stop(5)
+
+    run(main)
