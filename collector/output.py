@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from qkdtel.sample import encode_lines
@@ -35,10 +35,31 @@ def samples_table(samples: Iterable[Sample]) -> Table:
     return table
 
 
+UNSQUEEZED_MAX = 100_000
+"""Widest line a renderable is given when the output is not a terminal (a pipe, a file)."""
+
+
+def print_unsqueezed(console: Console, renderable: RenderableType) -> None:
+    """Print `renderable` at a terminal's width, or, into a pipe or file, at its own natural
+    width: rich would otherwise squeeze it to 80 columns there, folding resource strings and
+    field names (`grep` and `less -S` need them whole)."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    wide = console.options.update_width(UNSQUEEZED_MAX)
+    natural = console.measure(renderable, options=wide).maximum
+    width = console.width  # print(width=) cannot widen past the console's own width
+    console.width = max(width, natural)
+    try:
+        console.print(renderable, crop=False)
+    finally:
+        console.width = width
+
+
 def print_samples(samples: list[Sample], fmt: str, console: Console) -> None:
     """Write samples to the console in the chosen format."""
     if fmt == "table":
-        console.print(samples_table(samples))
+        print_unsqueezed(console, samples_table(samples))
     elif fmt == "json":
         for s in samples:
             record = {

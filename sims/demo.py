@@ -23,6 +23,7 @@ from rich.table import Table
 from qkdtel.config import load_config_text
 from qkdtel.daemon import Collector
 from qkdtel.live import LiveLinkTable, run_with_live_table
+from qkdtel.output import print_unsqueezed
 from qkdtel.sims.influxd import InfluxServer, free_port, temporary_influxd
 from qkdtel.sims.process import SimsProcess
 from qkdtel.sims.topology import load_topology
@@ -144,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         asyncio.run(run_with_live_table(collector, view, console, args.seconds))
         if influx is not None:
-            console.print(summary_table(influx))
+            print_unsqueezed(console, summary_table(influx))
             total = sum(
                 r["count"]
                 for r in influx.query("SELECT count(up) FROM qkdtel_device_status", DATABASE)
