@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from qkdtel.output import print_unsqueezed
 from qkdtel.sims import collector_config
 from qkdtel.sims.cli_common import EXIT_OK, EXIT_USAGE, positive
 from qkdtel.sims.clock import AcceleratedClock
@@ -149,8 +149,7 @@ async def _serve(network: SimNetwork, args: argparse.Namespace, console: Console
                 interval=args.interval,
             )
             collector_config.write(args.config_out, document)
-        out = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping in logs
-        out.print(_table(network))
+        print_unsqueezed(Console(), _table(network))  # into a log: never folded to 80 columns
         where = f", config in {args.config_out}" if args.config_out else ""
         traps = (
             f", traps to {args.trap_target[0]}:{args.trap_target[1]}" if args.trap_target else ""

@@ -20,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from qkdtel.output import print_unsqueezed
 from qkdtel.sims.scpi import ScpiServer, ServerThread
 from qkdtel.sims.topology import TopologyError
 
@@ -62,10 +63,9 @@ def serve_instruments(
     status: Callable[[Sequence[S]], str],
     pty: bool = False,
     vxi11: bool = False,
-    width: int | None = None,
 ) -> int:
     """`qkdtel sims <command>`: build the simulators from `args`, serve them, print `table`
-    (`width` columns wide) and `status`, write the collector configuration (one
+    (at its natural width into a pipe or log) and `status`, write the collector configuration (one
     `device_entry` per simulator) to `args.config_out` if given, and serve until interrupted.
 
     A bad argument or a simulator that cannot start is one line on stderr and EXIT_USAGE.
@@ -83,7 +83,7 @@ def serve_instruments(
         return EXIT_USAGE
     try:
         stop = stop_on_signal()  # before anything tells the caller the simulators are up
-        Console(width=width).print(table(sims))
+        print_unsqueezed(Console(), table(sims))
         config_out: Path | None = args.config_out
         if config_out:
             document = {"devices": [device_entry(sim) for sim in sims]}

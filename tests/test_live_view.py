@@ -13,8 +13,10 @@ import io
 import re
 import subprocess
 import sys
+import time
 
 import pytest
+import yaml
 from rich.console import Console
 
 from qkdtel.config import load_config
@@ -122,3 +124,21 @@ def test_poll_into_a_pipe_keeps_tags_and_fields_whole(snmp_sims):
     assert f"device={name}" in result.stdout
     assert any(len(line) > 80 for line in result.stdout.splitlines())
     assert re.search(r"qkd_module .*links=\d+", result.stdout)
+
+
+def test_sims_into_a_log_keep_their_table_whole(tmp_path):
+    from tests.sims_cli import start, stop
+
+    config, log = tmp_path / "sims.yaml", tmp_path / "sims.log"
+    process = start(["up", "--config-out", str(config)], config, log)
+    try:
+        deadline = time.monotonic() + 30
+        while "agents of" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        assert stop(process) == 0
+    out = log.read_text()
+    devices = yaml.safe_load(config.read_text())["devices"]
+    for device in devices:
+        assert re.search(rf"│ {re.escape(device['name'])}\s+│", out), device["name"]
+    assert any(len(line) > 80 for line in out.splitlines())

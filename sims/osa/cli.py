@@ -140,7 +140,6 @@ def cmd_osa(args: argparse.Namespace) -> int:
         status=lambda sims: f"{len(sims)} OSAs, {args.sweep_time:g} s per sweep; Ctrl-C to stop",
         pty=args.pty,
         vxi11=args.vxi11,
-        width=200,
     )
 
 
