@@ -30,6 +30,7 @@ from qkdtel.plugins import load_listener
 from qkdtel.poller import DevicePoller, PollResult
 from qkdtel.reload import plan_reload
 from qkdtel.sdk import DeviceSource, Listener, ListenerContext, Sample
+from qkdtel.shard import select as select_shard
 from qkdtel.spool_lock import SpoolLock
 
 if TYPE_CHECKING:
@@ -264,6 +265,9 @@ class Collector:
                 for problem in exc.problems:
                     log.error("reload: %s: %s", exc.source, problem)
                 return False
+            running_shard = self.config.collector.shard
+            if running_shard is not None:  # the shard this daemon runs as, however it was given
+                new = select_shard(new, running_shard.index, running_shard.count)
             plan = plan_reload(self._running, new)
             for name in [*plan.removed, *(d.config.name for d in plan.changed)]:
                 self._retire(name)

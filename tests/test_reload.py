@@ -5,6 +5,7 @@ keeps the running configuration and logs every error with its path and line."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -169,3 +170,42 @@ def test_reload_tells_the_trap_listener_of_new_devices(tmp_path):
     asyncio.run(scenario())
     events = [s.tags["device"] for s in recorder.samples if s.measurement == "qkd_event"]
     assert events == ["unknown", "sur"]
+
+
+def test_a_sharded_daemon_reloads_only_its_share(tmp_path, caplog):
+    """A daemon running as shard 0 of 2 takes, on reload, only the new devices of its shard;
+    its spool and shard are no "change needing a restart"."""
+    from qkdtel.config import load_config
+    from qkdtel.daemon import Collector
+    from qkdtel.shard import owned
+    from qkdtel.shard import select as select_shard
+
+    caplog.set_level(logging.INFO, logger="qkdtel.daemon")
+    cfg = tmp_path / "qkdtel.yaml"
+
+    def write(names: list[str]) -> None:
+        devices = [
+            {"name": n, "driver": "qkd_snmp", "address": "127.0.0.1:9", "profile": "toshiba",
+             "interval": "1h"}
+            for n in names
+        ]  # fmt: skip
+        cfg.write_text(yaml.safe_dump(collector_document(tmp_path, devices)))
+
+    before = [f"site-{i}" for i in range(6)]
+    after = [*before[1:], *(f"new-{i}" for i in range(6))]
+    write(before)
+
+    async def scenario() -> set[str]:
+        collector = Collector(select_shard(load_config(cfg), 0, 2))
+        run = asyncio.create_task(collector.run(duration=30))
+        await asyncio.sleep(0.5)
+        write(after)
+        assert await collector.reload()
+        names = {p.name for p in collector.pollers}
+        collector.stop()
+        await run
+        return names
+
+    assert asyncio.run(scenario()) == set(owned(after, 0, 2))
+    assert set(owned(after, 0, 2)) != set(after)  # the test means something: a real share
+    assert "reload: " in caplog.text and "next restart" not in caplog.text
