@@ -4,14 +4,17 @@ Starts the MadQCI twin (`sims up`, in a child process), a throwaway InfluxDB 1.x
 daemon with the live per-link table; when time is up it asks InfluxDB what arrived and sets
 each link's measured mean secret key rate and QBER beside the published figures. Everything it
 writes (the collector configuration, the spool, the local line-protocol store) stays under
-`--workdir`, so `qkdtel run -c <workdir>/qkdtel.yaml` runs the same thing again.
+`--workdir`, the InfluxDB data included (its server is stopped, not deleted), and the agents
+listen on ports chosen to be started again: the commands printed at the end run it all again.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import shutil
+import socket
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from qkdtel.config import load_config_text
 from qkdtel.daemon import Collector
 from qkdtel.live import LiveLinkTable, run_with_live_table
 from qkdtel.output import print_unsqueezed
-from qkdtel.sims.influxd import InfluxServer, free_port, temporary_influxd
+from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.sims.process import SimsProcess
 from qkdtel.sims.topology import load_topology
 
@@ -121,16 +124,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if shutil.which("influxd") is None:
                 console.print("[yellow]influxd not found: using the local store only[/]")
             else:
-                influx = stack.enter_context(temporary_influxd())
+                influx = _kept_influxd(workdir / "influxdb")
+                stack.callback(influx.stop)
                 influx.create_database(DATABASE)
                 console.print(f"InfluxDB 1.x on {influx.url}, database {DATABASE!r}")
-        trap_port = free_port()
-        sims = stack.enter_context(
-            SimsProcess(
-                workdir / "sims.yaml",
-                ["--speed", str(args.speed), "--trap-target", f"127.0.0.1:{trap_port}"],
-            )
-        )
+        sims_args = [
+            *("--speed", f"{args.speed:g}", "--trap-target", f"127.0.0.1:{free_port()}"),
+            *("--base-port", str(free_udp_ports(len(load_topology(None).modules)))),
+        ]
+        sims = stack.enter_context(SimsProcess(workdir / "sims.yaml", sims_args))
         console.print(
             f"{len(sims.devices)} simulated QKD modules (SNMP agents on 127.0.0.1), "
             f"simulated time x{args.speed:g}"
@@ -154,10 +156,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
         files = sorted((workdir / "lineprotocol").glob("*"))
         lines = sum(_points_in(f) for f in files if f.is_file())
         console.print(
-            f"Local line-protocol store: {lines} points in {workdir / 'lineprotocol'}\n"
-            f"Run it again: qkdtel run -c {config_path} --live  (with `qkdtel sims up` running)"
+            f"Local line-protocol store: {lines} points in {workdir / 'lineprotocol'}",
+            markup=False,
+            soft_wrap=True,
         )
+    # soft_wrap: paths and commands are never broken across lines (they must paste as printed)
+    console.print(
+        _afterwards(workdir, influx, sims_args, config_path), markup=False, soft_wrap=True
+    )
     return 0
+
+
+def _kept_influxd(root: Path) -> InfluxServer:
+    """An InfluxDB 1.x server whose data stays in `root` after the demo (started again with
+    `influxd -config <root>/influxd.conf`, on the same port)."""
+    root.mkdir(parents=True)
+    server = InfluxServer(root)
+    server.start()
+    return server
+
+
+def free_udp_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive UDP ports free now on `host` (for `sims up
+    --base-port`, so that the agents can be started again on the ports the config names)."""
+    for _ in range(100):
+        base = random.randrange(20000, 60000 - count)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(sock)
+                sock.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise RuntimeError(f"no {count} consecutive free UDP ports on {host}")
+
+
+def _afterwards(
+    workdir: Path, influx: InfluxServer | None, sims_args: list[str], config_path: Path
+) -> str:
+    """Where the collected data stays, and the commands that run the same again."""
+    lines = [f"What was collected stays in {workdir}:"]
+    if influx is not None:
+        lines.append(
+            f"  InfluxDB data: {influx.root}; to look: influxd -config {influx.config} & "
+            f"then influx -port {influx.port} -database {DATABASE}"
+        )
+    lines += [
+        f"  spool: {workdir / 'spool'}, line protocol: {workdir / 'lineprotocol'}",
+        "Run it again (each in its own terminal, or with & in one):",
+    ]
+    if influx is not None:
+        lines.append(f"  influxd -config {influx.config}")
+    lines += [
+        f"  qkdtel sims up {' '.join(sims_args)}",
+        f"  qkdtel run -c {config_path} --live",
+    ]
+    return "\n".join(lines)
 
 
 def _points_in(path: Path) -> int:
