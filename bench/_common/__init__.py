@@ -5,5 +5,6 @@
 - `snmp_agents`: the simulated QKD modules served by `qkdtel sims up` child processes;
 - `snmp_exporter`: prometheus-snmp-exporter with an snmp.yml generated from the driver's profiles;
 - `cpu_profile`: where the CPU of a poll goes (receive stage, cProfile by package);
-- `udp_probes`: counting the UDP datagrams this process sends.
+- `udp_probes`: counting the UDP datagrams this process sends;
+- `replay_agents`: cheap SNMPv2c agents replaying answers recorded from the twin (capacity.py).
 """
