@@ -8,22 +8,32 @@ PNG plot, through the same driver code the collector polls with (`qkdtel.lab`).
 
 Exit status: 0 measured; 1 the instrument failed (unreachable, an SCPI error, a timeout, a
 garbled answer) or a file could not be written, with one line on stderr saying which; 2 the
-arguments are invalid (a resolution the dialect lacks, a quantum channel off the grid...).
+arguments are invalid (a resolution the dialect lacks, a quantum channel off the grid...);
+3 measured, and the OTDR trace raised an alarm against its baseline (marked on the plot).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from rich import box
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from qkdtel.cli_common import stderr, stdout
 from qkdtel.lab import (
+    Alarm,
     BaselineStore,
     ItuReport,
     OsaSession,
@@ -36,7 +46,7 @@ from qkdtel.lab import (
 )
 from qkdtel.lab import Progress as AcquisitionProgress
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ALARM = 0, 1, 2, 3
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -126,6 +136,20 @@ def channel_table(sweep: Sweep, report: ItuReport, every: bool) -> Table:
     return table
 
 
+def _sweeping(identity: str) -> Progress:
+    """A progress line while the analyser sweeps and the trace comes over, as an OTDR
+    acquisition has: the analyser reports no percentage, so it shows the time it has taken."""
+    columns = (
+        SpinnerColumn(),
+        TextColumn("sweeping {task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+    )
+    bar = Progress(*columns, console=stdout)
+    bar.add_task(identity or "OSA", total=None)
+    return bar
+
+
 def cmd_osa_sweep(args: argparse.Namespace) -> int:
     """Sweep once, print the channel table, write the plot and trace if asked."""
     span: dict[str, Any] = {
@@ -140,7 +164,10 @@ def cmd_osa_sweep(args: argparse.Namespace) -> int:
     if args.plot is not None and not _plots_available():
         return _fail(PLOTS_NEED, EXIT_USAGE)
     try:
-        with OsaSession.open(args.resource, dialect=args.dialect, timeout=args.timeout) as osa:
+        with (
+            OsaSession.open(args.resource, dialect=args.dialect, timeout=args.timeout) as osa,
+            _sweeping(osa.identity),
+        ):
             sweep = osa.sweep(
                 **{k: v for k, v in span.items() if v is not None},
                 rbw_nm=args.rbw,
@@ -194,7 +221,8 @@ def event_table(trace: OtdrTrace) -> Table:
     return table
 
 
-def _acquire(args: argparse.Namespace) -> OtdrTrace:
+def _acquire(args: argparse.Namespace) -> tuple[OtdrTrace, str, int]:
+    """The trace, the OTDR's identity and when (ns since the epoch) the trace was read."""
     columns = (
         TextColumn("acquiring {task.description}"),
         BarColumn(),
@@ -210,7 +238,7 @@ def _acquire(args: argparse.Namespace) -> OtdrTrace:
         def advance(progress: AcquisitionProgress) -> None:
             bar.update(task, completed=progress.percent)
 
-        return otdr.acquire(
+        trace = otdr.acquire(
             wavelength_nm=args.wavelength,
             pulse_width_ns=args.pulse,
             range_m=args.range,
@@ -219,11 +247,14 @@ def _acquire(args: argparse.Namespace) -> OtdrTrace:
             progress_interval=args.progress_interval,
             on_progress=advance,
         )
+        return trace, otdr.identity, time.time_ns()
 
 
-def _against_baseline(args: argparse.Namespace, trace: OtdrTrace) -> OtdrTrace | None:
-    """The stored baseline, and the alarms against it printed; with none stored, `trace`
-    becomes it (as the collector's driver does) and None is returned."""
+def _against_baseline(
+    args: argparse.Namespace, trace: OtdrTrace
+) -> tuple[OtdrTrace | None, list[Alarm]]:
+    """The stored baseline and the alarms against it (printed); with none stored, `trace`
+    becomes it (as the collector's driver does) and there is no baseline to compare."""
     store = BaselineStore(args.baseline)
     try:
         baseline = store.load(args.link, trace.wavelength_nm)
@@ -232,14 +263,14 @@ def _against_baseline(args: argparse.Namespace, trace: OtdrTrace) -> OtdrTrace |
     if baseline is None:
         path = store.save(args.link, trace)
         stdout.print(f"no baseline yet: this acquisition saved as it: {path}", highlight=False)
-        return None
+        return None, []
     alarms = compare(baseline, trace, Thresholds())
     where = store.path(args.link, trace.wavelength_nm)
     if not alarms:
         stdout.print(f"no change beyond the thresholds against {where}", highlight=False)
     for alarm in alarms:
         stdout.print(f"[bold red]{alarm.kind}[/]: {alarm.message}", highlight=False)
-    return baseline
+    return baseline, alarms
 
 
 def cmd_otdr_acquire(args: argparse.Namespace) -> int:
@@ -250,7 +281,7 @@ def cmd_otdr_acquire(args: argparse.Namespace) -> int:
     if args.plot is not None and not _plots_available():
         return _fail(PLOTS_NEED, EXIT_USAGE)
     try:
-        trace = _acquire(args)
+        trace, identity, taken_ns = _acquire(args)
         stdout.print(event_table(trace))
         length = (
             "no end seen"
@@ -261,18 +292,21 @@ def cmd_otdr_acquire(args: argparse.Namespace) -> int:
             f"fibre length {length}; total loss {_fmt(trace.total_loss_db, 2)} dB",
             highlight=False,
         )
-        baseline = _against_baseline(args, trace) if args.baseline is not None else None
+        baseline, alarms = _against_baseline(args, trace) if args.baseline else (None, [])
         if args.plot is not None:
             from qkdtel.lab_plots import plot_otdr
 
-            stdout.print(f"plot: {plot_otdr(trace, args.plot, baseline)}", highlight=False)
+            plot = plot_otdr(
+                trace, args.plot, baseline, instrument=identity, taken_ns=taken_ns, alarms=alarms
+            )
+            stdout.print(f"plot: {plot}", highlight=False)
     except PollError as exc:
         return _fail(str(exc))
     except ValueError as exc:  # invalid arguments
         return _fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         return _fail(f"cannot write {exc.filename}: {exc.strerror}")
-    return EXIT_OK
+    return EXIT_ALARM if alarms else EXIT_OK
 
 
 # -- registration -----------------------------------------------------------------------------

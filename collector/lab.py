@@ -164,6 +164,8 @@ class Sweep:
     settings: SweepSettings
     identity: str
     duration_s: float
+    taken_ns: int = 0
+    """Wall-clock time (ns since the epoch) the sweep's trace was read."""
 
     @property
     def total_power_dbm(self) -> float:
@@ -273,7 +275,7 @@ class OsaSession(_Session):
         settings = options.sweep_settings()
         began = time.monotonic()
         trace = self.osa.capture(settings, budget=operation_budget(settings.sweep_timeout))
-        return Sweep(trace, settings, self.identity, time.monotonic() - began)
+        return Sweep(trace, settings, self.identity, time.monotonic() - began, time.time_ns())
 
 
 # -- OTDR -------------------------------------------------------------------------------------

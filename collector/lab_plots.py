@@ -7,16 +7,19 @@ collector never imports matplotlib (only the bench commands do, lazily).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from qkdtel.drivers.optics import C_NM_THZ, channel_label, channel_nm
 from qkdtel.drivers.osa.analysis import grid_channels
 from qkdtel.drivers.otdr.trace import EventType
-from qkdtel.lab import ItuReport, OtdrTrace, Sweep
+from qkdtel.lab import Alarm, ItuReport, OtdrTrace, Sweep
 
 SIZE_IN = (12.0, 6.0)
 DPI = 100
@@ -26,6 +29,15 @@ _EVENT_STYLE = {
     EventType.NON_REFLECTIVE: ("tab:orange", "v", "non-reflective event"),
     EventType.END: ("black", "s", "fibre end"),
 }
+
+
+def _stamp(figure: Figure, instrument: str, taken_ns: int) -> None:
+    """Which instrument, and when (UTC): a plot sent on by mail must still say where it came
+    from."""
+    when = datetime.fromtimestamp(taken_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    figure.suptitle(
+        f"{instrument or 'unidentified instrument'} — {when}", fontsize=8, ha="left", x=0.01
+    )
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
@@ -119,12 +131,22 @@ def plot_spectrum(sweep: Sweep, report: ItuReport, path: str | Path) -> Path:
     )
     ax.grid(axis="y", color="0.9")
     figure.legend(loc="outside lower center", ncols=3, fontsize=8)
+    _stamp(figure, sweep.identity, sweep.taken_ns)
     return _save(figure, path)
 
 
-def plot_otdr(trace: OtdrTrace, path: str | Path, baseline: OtdrTrace | None = None) -> Path:
+def plot_otdr(
+    trace: OtdrTrace,
+    path: str | Path,
+    baseline: OtdrTrace | None = None,
+    *,
+    instrument: str,
+    taken_ns: int,
+    alarms: Sequence[Alarm] = (),
+) -> Path:
     """The trace against distance, each event marked and numbered as in the event table, the
-    baseline (when given) underneath for comparison."""
+    baseline (when given) underneath for comparison, each baseline alarm marked in red where
+    it is (or in the title when it has no place, a total loss change)."""
     figure = Figure(figsize=SIZE_IN, layout="constrained")
     ax = figure.add_subplot()
 
@@ -164,19 +186,45 @@ def plot_otdr(trace: OtdrTrace, path: str | Path, baseline: OtdrTrace | None = N
             color=colour,
         )
 
+    _mark_alarms(ax, alarms)
     length = (
         "no end seen"
         if trace.fibre_length_m is None
         else f"fibre length {trace.fibre_length_m / 1000:.3f} km"
     )
     loss = "" if trace.total_loss_db is None else f", total loss {trace.total_loss_db:.2f} dB"
+    placeless = [a.kind for a in alarms if a.distance_m is None]
+    raised = f"\nALARM: {', '.join(placeless)}" if placeless else ""
     ax.set_title(
-        f"OTDR {trace.wavelength_nm} nm, {trace.pulse_width_ns:g} ns pulse: {length}{loss}",
+        f"OTDR {trace.wavelength_nm} nm, {trace.pulse_width_ns:g} ns pulse: {length}{loss}{raised}",
         fontsize=10,
+        color="tab:red" if alarms else "black",
     )
     ax.set_xlabel("distance (km)")
     ax.set_ylabel("backscatter level (dB, 5 log)")
     ax.set_xlim(distance[0], distance[-1])
     ax.grid(color="0.9")
-    figure.legend(loc="outside lower center", ncols=5, fontsize=8)
+    figure.legend(loc="outside lower center", ncols=6, fontsize=8)
+    _stamp(figure, instrument, taken_ns)
     return _save(figure, path)
+
+
+def _mark_alarms(ax: Axes, alarms: Sequence[Alarm]) -> None:
+    """A red band and the alarm's kind at each alarm that has a distance."""
+    placed = [a for a in alarms if a.distance_m is not None]
+    for index, alarm in enumerate(placed):
+        x = alarm.distance_m / 1000
+        ax.axvline(
+            x, color="red", lw=2.5, alpha=0.6, label="baseline alarm" if index == 0 else None
+        )
+        ax.annotate(
+            alarm.kind.replace("_", " "),
+            (x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -4),
+            textcoords="offset points",
+            rotation=90,
+            va="top",
+            fontsize=8,
+            color="red",
+        )
