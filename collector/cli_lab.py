@@ -1,10 +1,13 @@
-"""`qkdtel osa sweep` and `qkdtel otdr acquire`: one measurement at the bench, as a table and a
-PNG plot, through the same driver code the collector polls with (`qkdtel.lab`).
+"""`qkdtel osa sweep`, `qkdtel otdr acquire` and `qkdtel powermeter read`: one measurement at
+the bench, as a table and a PNG plot, through the same driver code the collector polls with
+(`qkdtel.lab`).
 
     qkdtel osa sweep TCPIP::10.0.0.5::10001::SOCKET --dialect yokogawa --start 1528 --stop 1568 \\
         --rbw 0.02 --points 5001 --quantum 37,38 --plot link4.png --trace link4.npz
     qkdtel otdr acquire TCPIP::10.0.0.7::5025::SOCKET --wavelength 1550 --range 70000 \\
         --averaging 30 --plot link8.png --baseline baselines/ --link 8
+    qkdtel powermeter read ASRL/dev/ttyUSB0::INSTR --baud 115200 --head 1/1 --head 1/2 \\
+        --wavelength 1550
 
 Exit status: 0 measured; 1 the instrument failed (unreachable, an SCPI error, a timeout, a
 garbled answer) or a file could not be written, with one line on stderr saying which; 2 the
@@ -43,6 +46,7 @@ from qkdtel.lab import (
     Sweep,
     Thresholds,
     compare,
+    read_power,
 )
 from qkdtel.lab import Progress as AcquisitionProgress
 
@@ -309,11 +313,51 @@ def cmd_otdr_acquire(args: argparse.Namespace) -> int:
     return EXIT_ALARM if alarms else EXIT_OK
 
 
+# -- powermeter read -------------------------------------------------------------------------
+
+
+def _head(text: str) -> dict[str, int]:
+    """`SLOT/CHANNEL` (or `SLOT`) -> the head's keys."""
+    try:
+        slot, _, channel = text.partition("/")
+        return {"slot": int(slot), "channel": int(channel or 1)}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a head like 1/2, got {text!r}") from exc
+
+
+def cmd_powermeter_read(args: argparse.Namespace) -> int:
+    """Read each head once and print a table of power per head."""
+    _quiet_drivers()
+    heads = [
+        {**head, "wavelength_nm": args.wavelength, "averaging": args.averaging}
+        for head in args.head or [{"slot": 1, "channel": 1}]
+    ]
+    try:
+        readings = read_power(args.resource, heads, timeout=args.timeout, baud_rate=args.baud)
+    except PollError as exc:
+        return _fail(str(exc))
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    table = Table(title=f"{args.resource}", header_style="bold", box=box.SIMPLE_HEAD)
+    for heading in ("head", "nm", "power dBm", "power µW"):
+        table.add_column(heading, justify="right", no_wrap=True)
+    for r in readings:
+        dark = r.power_dbm is None
+        table.add_row(
+            f"{r.slot}/{r.channel}",
+            f"{r.wavelength_nm:g}",
+            "no light" if dark else f"{r.power_dbm:.3f}",
+            "-" if dark else f"{10 ** (r.power_dbm / 10) * 1000:.4g}",
+        )
+    stdout.print(table)
+    return EXIT_OK
+
+
 # -- registration -----------------------------------------------------------------------------
 
 
 def add_subcommand(subparsers: Any) -> None:
-    """Add `osa` and `otdr` to the `qkdtel` command's subparsers."""
+    """Add `osa`, `otdr` and `powermeter` to the `qkdtel` command's subparsers."""
     osa = subparsers.add_parser("osa", help="optical spectrum analyser at the bench")
     osa_sub = osa.add_subparsers(dest="osa_command", required=True)
     p = osa_sub.add_parser(
@@ -373,3 +417,21 @@ def add_subcommand(subparsers: Any) -> None:
     p.add_argument("--progress-interval", type=float, default=0.5, metavar="S", help="polling")
     p.add_argument("--timeout", type=float, default=5.0, help="limit of one read/write, s")
     p.set_defaults(func=cmd_otdr_acquire)
+
+    meter = subparsers.add_parser("powermeter", help="optical power meter at the bench")
+    meter_sub = meter.add_subparsers(dest="powermeter_command", required=True)
+    p = meter_sub.add_parser(
+        "read",
+        help="read each head once: power in dBm and µW",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("resource", help="VISA resource, e.g. ASRL/dev/ttyUSB0::INSTR")
+    p.add_argument(
+        "--head", type=_head, action="append", metavar="SLOT/CH", help="head(s) to read (1/1)"
+    )
+    p.add_argument("--wavelength", type=float, default=1550.0, metavar="NM", help="correction")
+    p.add_argument("--averaging", type=float, default=0.1, metavar="S", help="averaging time")
+    p.add_argument("--baud", type=int, metavar="BPS", help="serial line speed")
+    p.add_argument("--timeout", type=float, default=2.0, help="limit of one read/write, s")
+    p.set_defaults(func=cmd_powermeter_read)

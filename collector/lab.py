@@ -58,6 +58,7 @@ from qkdtel.drivers.otdr.baseline import Alarm, BaselineStore, Thresholds, compa
 from qkdtel.drivers.otdr.commands import OTDR_TABLE
 from qkdtel.drivers.otdr.options import OtdrOptions
 from qkdtel.drivers.otdr.trace import EventType, OtdrEvent, OtdrTrace
+from qkdtel.drivers.powermeter.driver import PowerMeterDriver, PowerMeterOptions
 from qkdtel.drivers.scpi import ScpiInstrument, VisaSettings, operation_budget
 from qkdtel.sdk import PollError
 
@@ -73,11 +74,13 @@ __all__ = [
     "OtdrSession",
     "OtdrTrace",
     "PollError",
+    "PowerReading",
     "Progress",
     "SpectrumTrace",
     "Sweep",
     "Thresholds",
     "compare",
+    "read_power",
 ]
 
 
@@ -335,3 +338,45 @@ class OtdrSession(_Session):
         )
         budget = operation_budget(settings.averaging_s)
         return self.otdr.capture(settings, budget, on_progress)
+
+
+# -- power meter ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """One head's reading: None when the port is dark (below the meter's floor)."""
+
+    slot: int
+    channel: int
+    wavelength_nm: float
+    power_dbm: float | None
+
+
+def read_power(
+    resource: str,
+    heads: Sequence[dict[str, Any]] = ({},),
+    *,
+    timeout: float = 2.0,
+    baud_rate: int | None = None,
+) -> list[PowerReading]:
+    """Read each head once (`heads`: `slot`, `channel`, `wavelength_nm`, `averaging` as in the
+    driver's options), through the collector's own power meter driver, then release the port."""
+    visa: dict[str, Any] = {"resource": resource, "timeout": timeout, "open_timeout": timeout}
+    if baud_rate is not None:
+        visa["baud_rate"] = baud_rate
+    options = _validated(PowerMeterOptions, {"visa": visa, "heads": list(heads)})
+    driver = PowerMeterDriver("powermeter", options, timeout=timeout * (2 + len(options.heads)))
+    try:
+        samples = driver.poll_blocking()
+    finally:
+        driver.close_blocking()
+    return [
+        PowerReading(
+            int(s.tags["slot"]),
+            int(s.tags["channel"]),
+            float(s.tags["wavelength"]),
+            s.fields.get("power_dbm"),  # type: ignore[arg-type]
+        )
+        for s in samples
+    ]

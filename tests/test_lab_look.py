@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from matplotlib import image
 
 from qkdtel.cli import main
@@ -46,3 +47,21 @@ def test_otdr_alarm_exits_3_and_is_marked_on_the_plot(otdr_sim, tmp_path, capsys
     assert_png(tmp_path / "bend.png")
     assert red_columns(tmp_path / "bend.png"), "no alarm marked on the plot"
     assert not red_columns(tmp_path / "baseline.png")
+
+
+def test_powermeter_read_beside_osa_and_otdr(power_meter, capsys):
+    resource = power_meter.line.resource
+    code = main(["powermeter", "read", resource, "--baud", "115200", "--wavelength", "1550"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (row,) = [line.split() for line in out.splitlines() if line.strip().startswith("1/1")]
+    assert row[1] == "1550"
+    assert float(row[2]) == pytest.approx(power_meter.sim.expected_dbm(), abs=0.3)
+    assert float(row[3]) == pytest.approx(10 ** (float(row[2]) / 10) * 1000, rel=1e-3)
+
+
+def test_powermeter_read_of_an_absent_port_is_one_line_exit_1(tmp_path, capsys):
+    code = main(["powermeter", "read", f"ASRL{tmp_path / 'nothing'}::INSTR", "--timeout=0.5"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: ") and err.count("\n") == 1
