@@ -22,9 +22,42 @@ DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 DATASOURCE_YAML = GRAFANA / "provisioning" / "datasources" / "qkdtel.yaml"
 PROVIDER_YAML = GRAFANA / "provisioning" / "dashboards" / "qkdtel.yaml"
 DATASOURCE_REF = {"type": "influxdb", "uid": "${datasource}"}
-MEASUREMENTS = {"qkd_link", "qkd_module", "qkd_event", "qkdtel_device_status", "qkdtel_collector"}
+MEASUREMENTS = {
+    "qkd_link",
+    "qkd_module",
+    "qkd_event",
+    "qkdtel_device_status",
+    "qkdtel_collector",
+    "osa_channel",
+    "osa_quantum_channel",
+    "otdr_trace",
+    "otdr_alarm",
+    "optical_power",
+    "optical_switch",
+    "optical_switch_port",
+    "optical_switch_event",
+    "kme_key_store",
+    "kme_event",
+    "qrng",
+    "encryptor",
+    "encryptor_association",
+    "encryptor_event",
+    "qkd_app",
+}
 
-CONTRACT = load_contract()
+
+def contract_with_configured_tags() -> dict:
+    """docs/metrics.md, each measurement also carrying the *configured tags* (node, domain):
+    every point of a device carries them, and the dashboards filter by them."""
+    contract = load_contract()
+    configured = contract.pop("configured tags")
+    for columns in contract.values():
+        for name, column in configured.items():
+            columns.setdefault(name, column)
+    return contract
+
+
+CONTRACT = contract_with_configured_tags()
 
 # Grafana unit to show a documented unit in; `count` may also be left to Grafana's default.
 GRAFANA_UNITS: dict[str, set[str | None]] = {
@@ -127,7 +160,21 @@ PLAUSIBLE = {
     "device": "quevedo-hwdu-4",
     "host": "noc-collector-1",
     "sink": "influxdb",
+    "domain": "TID",
+    "kme": "quevedo-kme",
+    "switch": "quijote-oxc",
+    "encryptor": "quevedo-enc-l2",
 }
+
+
+def threshold_value(var: dict) -> str:
+    """What Grafana puts in for a threshold variable: a constant's value or a custom's current."""
+    if var["type"] == "constant":
+        return var["query"]
+    return var["current"]["value"]
+
+
+THRESHOLD_TYPES = {"constant", "custom"}
 
 
 def fill_in(query: str, interval: str, dashboard: dict, *, every: bool) -> str:
@@ -142,6 +189,8 @@ def fill_in(query: str, interval: str, dashboard: dict, *, every: bool) -> str:
             return interval
         if name not in defined:
             raise AssertionError(f"${name} is not a variable of the dashboard")
+        if defined[name]["type"] in THRESHOLD_TYPES:
+            return threshold_value(defined[name])
         if every:
             return defined[name]["allValue"]
         if name not in PLAUSIBLE:

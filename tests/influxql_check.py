@@ -124,6 +124,9 @@ def read_query(text: str) -> Query:
             while i + 2 < len(toks) and toks[i + 1].text == "." and toks[i + 2].kind != "op":
                 i += 2  # "db"."rp"."measurement": the measurement is the last part
             q.measurements.append(toks[i].name)
+            while i + 2 < len(toks) and toks[i + 1].text == "," and toks[i + 2].kind == "ident":
+                i += 2  # FROM "a", "b": several measurements
+                q.measurements.append(toks[i].name)
         elif tok.is_word("as") and nxt:
             q.aliases.add(nxt.name)
             i += 1
