@@ -473,7 +473,8 @@ def switch_points(now: int, polls: list[tuple[int, int]], healthy: bool) -> list
                 Point(
                     "optical_switch_port",
                     {**switch, "port": str(port), "direction": "ingress"},
-                    {"admin_enabled": True, "oper_up": True, "power_dbm": -21.0, "peer_port": peer},
+                    {"admin_enabled": True, "oper_up": True, "peer_port": peer}
+                    | {"power_dbm": -55.0 if moved and port == 3 else -21.0},  # the new path dark
                     t,
                 )
             )
