@@ -11,8 +11,12 @@ classical fallback); `healthy=True` gives the same network without them."""
 from __future__ import annotations
 
 import re
+import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 
+from tests.fixtures_influxdb import InfluxServer
 from tests.grafana_checks import CONTRACT
 
 
@@ -520,3 +524,11 @@ def switch_points(now: int, polls: list[tuple[int, int]], healthy: bool) -> list
         )
     )
     return points
+
+
+def write_sample(influxdb: InfluxServer, db: str, *, healthy: bool = False) -> None:
+    """`sample_points` of now into database `db` of the real influxd, every point accepted."""
+    body = "\n".join(line_protocol(p) for p in sample_points(int(time.time()), healthy=healthy))
+    url = f"{influxdb.url}/write?{urllib.parse.urlencode({'db': db, 'precision': 's'})}"
+    with urllib.request.urlopen(urllib.request.Request(url, data=body.encode()), timeout=10) as r:
+        assert r.status == 204  # every point accepted

@@ -20,9 +20,6 @@ tests/grafana_sample_data.py (the points queried).
 from __future__ import annotations
 
 import re
-import time
-import urllib.parse
-import urllib.request
 
 import pytest
 import yaml
@@ -47,10 +44,7 @@ from tests.grafana_checks import (
     value_mappings,
     variables,
 )
-from tests.grafana_sample_data import (
-    line_protocol,
-    sample_points,
-)
+from tests.grafana_sample_data import write_sample
 from tests.influxql_check import (
     PASSTHROUGH,
     contract_problems,
@@ -279,10 +273,7 @@ def test_provisioning_matches_the_dashboards():
 @pytest.fixture
 def sample_db(influxdb: InfluxServer, influx_db: str) -> str:
     """A fresh database on the shared influxd (tests/fixtures_influxdb.py) with `sample_points`."""
-    body = "\n".join(line_protocol(p) for p in sample_points(int(time.time())))
-    url = f"{influxdb.url}/write?{urllib.parse.urlencode({'db': influx_db, 'precision': 's'})}"
-    with urllib.request.urlopen(urllib.request.Request(url, data=body.encode()), timeout=10) as r:
-        assert r.status == 204  # every point accepted
+    write_sample(influxdb, influx_db)
     return influx_db
 
 
