@@ -230,3 +230,19 @@ def contract_problems(text: str, contract: Contract) -> list[str]:
                 f"{sorted(col.values)}"
             )
     return problems
+
+
+COMPARISON_OPS = {"<", ">", "<=", ">=", "=", "!=", "<>"}
+
+
+def numeric_thresholds(text: str) -> list[str]:
+    """Comparisons of a column with a number other than 0 (`"q" > 0.05`): a limit written into
+    the query, where a NOC cannot see or change it; it belongs in a dashboard variable or an
+    alert rule's threshold expression. Comparing with 0 asks "any at all?", not a limit."""
+    toks = tokenize(text)
+    return [
+        f"{a.name} {op.text} {n.text}"
+        for a, op, n in zip(toks, toks[1:], toks[2:], strict=False)
+        if a.kind in {"ident", "word"} and op.text in COMPARISON_OPS and n.kind == "number"
+        if float(n.text) != 0
+    ]

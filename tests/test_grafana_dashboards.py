@@ -48,6 +48,7 @@ from tests.grafana_sample_data import write_sample
 from tests.influxql_check import (
     PASSTHROUGH,
     contract_problems,
+    numeric_thresholds,
     read_query,
 )
 
@@ -160,6 +161,21 @@ def test_queries_use_only_documented_names(name):
                     f"{q.where}: alias uses $tag_{tag} but the query does not GROUP BY it"
                 )
     assert problems == []
+
+
+def test_the_threshold_check_catches_a_number():
+    query = 'SELECT count("q") FROM (SELECT last("qber") AS "q" FROM "qkd_link") WHERE "q" > 0.05'
+    assert numeric_thresholds(query) == ["q > 0.05"]
+    assert numeric_thresholds(query.replace("0.05", "$qber_dv_max")) == []
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_thresholds_are_variables(name):
+    """A limit in a query is invisible to the NOC: it must be a dashboard variable."""
+    found = [
+        f"{q.where}: {t}" for q in queries(DASHBOARDS[name]) for t in numeric_thresholds(q.text)
+    ]
+    assert found == []
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
