@@ -1,7 +1,8 @@
 """Capacity: how many SNMPv2c devices one real daemon polls at a 10 s interval on this machine.
 
     python bench/capacity.py [--sizes 1000,2000,5000,10000] [--warmup 20] [--window 60]
-                             [--responders 2] [--interval 10] [--profile N] [--quick]
+                             [--responders 2] [--interval 10] [--concurrency C]
+                             [--profile N] [--quick]
 
 The daemon is the real one, `qkdtel run` in a child process, with its SQLite spool and a real
 InfluxDB sink (Debian's influxd 1.6 started here, as the tests do). The devices are cheap
@@ -85,7 +86,10 @@ def _config(work: Path, n: int, ports: list[int], modules: dict[str, Any], args,
         entry = device_entry(name, modules[module], port)
         devices.append(dict(entry, interval=args.interval, timeout=5))
     document = {
-        "collector": {"spool_dir": str(work / f"n{n}" / "spool")},
+        "collector": {
+            "spool_dir": str(work / f"n{n}" / "spool"),
+            **({"concurrency": args.concurrency} if args.concurrency else {}),
+        },
         "sinks": [{"type": "influxdb_v1", "url": influx.url, "database": db}],
         "devices": devices,
     }
@@ -281,6 +285,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--responders", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, help="collector.concurrency (default: its own)")
     parser.add_argument("--profile", type=int, default=None, metavar="N")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
