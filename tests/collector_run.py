@@ -30,6 +30,18 @@ def written(tmp_path: Path) -> str:
     return "".join(p.read_text() for p in (tmp_path / "lp").rglob("*") if p.is_file())
 
 
+def store_lines(directory: Path) -> list[str]:
+    """The points' lines in a file sink's `directory`, file by file in name order, without the
+    `# DML` / `# CONTEXT-DATABASE` header each file starts with."""
+    return [
+        line
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+        for line in path.read_text().splitlines()
+        if not line.startswith("#")
+    ]
+
+
 class Recorder:
     """Observer keeping every spooled sample."""
 

@@ -16,6 +16,7 @@ from qkdtel.config import FileSink
 from qkdtel.delivery import Delivery
 from qkdtel.spool import SPOOL_FILE, WAL_MAX_BYTES, Spool
 from qkdtel.spool_space import RESERVE_FILE
+from tests.collector_run import store_lines
 from tests.fixtures_disk import SmallDisk, small_disk
 from tests.test_delivery import run, samples, settings, wait_for
 
@@ -152,7 +153,7 @@ def test_delivery_on_a_full_disk_counts_in_telemetry_and_resumes_by_itself(
         await delivery.stop(5)
 
     run(main)
-    written = {line for p in (disk.path / "lp").rglob("*") for line in p.read_text().splitlines()}
+    written = set(store_lines(disk.path / "lp"))
     # Every point not counted as dropped arrived. A few counted may have arrived too: a batch
     # in flight while drop_oldest dropped it reaches the sink, but was counted lost.
     assert 30_500 - dropped[0] <= len(written) <= 30_500

@@ -22,6 +22,7 @@ from qkdtel.config import FileSink
 from qkdtel.delivery import Delivery
 from qkdtel.sample import to_line
 from qkdtel.sinks import SinkWriter
+from tests.collector_run import store_lines
 from tests.test_delivery import run, samples, settings, wait_for
 
 
@@ -41,15 +42,6 @@ class BuggyWriter(SinkWriter):
 
     def close(self) -> None:
         self.inner.close()
-
-
-def file_lines(directory: Path) -> list[str]:
-    return [
-        line
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-        for line in path.read_text().splitlines()
-    ]
 
 
 def test_a_writer_that_raises_is_logged_counted_restarted_and_delivers(
@@ -82,7 +74,7 @@ def test_a_writer_that_raises_is_logged_counted_restarted_and_delivers(
         await delivery.stop(5)
 
     run(main)
-    assert sorted(file_lines(tmp_path / "lp")) == sorted(to_line(p) for p in points)
+    assert sorted(store_lines(tmp_path / "lp")) == sorted(to_line(p) for p in points)
     failures = [r for r in caplog.records if "writer failed" in r.getMessage()]
     assert len(failures) == 3 and all(r.levelno == logging.ERROR for r in failures)
     # The traceback once, when it first happens; the repeats in one line each.
@@ -125,7 +117,7 @@ def test_an_acknowledgement_the_spool_cannot_commit_restarts_the_writer(
         await delivery.stop(5)
 
     run(main)
-    lines = file_lines(tmp_path / "lp")
+    lines = store_lines(tmp_path / "lp")
     # Batches whose acknowledgement failed were sent again: every point there, some twice.
     assert set(lines) == {to_line(p) for p in points}
     assert len(lines) > 500
@@ -166,7 +158,7 @@ def test_a_spool_that_raises_loses_the_submit_counted_not_the_poller(
     assert len(losses) == 1 and losses[0].exc_info is not None  # once per episode
     assert "spool error: OperationalError: disk I/O error" in losses[0].getMessage()
     assert "keeps every point again, after 20 points lost" in caplog.text
-    assert len(file_lines(tmp_path / "lp")) == 20
+    assert len(store_lines(tmp_path / "lp")) == 20
 
 
 def test_concurrent_submits_share_commits_and_each_returns_once_on_disk(tmp_path: Path) -> None:
@@ -204,7 +196,7 @@ def test_concurrent_submits_share_commits_and_each_returns_once_on_disk(tmp_path
         await delivery.stop(5)
 
     run(main)
-    assert len(file_lines(tmp_path / "lp")) == 600
+    assert len(store_lines(tmp_path / "lp")) == 600
 
 
 def test_text_that_is_not_unicode_is_left_out_of_its_group_only(
@@ -225,5 +217,5 @@ def test_text_that_is_not_unicode_is_left_out_of_its_group_only(
         await delivery.stop(5)
 
     run(main)
-    assert len(file_lines(tmp_path / "lp")) == 11
+    assert len(store_lines(tmp_path / "lp")) == 11
     assert "1 samples hold text that is not valid Unicode" in caplog.text
