@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from qkdtel.config import load_config_text
-from qkdtel.daemon import Collector
+from qkdtel.daemon import Collector, ListenerStartError
 from qkdtel.live import LiveLinkTable, run_with_live_table
 from qkdtel.output import print_unsqueezed
-from qkdtel.sims.influxd import InfluxServer, free_port
+from qkdtel.sims.influxd import InfluxServer
 from qkdtel.sims.process import SimsProcess
 from qkdtel.sims.topology import load_topology
 
@@ -128,9 +128,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 stack.callback(influx.stop)
                 influx.create_database(DATABASE)
                 console.print(f"InfluxDB 1.x on {influx.url}, database {DATABASE!r}")
+        # One block of free UDP ports: the agents', then the trap receiver's (a port picked
+        # apart could fall inside the agents' block).
+        agents = len(load_topology(None).modules)
+        base = free_udp_ports(agents + 1)
         sims_args = [
-            *("--speed", f"{args.speed:g}", "--trap-target", f"127.0.0.1:{free_port()}"),
-            *("--base-port", str(free_udp_ports(len(load_topology(None).modules)))),
+            *("--speed", f"{args.speed:g}", "--trap-target", f"127.0.0.1:{base + agents}"),
+            *("--base-port", str(base)),
         ]
         sims = stack.enter_context(SimsProcess(workdir / "sims.yaml", sims_args))
         console.print(
@@ -145,7 +149,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         view = LiveLinkTable()
         collector = Collector(loaded, observers=[view])
 
-        asyncio.run(run_with_live_table(collector, view, console, args.seconds))
+        try:
+            asyncio.run(run_with_live_table(collector, view, console, args.seconds))
+        except ListenerStartError as exc:  # a port taken between choosing and binding it
+            console.print(f"cannot start: {exc}", markup=False, highlight=False)
+            return 2
         if influx is not None:
             print_unsqueezed(console, summary_table(influx))
             total = sum(
