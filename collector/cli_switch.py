@@ -2,6 +2,7 @@
 
     qkdtel switch show -c qkdtel.yaml SWITCH
     qkdtel switch connect -c qkdtel.yaml SWITCH INGRESS EGRESS [--dry-run] [--override-classical]
+                          [--local-budget-only] [--topology FILE]
     qkdtel switch move -c qkdtel.yaml SWITCH INGRESS EGRESS [--dry-run] [--override-classical]
     qkdtel switch disconnect -c qkdtel.yaml SWITCH INGRESS [EGRESS] [--dry-run] [...]
     qkdtel switch diff -c qkdtel.yaml SWITCH          # candidate against running, on the switch
@@ -9,7 +10,11 @@
 SWITCH is a `netconf_switch` device of the file. Before anything is sent, a change is checked:
 ports configured as classical need --override-classical, and a new quantum path whose loss
 (fibre links of --topology, default the bundled MadQCI twin, plus the switch and two
-multiplexer passes) exceeds its technology's budget is refused with the figure. The change is
+multiplexer passes) exceeds its technology's budget is refused with the figure. The path is
+followed end to end: across every other netconf_switch device of the file whose quantum port
+is on a link of the path and which cross-connects it onward (read with `get` only), each
+switch adding its insertion loss and two multiplexer passes; a switch the path reaches that
+cannot be read refuses the change unless --local-budget-only (this hop only). The change is
 then made under locks on the candidate, validated, committed confirmed, read back and
 confirmed; a change that is not confirmed (a lost session) rolls back by itself.
 Exit: 0 done, 1 the switch did not take it (the message says what it is left in), 2 refused
@@ -65,7 +70,14 @@ def _control(args: argparse.Namespace, link_loss: dict[str, float]) -> SwitchCon
             highlight=False,
         )
         raise SystemExit(EXIT_CONFIG)
-    return SwitchControl(device.config.name, device.options, link_loss, device.config.timeout)
+    others = {
+        d.config.name: d.options
+        for d in loaded.devices
+        if d is not device and d.config.driver == DRIVER and isinstance(d.options, SwitchOptions)
+    }
+    return SwitchControl(
+        device.config.name, device.options, link_loss, device.config.timeout, others
+    )
 
 
 def _print_state(state: SwitchState) -> None:
@@ -125,6 +137,7 @@ def cmd_change(args: argparse.Namespace) -> int:
             args.egress,
             dry_run=args.dry_run,
             override_classical=args.override_classical,
+            local_budget_only=args.local_budget_only,
         )
     except ChangeRefused as exc:
         stderr.print(f"refused: {escape(str(exc))}", highlight=False)
@@ -157,6 +170,12 @@ def _change_parser(sub: Any, operation: str, help_text: str, egress: str) -> Non
         "--override-classical",
         action="store_true",
         help="allow touching ports configured as carrying classical channels",
+    )
+    p.add_argument(
+        "--local-budget-only",
+        action="store_true",
+        help="do not read the other switches (get): the loss budget covers this switch's hop "
+        "only, not the path onward across them",
     )
     p.add_argument("--topology", help="topology file with the link losses (default: MadQCI twin)")
     p.set_defaults(func=cmd_change, operation=operation)

@@ -24,7 +24,12 @@ from typing import Literal
 from ncclient.manager import Manager
 
 from qkdtel.drivers.netconf import NetconfSession, RpcError
-from qkdtel.drivers.netconf_switch.guards import ChangeRefused, check_budget, check_classical
+from qkdtel.drivers.netconf_switch.guards import (
+    ChangeRefused,
+    OtherSwitch,
+    check_budget,
+    check_classical,
+)
 from qkdtel.drivers.netconf_switch.model import (
     SwitchState,
     pairs_edit,
@@ -67,6 +72,30 @@ def diff_lines(before: Mapping[int, int], after: Mapping[int, int]) -> list[str]
     return lines
 
 
+def read_state(session: NetconfSession) -> SwitchState:
+    """A switch as it is now (get: configuration and state)."""
+    reply = session.call("get", lambda m: m.get(filter=subtree_filter()))
+    return parse_switch(reply.data_ele, session.where)
+
+
+def read_others(others: Mapping[str, SwitchOptions], rpc_timeout: float) -> dict[str, OtherSwitch]:
+    """The other switches' current maps, for following a quantum path across them.
+
+    Read-only by design: nothing but a `get` is sent to them (each over its own session,
+    closed after). One that cannot be read is kept with its error; the budget guard refuses
+    only if the path actually reaches it."""
+    read: dict[str, OtherSwitch] = {}
+    for name, options in others.items():
+        session = NetconfSession(name, options, rpc_timeout)
+        try:
+            read[name] = OtherSwitch(name, options, read_state(session).pairs)
+        except PollError as exc:
+            read[name] = OtherSwitch(name, options, None, str(exc))
+        finally:
+            session.close()
+    return read
+
+
 def planned(
     current: Mapping[int, int], operation: Operation, ingress: int, egress: int | None
 ) -> dict[int, int]:
@@ -104,16 +133,20 @@ class SwitchControl:
         options: SwitchOptions,
         link_loss_db: Mapping[str, float],
         rpc_timeout: float = 30.0,
+        others: Mapping[str, SwitchOptions] | None = None,
     ):
+        """`others`: the other switches of the configuration (name -> options), read with
+        `get` only, to follow a new quantum path across their cross-connects."""
         self.name = name
+        self.others = dict(others or {})
+        self.rpc_timeout = rpc_timeout
         self.options = options
         self.link_loss_db = link_loss_db
         self.session = NetconfSession(name, options, rpc_timeout)
 
     def state(self) -> SwitchState:
         """The switch as it is now (get: configuration and state)."""
-        reply = self.session.call("get", lambda m: m.get(filter=subtree_filter()))
-        return parse_switch(reply.data_ele, self.session.where)
+        return read_state(self.session)
 
     def change(
         self,
@@ -123,13 +156,16 @@ class SwitchControl:
         *,
         dry_run: bool = False,
         override_classical: bool = False,
+        local_budget_only: bool = False,
     ) -> Outcome:
         """Plan, guard, and (unless `dry_run`) apply one change; raise `ChangeRefused` from a
-        guard (nothing sent) or `ChangeFailed` (the message says what the switch is left in)."""
+        guard (nothing sent) or `ChangeFailed` (the message says what the switch is left in).
+        `local_budget_only`: do not read the other switches; the budget covers this hop."""
         before = self.state().pairs
         after = planned(before, operation, ingress, egress)
         check_classical(before, after, self.options, override_classical)
-        check_budget(self.name, before, after, self.options, self.link_loss_db)
+        others = {} if local_budget_only else self._others_if_quantum(before, after)
+        check_budget(self.name, before, after, self.options, self.link_loss_db, others)
         diff = diff_lines(before, after)
         if not dry_run:
             self._apply(before, after)
@@ -137,6 +173,19 @@ class SwitchControl:
 
     def close(self) -> None:
         self.session.close()
+
+    def _others_if_quantum(
+        self, before: Mapping[int, int], after: Mapping[int, int]
+    ) -> dict[str, OtherSwitch]:
+        """The other switches' maps, read only when the change makes a quantum cross-connect
+        (a disconnect or a classical change has no path to follow)."""
+        new = [(i, e) for i, e in after.items() if before.get(i) != e]
+        roles = self.options.ports
+        quantum = any(
+            all(roles.get(p) is not None and roles[p].carries == "quantum" for p in pair)
+            for pair in new
+        )
+        return read_others(self.others, self.rpc_timeout) if quantum else {}
 
     # -- the NETCONF sequence -------------------------------------------------------------
 

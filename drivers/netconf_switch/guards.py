@@ -17,19 +17,6 @@ class ChangeRefused(Exception):
     """A guard refused the change; nothing was sent to the switch."""
 
 
-@dataclass(frozen=True)
-class PathLoss:
-    """The accumulated loss of a quantum path through the switch."""
-
-    fibre_db: float
-    switch_db: float
-    mux_db: float
-
-    @property
-    def total_db(self) -> float:
-        return self.fibre_db + self.switch_db + self.mux_db
-
-
 def touched_ports(before: Mapping[int, int], after: Mapping[int, int]) -> set[int]:
     """Every port whose cross-connect the change makes, breaks or moves."""
     ports: set[int] = set()
@@ -67,22 +54,171 @@ def _role(options: SwitchOptions, port: int) -> PortRole:
     return role
 
 
-def path_loss(
-    ingress: int, egress: int, options: SwitchOptions, link_loss_db: Mapping[str, float]
-) -> PathLoss:
-    """Loss of the path from the far end of the ingress port's link to the far end of the
-    egress port's link: both fibre spans, the switch, and a multiplexer at each end."""
-    fibre = 0.0
-    for port in (ingress, egress):
-        link = _role(options, port).link
-        if link is None:
-            raise ChangeRefused(f"port {port}: no link configured; cannot check the loss budget")
-        if link not in link_loss_db:
-            raise ChangeRefused(
-                f"port {port}: link {link!r} is not in the topology; cannot check the loss budget"
-            )
-        fibre += link_loss_db[link]
-    return PathLoss(fibre, options.switch_loss_db, 2 * options.mux_loss_db)
+@dataclass(frozen=True)
+class OtherSwitch:
+    """Another switch of the configuration, as read for following a path across it.
+
+    `pairs` is its current cross-connect map, or None with `error` when it could not be read:
+    only a path that actually reaches it is then refused."""
+
+    name: str
+    options: SwitchOptions
+    pairs: Mapping[int, int] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One switch a quantum path crosses: in on `ingress` (over `link_in`), out on `egress`."""
+
+    switch: str
+    ingress: int
+    egress: int
+    link_in: str
+    link_out: str
+    switch_db: float
+    mux_db: float
+
+
+@dataclass(frozen=True)
+class PathLoss:
+    """The accumulated loss of a quantum path through one or more switches.
+
+    Model: the fibre spans of every link on the path, and for every switch crossed its
+    `switch_loss_db` plus two multiplexer passes of its `mux_loss_db` (the quantum channel is
+    taken off the incoming fibre and put onto the outgoing one: quantum and classical channels
+    have their own switch ports). The terminals' own multiplexers belong to the module's budget
+    and are not counted, so a path through one switch is fibre + switch + 2 x mux, as before."""
+
+    hops: tuple[Hop, ...]
+    fibre_db: float
+
+    @property
+    def switch_db(self) -> float:
+        return sum(h.switch_db for h in self.hops)
+
+    @property
+    def mux_db(self) -> float:
+        return sum(h.mux_db for h in self.hops)
+
+    @property
+    def total_db(self) -> float:
+        return self.fibre_db + self.switch_db + self.mux_db
+
+    def route(self) -> str:
+        """`link 2 -> sw-quijote 3 -> 11 -> link 3 -> sw-quevedo 1 -> 11 -> link 4`."""
+        parts = [f"link {self.hops[0].link_in}"]
+        for hop in self.hops:
+            parts += [f"{hop.switch} {hop.ingress} -> {hop.egress}", f"link {hop.link_out}"]
+        return " -> ".join(parts)
+
+    def parts(self) -> str:
+        """`fibre 20.5 + 2 switches 1.0 + multiplexers 4.0` (the figure's parts)."""
+        count = len(self.hops)
+        switches = "switch" if count == 1 else f"{count} switches"
+        return (
+            f"fibre {self.fibre_db:.1f} + {switches} {self.switch_db:.1f} + "
+            f"multiplexers {self.mux_db:.1f}"
+        )
+
+
+def _link(options: SwitchOptions, port: int, device: str) -> str:
+    """The link of a quantum port, or refuse: without it the loss cannot be known."""
+    link = _role(options, port).link
+    if link is None:
+        raise ChangeRefused(
+            f"{device}: port {port}: no link configured; cannot check the loss budget"
+        )
+    return link
+
+
+def _hop(device: str, options: SwitchOptions, ingress: int, egress: int) -> Hop:
+    return Hop(
+        device,
+        ingress,
+        egress,
+        _link(options, ingress, device),
+        _link(options, egress, device),
+        options.switch_loss_db,
+        2 * options.mux_loss_db,
+    )
+
+
+def _far_switch(link: str, here: str, others: Mapping[str, OtherSwitch]) -> OtherSwitch | None:
+    """The other switch with a quantum port on `link` (its far end), if one is configured."""
+    found = [
+        o
+        for o in others.values()
+        if o.name != here
+        and any(r.carries == "quantum" and r.link == link for r in o.options.ports.values())
+    ]
+    if len(found) > 1:
+        names = ", ".join(sorted(o.name for o in found))
+        raise ChangeRefused(f"link {link}: quantum ports on several switches ({names}); ambiguous")
+    return found[0] if found else None
+
+
+def _onward(
+    link: str, here: str, others: Mapping[str, OtherSwitch], downstream: bool
+) -> Hop | None:
+    """The hop the far switch of `link` makes with it: downstream, its ingress on `link` and
+    where that goes; upstream, its egress on `link` and what feeds it. None: the path ends."""
+    far = _far_switch(link, here, others)
+    if far is None:
+        return None
+    if far.pairs is None:
+        raise ChangeRefused(
+            f"cannot check the loss budget: {far.name} (far end of link {link}) could not be "
+            f"read: {far.error}; --local-budget-only checks this switch's hop only"
+        )
+    for ingress, egress in sorted(far.pairs.items()):
+        port = ingress if downstream else egress
+        onward = egress if downstream else ingress
+        role, next_role = _role(far.options, port), _role(far.options, onward)
+        if role.link == link and role.carries == next_role.carries == "quantum":
+            return _hop(far.name, far.options, ingress, egress)
+    return None
+
+
+def follow_path(
+    device: str,
+    ingress: int,
+    egress: int,
+    options: SwitchOptions,
+    others: Mapping[str, OtherSwitch],
+) -> tuple[Hop, ...]:
+    """The hops of the end-to-end path a new cross-connect joins: from each of its links to
+    the far switch, across that switch's current quantum cross-connect, and on, until a node
+    without one. A path that comes back to a switch it crossed is refused (a loop)."""
+    hops = [_hop(device, options, ingress, egress)]
+    seen = {(device, ingress)}
+    for downstream in (True, False):
+        while True:
+            edge = hops[-1] if downstream else hops[0]
+            link = edge.link_out if downstream else edge.link_in
+            hop = _onward(link, edge.switch, others, downstream)
+            if hop is None:
+                break
+            if (hop.switch, hop.ingress) in seen:
+                route = PathLoss(tuple(hops), 0.0).route()
+                raise ChangeRefused(f"{device}: quantum path loops back to {hop.switch} ({route})")
+            seen.add((hop.switch, hop.ingress))
+            if downstream:
+                hops.append(hop)
+            else:
+                hops.insert(0, hop)
+    return tuple(hops)
+
+
+def path_loss(hops: tuple[Hop, ...], link_loss_db: Mapping[str, float]) -> PathLoss:
+    """The loss of the path `hops` make, fibre spans from the topology's link losses."""
+    links = [hops[0].link_in] + [h.link_out for h in hops]
+    missing = [link for link in links if link not in link_loss_db]
+    if missing:
+        raise ChangeRefused(
+            f"link {missing[0]!r} is not in the topology; cannot check the loss budget"
+        )
+    return PathLoss(hops, sum(link_loss_db[link] for link in links))
 
 
 def check_budget(
@@ -91,8 +227,10 @@ def check_budget(
     after: Mapping[int, int],
     options: SwitchOptions,
     link_loss_db: Mapping[str, float],
+    others: Mapping[str, OtherSwitch] | None = None,
 ) -> None:
-    """Refuse a new quantum cross-connect whose path loss exceeds its technology's budget."""
+    """Refuse a new quantum cross-connect whose end-to-end path loss exceeds its technology's
+    budget; the path is followed across `others` (their current maps), none: this hop only."""
     for ingress, egress in sorted(after.items()):
         if before.get(ingress) == egress:
             continue
@@ -104,12 +242,12 @@ def check_budget(
         budget = options.budget_db.get(technology)
         if budget is None:
             raise ChangeRefused(f"no loss budget configured for {technology} (budget_db)")
-        loss = path_loss(ingress, egress, options, link_loss_db)
+        switches = {**(others or {}), device: OtherSwitch(device, options, after)}
+        hops = follow_path(device, ingress, egress, options, switches)
+        loss = path_loss(hops, link_loss_db)
         if loss.total_db > budget:
-            links = f"link {roles[0].link} -> link {roles[1].link}"
             raise ChangeRefused(
-                f"{device}: quantum path {ingress} -> {egress} ({links}) would lose "
-                f"{loss.total_db:.1f} dB (fibre {loss.fibre_db:.1f} + switch "
-                f"{loss.switch_db:.1f} + multiplexers {loss.mux_db:.1f}), over the "
+                f"{device}: quantum path {ingress} -> {egress} ({loss.route()}) would lose "
+                f"{loss.total_db:.1f} dB ({loss.parts()}), over the "
                 f"{technology.upper()} budget of {budget:.1f} dB; refused"
             )
