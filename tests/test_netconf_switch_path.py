@@ -28,8 +28,14 @@ LINK_LOSS = {link.id: link.loss_db for link in load_topology().links}
 NOT_A_CHANGE = {"get", "close-session"}  # a read, and the polite end of the read's session
 
 
-def start_sim(site: str, tmp_path: Path) -> SwitchSim:
-    server = NetconfSimServer(site_switch(load_topology(), site), password=SIM_PASSWORD).start()
+def start_sim(site: str, tmp_path: Path, serve: bool = True) -> SwitchSim:
+    """The simulated switch at `site`; `serve=False`: its socket closed without ever serving
+    (a switch that is down: connections to its address are refused)."""
+    server = NetconfSimServer(site_switch(load_topology(), site), password=SIM_PASSWORD)
+    if serve:
+        server.start()
+    else:
+        server.stop()
     known_hosts = tmp_path / f"known_hosts-{site}"
     known_hosts.write_text(server.known_hosts_line())
     return SwitchSim(server, known_hosts)
@@ -37,10 +43,9 @@ def start_sim(site: str, tmp_path: Path) -> SwitchSim:
 
 @pytest.fixture
 def sims(tmp_path: Path) -> Iterator[dict[str, SwitchSim]]:
-    """Quijote and Quevedo served; Norte's server started and stopped (unreachable), so its
-    address is one nothing listens on."""
-    running = {site: start_sim(site, tmp_path) for site in ("Quijote", "Quevedo", "Norte")}
-    running["Norte"].server.stop()
+    """Quijote and Quevedo served; Norte down (nothing listens on its address)."""
+    running = {site: start_sim(site, tmp_path) for site in ("Quijote", "Quevedo")}
+    running["Norte"] = start_sim("Norte", tmp_path, serve=False)
     try:
         yield running
     finally:

@@ -7,7 +7,7 @@ bear would only give a dead link, so it is refused with the computed figure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from qkdtel.drivers.netconf_switch.options import PortRole, SwitchOptions
@@ -106,11 +106,7 @@ class PathLoss:
         return self.fibre_db + self.switch_db + self.mux_db
 
     def route(self) -> str:
-        """`link 2 -> sw-quijote 3 -> 11 -> link 3 -> sw-quevedo 1 -> 11 -> link 4`."""
-        parts = [f"link {self.hops[0].link_in}"]
-        for hop in self.hops:
-            parts += [f"{hop.switch} {hop.ingress} -> {hop.egress}", f"link {hop.link_out}"]
-        return " -> ".join(parts)
+        return route(self.hops)
 
     def parts(self) -> str:
         """`fibre 20.5 + 2 switches 1.0 + multiplexers 4.0` (the figure's parts)."""
@@ -120,6 +116,14 @@ class PathLoss:
             f"fibre {self.fibre_db:.1f} + {switches} {self.switch_db:.1f} + "
             f"multiplexers {self.mux_db:.1f}"
         )
+
+
+def route(hops: Sequence[Hop]) -> str:
+    """`link 2 -> sw-quijote 3 -> 11 -> link 3 -> sw-quevedo 1 -> 11 -> link 4`."""
+    parts = [f"link {hops[0].link_in}"]
+    for hop in hops:
+        parts += [f"{hop.switch} {hop.ingress} -> {hop.egress}", f"link {hop.link_out}"]
+    return " -> ".join(parts)
 
 
 def _link(options: SwitchOptions, port: int, device: str) -> str:
@@ -144,13 +148,20 @@ def _hop(device: str, options: SwitchOptions, ingress: int, egress: int) -> Hop:
     )
 
 
-def _far_switch(link: str, here: str, others: Mapping[str, OtherSwitch]) -> OtherSwitch | None:
-    """The other switch with a quantum port on `link` (its far end), if one is configured."""
+def _on_link(role: PortRole, link: str, technology: str) -> bool:
+    """A quantum port of `technology` on `link` (a link may carry CV and DV channels, each
+    taken off to its own switch port)."""
+    return role.carries == "quantum" and role.link == link and role.technology == technology
+
+
+def _far_switch(
+    link: str, here: str, others: Mapping[str, OtherSwitch], technology: str
+) -> OtherSwitch | None:
+    """The other switch with a `technology` quantum port on `link` (its far end), if any."""
     found = [
         o
         for o in others.values()
-        if o.name != here
-        and any(r.carries == "quantum" and r.link == link for r in o.options.ports.values())
+        if o.name != here and any(_on_link(r, link, technology) for r in o.options.ports.values())
     ]
     if len(found) > 1:
         names = ", ".join(sorted(o.name for o in found))
@@ -159,11 +170,11 @@ def _far_switch(link: str, here: str, others: Mapping[str, OtherSwitch]) -> Othe
 
 
 def _onward(
-    link: str, here: str, others: Mapping[str, OtherSwitch], downstream: bool
+    link: str, here: str, others: Mapping[str, OtherSwitch], technology: str, downstream: bool
 ) -> Hop | None:
     """The hop the far switch of `link` makes with it: downstream, its ingress on `link` and
     where that goes; upstream, its egress on `link` and what feeds it. None: the path ends."""
-    far = _far_switch(link, here, others)
+    far = _far_switch(link, here, others, technology)
     if far is None:
         return None
     if far.pairs is None:
@@ -171,13 +182,18 @@ def _onward(
             f"cannot check the loss budget: {far.name} (far end of link {link}) could not be "
             f"read: {far.error}; --local-budget-only checks this switch's hop only"
         )
-    for ingress, egress in sorted(far.pairs.items()):
-        port = ingress if downstream else egress
-        onward = egress if downstream else ingress
-        role, next_role = _role(far.options, port), _role(far.options, onward)
-        if role.link == link and role.carries == next_role.carries == "quantum":
-            return _hop(far.name, far.options, ingress, egress)
-    return None
+    found = [
+        (ingress, egress)
+        for ingress, egress in sorted(far.pairs.items())
+        if _on_link(_role(far.options, ingress if downstream else egress), link, technology)
+        and _role(far.options, egress if downstream else ingress).carries == "quantum"
+    ]
+    if len(found) > 1:
+        raise ChangeRefused(
+            f"{far.name}: several {technology.upper()} cross-connects on link {link} "
+            f"({found}); cannot tell which one the path takes"
+        )
+    return _hop(far.name, far.options, *found[0]) if found else None
 
 
 def follow_path(
@@ -186,6 +202,7 @@ def follow_path(
     egress: int,
     options: SwitchOptions,
     others: Mapping[str, OtherSwitch],
+    technology: str,
 ) -> tuple[Hop, ...]:
     """The hops of the end-to-end path a new cross-connect joins: from each of its links to
     the far switch, across that switch's current quantum cross-connect, and on, until a node
@@ -196,12 +213,13 @@ def follow_path(
         while True:
             edge = hops[-1] if downstream else hops[0]
             link = edge.link_out if downstream else edge.link_in
-            hop = _onward(link, edge.switch, others, downstream)
+            hop = _onward(link, edge.switch, others, technology, downstream)
             if hop is None:
                 break
             if (hop.switch, hop.ingress) in seen:
-                route = PathLoss(tuple(hops), 0.0).route()
-                raise ChangeRefused(f"{device}: quantum path loops back to {hop.switch} ({route})")
+                raise ChangeRefused(
+                    f"{device}: quantum path loops back to {hop.switch} ({route(hops)})"
+                )
             seen.add((hop.switch, hop.ingress))
             if downstream:
                 hops.append(hop)
@@ -243,7 +261,7 @@ def check_budget(
         if budget is None:
             raise ChangeRefused(f"no loss budget configured for {technology} (budget_db)")
         switches = {**(others or {}), device: OtherSwitch(device, options, after)}
-        hops = follow_path(device, ingress, egress, options, switches)
+        hops = follow_path(device, ingress, egress, options, switches, technology)
         loss = path_loss(hops, link_loss_db)
         if loss.total_db > budget:
             raise ChangeRefused(
