@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from qkdtel.drivers.netconf_switch.control import SwitchControl
-from qkdtel.drivers.netconf_switch.guards import ChangeRefused
+from qkdtel.drivers.netconf_switch.guards import ChangeRefused, OtherSwitch, check_budget
+from qkdtel.drivers.netconf_switch.options import SwitchOptions
 from qkdtel.sims.netconf import NetconfSimServer, site_switch
 from qkdtel.sims.topology import load_topology
 from tests.fixtures_netconf import SIM_PASSWORD, SwitchSim
@@ -180,3 +181,39 @@ def test_cli_follows_the_path_and_local_budget_only(sims, tmp_path):
     assert sims["Quevedo"].pairs[1] == 11
     read = sims["Quijote"].server.operations[quijote_ops:]
     assert "get" in read and set(read) <= NOT_A_CHANGE, read
+
+
+def switch_options(ports: dict[int, dict[str, str]]) -> SwitchOptions:
+    """Options for the pure guard only (never connected to: no host key to check)."""
+    return SwitchOptions.model_validate(
+        {
+            "address": "192.0.2.1",
+            "username": "admin",
+            "password": "unused",
+            "host_key_verify": False,
+            "ports": ports,
+        }
+    )
+
+
+def test_the_guard_follows_the_path_on_ports_of_its_own_technology():
+    """Pure guard, data only: link 3 carries a CV and a DV channel, each on its own ports at
+    Quijote; only the CV cross-connect continues a CV path."""
+    quevedo = switch_options(
+        {
+            1: {"carries": "quantum", "link": "3", "technology": "cv"},
+            11: {"carries": "quantum", "link": "4", "technology": "cv"},
+        }
+    )
+    quijote_ports = {
+        3: {"carries": "quantum", "link": "2", "technology": "cv"},
+        11: {"carries": "quantum", "link": "3", "technology": "cv"},
+        4: {"carries": "quantum", "link": "1", "technology": "dv"},
+        12: {"carries": "quantum", "link": "3", "technology": "dv"},
+    }
+    quijote = switch_options(quijote_ports)
+    dv_only = {"sw-quijote": OtherSwitch("sw-quijote", quijote, {4: 12})}
+    check_budget("sw-quevedo", {}, {1: 11}, quevedo, LINK_LOSS, dv_only)  # 16.8 dB: this hop
+    both = {"sw-quijote": OtherSwitch("sw-quijote", quijote, {4: 12, 3: 11})}
+    with pytest.raises(ChangeRefused, match=r"link 2 -> sw-quijote 3 -> 11 -> link 3 -> "):
+        check_budget("sw-quevedo", {}, {1: 11}, quevedo, LINK_LOSS, both)
