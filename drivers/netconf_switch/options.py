@@ -48,8 +48,8 @@ class SwitchOptions(NetconfConnection):
         1.0,
         ge=0,
         le=10,
-        description="insertion loss of one multiplexer pass; a switched path crosses two "
-        "(plausible for thin-film DWDM filters; not published for MadQCI)",
+        description="insertion loss of one multiplexer pass; each switch on a quantum path "
+        "adds two (plausible for thin-film DWDM filters; not published for MadQCI)",
     )
     budget_db: dict[Technology, float] = Field(
         default_factory=lambda: dict(DEFAULT_BUDGET_DB),
