@@ -1,10 +1,13 @@
 """Safe cross-connect changes: guards first, then lock, candidate, validate, confirmed commit.
 
-    control = SwitchControl("sw-quevedo", options, link_loss_db={"3": 4.3, "4": 10.0})
+    control = SwitchControl("sw-quevedo", options, link_loss_db={"3": 4.3, "4": 10.0},
+                            others={"sw-quijote": quijote_options})
     outcome = control.change("connect", 5, 15)          # or disconnect / move; dry_run=True
 
 Why it is built like this:
-- The guards (`guards.py`) run on the switch's current map before anything is sent.
+- The guards (`guards.py`) run on the switch's current map before anything is sent; for a
+  new quantum cross-connect, the maps of the `others` switches are read (`get` only) so the
+  loss budget covers the whole path across them, not just this switch's hop.
 - The change goes through the candidate datastore under its lock (and running's, where running
   is writable directly), so no other manager can interleave; it is validated by the switch
   and committed *confirmed*: the
