@@ -106,7 +106,9 @@ def test_a_minute_with_one_conflicting_field_costs_a_handful_of_requests(
     sent = Counter(fault_proxy.forwarded_lines())
     assert set(sent.values()) == {1}, "a line the server had stored was sent again"
     assert sum(sent.values()) == len(points)
-    assert requests(fault_proxy) <= 10
+    # One or two requests per batch, however the 60 submits fall into batches (a few, by the
+    # writer's timing); isolating by bisection took ~2,000 here.
+    assert requests(fault_proxy) <= 20
     good = {p.time_ns for p in points if p.tags["device"] != bad_device}
     assert stored_times(influxdb, influx_db) == good
     rejected = list_rejected(tmp_path / "spool" / SPOOL_FILE)
