@@ -130,11 +130,11 @@ class SnmpSettings(Model):
         return "authNoPriv" if self.priv_protocol == "none" else "authPriv"
 
 
-class QkdSnmpOptions(Model):
-    """A QKD module polled over SNMP: where it is, which vendor profile, which credentials."""
+class SnmpAgentOptions(Model):
+    """A device polled over SNMP: where its agent is and which credentials (every SNMP family's
+    options extend it with their profile)."""
 
-    address: str = Field(description="host[:port] of the module's SNMP agent (port 161 if none)")
-    profile: ProfileName = Field(description="vendor family, i.e. which MIB and normalisation")
+    address: str = Field(description="host[:port] of the device's SNMP agent (port 161 if none)")
     snmp: SnmpSettings = Field(default_factory=SnmpSettings)
 
     @field_validator("address")
@@ -148,6 +148,12 @@ class QkdSnmpOptions(Model):
     def host_port(self) -> tuple[str, int]:
         """The agent's host and UDP port."""
         return split_address(self.address)
+
+
+class QkdSnmpOptions(SnmpAgentOptions):
+    """A QKD module polled over SNMP: where it is, which vendor profile, which credentials."""
+
+    profile: ProfileName = Field(description="vendor family, i.e. which MIB and normalisation")
 
 
 class TrapUser(SnmpSettings):
