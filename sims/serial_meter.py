@@ -22,6 +22,7 @@ import os
 import random
 import threading
 import tty
+from collections.abc import Callable
 from pathlib import Path
 
 from qkdtel.sims.cli_common import stop_on_signal
@@ -38,9 +39,20 @@ class PowerMeterSim(ScpiServer):
 
     identity = "Keysight Technologies,8163B,QKDTEL-SIM,V5.25(72637)"
 
-    def __init__(self, loss_db: float = 10.0, source_dbm: float = 0.0, seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        loss_db: float = 10.0,
+        source_dbm: float = 0.0,
+        seed: int = 0,
+        live_loss: Callable[[float], float] | None = None,
+        **kwargs,
+    ):
+        """`live_loss`, if given, is the fibre's loss (dB) at a wavelength (nm) at each reading,
+        as a model outside the meter has it (the twin's); it replaces `loss_db` and the O-band
+        factor."""
         super().__init__(**kwargs)
         self.loss_db = loss_db
+        self.live_loss = live_loss
         self.o_band_factor = 1.5
         self.source_dbm = source_dbm
         self._rng = random.Random(seed)
@@ -64,6 +76,8 @@ class PowerMeterSim(ScpiServer):
 
     def expected_dbm(self) -> float:
         """The power the meter reads, noise aside."""
+        if self.live_loss is not None:
+            return self.source_dbm - self.live_loss(self.wavelength_nm)
         loss = self.loss_db * (self.o_band_factor if self.wavelength_nm < 1400 else 1.0)
         return self.source_dbm - loss
 

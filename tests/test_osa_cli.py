@@ -69,7 +69,7 @@ def test_sims_osa_serves_links_with_faults(tmp_path):
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        (["--link", "3"], "no published channel plan for link '3' (known: 4, 8)"),
+        (["--link", "5"], "no channel plan for link '5' (known: 3, 4, 8)"),
         (["--stall", "9"], "--stall: link 9 is not simulated"),
         (["--truncate", "4:half"], "--truncate 4: use cut or short, not 'half'"),
         (["--error", "4:NOPE:-1:x"], "the yokogawa simulator has no 'NOPE'"),

@@ -7,11 +7,11 @@
 
 Each analyser listens on 127.0.0.1 (raw SCPI socket; with `--pty` also on a pseudo-terminal,
 a serial resource; with `--vxi11` also over VXI-11) and shows its link of the topology
-(default: the MadQCI twin; links with a published channel plan: 4 and 8). Fault options apply
-from the start: extra fibre loss, an analyser that never answers, truncated binary trace
-blocks, a command that puts an error in the error queue (HEADER as the simulator registers it,
-e.g. `RES` or `[:SENSe]:BANDwidth[:RESolution]`). `--config-out` writes a collector
-configuration polling every analyser (`qkdtel poll -c FILE`).
+(default: the MadQCI twin; the links with a published channel plan, 4 and 8; 3, invented, on
+request). Fault options apply from the start: extra fibre loss, an analyser that never answers,
+truncated binary trace blocks, a command that puts an error in the error queue (HEADER as the
+simulator registers it, e.g. `RES` or `[:SENSe]:BANDwidth[:RESolution]`). `--config-out`
+writes a collector configuration polling every analyser (`qkdtel poll -c FILE`).
 """
 
 from __future__ import annotations

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from qkdtel.sims.osa.spectrum import link_spectrum
+from qkdtel.sims.osa.spectrum import LinkSpectrum, link_spectrum
 from qkdtel.sims.scpi.server import Block, Faults, ScpiFailure, ScpiServer
 from qkdtel.sims.topology import Topology, load_topology
 
@@ -122,9 +122,12 @@ class OsaSimulator(ScpiServer):
         seed: int = 0,
         sweep_time_s: float = 0.05,
         faults: OsaFaults | None = None,
+        live: Callable[[LinkSpectrum], LinkSpectrum] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ):
+        """`live`, if given, makes each sweep show `live(spectrum)`: the link as a model outside
+        the instrument has it at that moment (the twin's fibre faults); `faults` act on top."""
         if dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
         super().__init__(
@@ -137,6 +140,7 @@ class OsaSimulator(ScpiServer):
         self.dialect = dialect
         self.link = link
         self.spectrum = link_spectrum(topology or load_topology(), link)
+        self.live = live
         self.sweep_time_s = sweep_time_s
         self._rng = np.random.default_rng(seed)
         self.last_sweep: Sweep | None = None
@@ -207,7 +211,8 @@ class OsaSimulator(ScpiServer):
             self._sweep_done.set()
 
     def _measure(self) -> Sweep:
-        spectrum = self.spectrum.with_extra_loss(self.faults.added_loss_db)
+        spectrum = self.live(self.spectrum) if self.live else self.spectrum
+        spectrum = spectrum.with_extra_loss(self.faults.added_loss_db)
         vacuum = np.linspace(self.start_nm, self.stop_nm, self.points)
         if not self.vacuum:
             # The instrument's axis is in air; the light is where it is (on the vacuum grid).

@@ -3,9 +3,9 @@
 Published (DOMAIN.md, MadQCI descriptions) and used as is: which ITU 100 GHz channels carry
 classical data and service channels on the border link 4 (Quevedo -> Norte: data 21-23, IDQ
 service channel 30, CV quantum channel in a notch at 37/38) and on link 8 (data 25, 29, 34,
-service/distillation 59-60). Taken from the topology (`sims/madqci.yaml`): the link's C-band
-loss, and the C-band quantum channels crossing the link, whose band the multiplexers notch out
-of the classical noise floor.
+service/distillation 59-60); link 3's plan is invented (`INVENTED_PLANS`). Taken from the
+topology (`sims/madqci.yaml`): the link's C-band loss, and the C-band quantum channels crossing
+the link, whose band the multiplexers notch out of the classical noise floor.
 
 Invented (not published), chosen to be plausible for unamplified metro links: launch powers
 (data 0 dBm, service -3 dBm), signal widths (10G NRZ 20 GHz, service 10 GHz FWHM), the
@@ -40,6 +40,12 @@ PUBLISHED_PLANS: dict[str, dict[str, tuple[int, ...]]] = {
     "4": {"data": (21, 22, 23), "service": (30,)},
     "8": {"data": (25, 29, 34), "service": (59, 60)},
 }
+INVENTED_PLANS: dict[str, dict[str, tuple[int, ...]]] = {
+    # Link 3 (Quijote-Quevedo): 5 classical channels are published, not which; chosen like
+    # link 4's (the same IDQ service channel 30), clear of the CV notch at 37/38.
+    "3": {"data": (21, 22, 25, 26), "service": (30,)},
+}
+CHANNEL_PLANS = {**PUBLISHED_PLANS, **INVENTED_PLANS}
 
 
 @dataclass(frozen=True)
@@ -130,11 +136,11 @@ class LinkSpectrum:
 
 
 def link_spectrum(topology: Topology, link: str) -> LinkSpectrum:
-    """The spectrum of `link` in `topology` (only links with a published channel plan)."""
-    plan = PUBLISHED_PLANS.get(link)
+    """The spectrum of `link` in `topology` (only links with a channel plan)."""
+    plan = CHANNEL_PLANS.get(link)
     if plan is None:
-        known = ", ".join(sorted(PUBLISHED_PLANS))
-        raise ValueError(f"no published channel plan for link {link!r} (known: {known})")
+        known = ", ".join(sorted(CHANNEL_PLANS))
+        raise ValueError(f"no channel plan for link {link!r} (known: {known})")
     fibre = next((item for item in topology.links if item.id == link), None)
     if fibre is None:
         raise ValueError(f"the topology {topology.name} has no link {link!r}")

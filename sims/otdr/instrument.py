@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -74,10 +74,21 @@ def _format(value: float | None) -> str:
 class OtdrSim(ScpiServer):
     """One OTDR port connected to `route` (see the module docstring)."""
 
-    def __init__(self, route: FibreRoute, *, speed: float = 1.0, seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        route: FibreRoute,
+        *,
+        speed: float = 1.0,
+        seed: int = 0,
+        live: Callable[[FibreRoute], FibreRoute] | None = None,
+        **kwargs,
+    ):
+        """`live`, if given, makes each acquisition test `live(route)`: the fibre as a model
+        outside the instrument has it when the acquisition ends (the twin's faults added)."""
         super().__init__(**kwargs)
         self.identity = f"QKDTEL,SIM-OTDR,LINK-{route.link},1.0"
         self.route = route
+        self.live = live
         self.speed = speed
         self.hang_acquisition = False
         self._rng = np.random.default_rng(seed)
@@ -225,7 +236,8 @@ class OtdrSim(ScpiServer):
         await asyncio.sleep(self._duration)
         while self.hang_acquisition:  # a stuck laser/detector: only ABORt ends it
             await asyncio.sleep(0.05)
-        values = synthesize(self.route, settings, self._rng)
+        route = self.live(self.route) if self.live else self.route
+        values = synthesize(route, settings, self._rng)
         trace = OtdrTrace(
             values,
             settings.spacing_m,
