@@ -281,15 +281,17 @@ class BackgroundEncryptors(BackgroundLoop):
         agents: list[EncryptorAgent],
         trap_target: tuple[str, int] | None = None,
         start_timeout: float = 30.0,
+        host: str = "127.0.0.1",
     ):
         super().__init__(start_timeout, stop_timeout=10.0)
         self.agents = agents
         self.trap_target = trap_target
+        self.host = host
         self._watcher: asyncio.Task[None] | None = None
 
     async def _start_serving(self) -> None:
         for agent in self.agents:
-            await agent.start()
+            await agent.start(self.host)
         for agent in self.agents:
             agent.mark_states()
         self._watcher = asyncio.create_task(self._watch())

@@ -23,7 +23,9 @@ STATUS_PATH = "/api/v1/status"
 class SimulatedQrng:
     """One QRNG on loopback; `health` is the fault knob ("ok", "degraded", "failed")."""
 
-    def __init__(self, serial: str, clock: SimClock, pki: TestPki, seed: int = 3):
+    def __init__(
+        self, serial: str, clock: SimClock, pki: TestPki, seed: int = 3, host: str = "127.0.0.1"
+    ):
         self.serial = serial
         self.clock = clock
         self.health = "ok"
@@ -33,7 +35,7 @@ class SimulatedQrng:
         self._bits = 0.0
         self._rct_failures = 0
         self._apt_failures = 0
-        self.server = MtlsJsonServer(self._route, str(pki.ca), pki.server)
+        self.server = MtlsJsonServer(self._route, str(pki.ca), pki.server, host)
 
     @property
     def url(self) -> str:

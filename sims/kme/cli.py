@@ -104,38 +104,58 @@ class KeyChain:
     def devices(self) -> list[dict[str, Any]]:
         """Collector `devices:` entries polling every simulated device."""
         pairs = [{"master_sae_id": p.master, "slave_sae_id": p.slave} for p in self.stocks]
+        tags = {"node": "Quevedo"}
         entries = [
-            self._entry("kme-quevedo", "etsi014", url=self.kme.url, sae_pairs=pairs),
-            self._entry("qrng-quevedo", "qrng", url=self.qrng.url),
+            device_entry(
+                "kme-quevedo", "etsi014", tags, pki=self.pki, url=self.kme.url, sae_pairs=pairs
+            ),
+            device_entry("qrng-quevedo", "qrng", tags, pki=self.pki, url=self.qrng.url),
         ]
         for agent in self.agents:
-            entries.append(
-                self._entry(
-                    agent.name,
-                    "encryptor_snmp",
-                    address=f"{agent.host}:{agent.port}",
-                    profile=agent.model.profile,
-                    snmp={"version": "2c", "community": agent.credentials.community},
-                )
-            )
+            entries.append(encryptor_entry(agent, tags))
         return entries
-
-    def _entry(self, name: str, driver: str, **options: Any) -> dict[str, Any]:
-        """One device entry (its own dicts throughout: the YAML gets no anchors)."""
-        entry = {"name": name, "driver": driver, "interval": "5s", "timeout": "3s"}
-        entry["tags"] = {"node": "Quevedo"}
-        if "url" in options:
-            entry["tls"] = {
-                "ca_file": str(self.pki.ca),
-                "cert_file": str(self.pki.client.cert),
-                "key_file": str(self.pki.client.key),
-            }
-        return {**entry, **options}
 
     def close(self) -> None:
         self.encryptors.stop()
         self.kme.close()
         self.qrng.close()
+
+
+def device_entry(
+    name: str,
+    driver: str,
+    tags: dict[str, str],
+    *,
+    pki: TestPki | None = None,
+    interval: str | float = "5s",
+    timeout: str | float = "3s",
+    **options: Any,
+) -> dict[str, Any]:
+    """One collector `devices:` entry (its own dicts throughout: the YAML gets no anchors);
+    an HTTPS device (`url` given) gets the client certificate of `pki`."""
+    entry = {"name": name, "driver": driver, "interval": interval, "timeout": timeout}
+    entry["tags"] = dict(tags)
+    if pki is not None and "url" in options:
+        entry["tls"] = {
+            "ca_file": str(pki.ca),
+            "cert_file": str(pki.client.cert),
+            "key_file": str(pki.client.key),
+        }
+    return {**entry, **options}
+
+
+def encryptor_entry(agent: EncryptorAgent, tags: dict[str, str], **timing: Any) -> dict[str, Any]:
+    """The `encryptor_snmp` device entry polling a running encryptor agent (SNMPv2c);
+    `timing`: interval, timeout."""
+    return device_entry(
+        agent.name,
+        "encryptor_snmp",
+        tags,
+        address=f"{agent.host}:{agent.port}",
+        profile=agent.model.profile,
+        snmp={"version": "2c", "community": agent.credentials.community},
+        **timing,
+    )
 
 
 def _outage(chain: KeyChain, after: float, length: float, speed: float) -> list[threading.Timer]:

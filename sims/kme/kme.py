@@ -20,7 +20,9 @@ import os
 import re
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from qkdtel.sims.certs import TestPki
 from qkdtel.sims.clock import SimClock
@@ -38,11 +40,18 @@ def link_channel(name: str, skr_bps: float, seed: int = 7) -> ChannelModel:
     return ChannelModel(params, seed, Behaviour(), Excursion(seed, stream_id(name, "thermal")))
 
 
+class KeySource(Protocol):
+    """What fills a stock: a QKD link's secret key rate (a `ChannelModel`, or the twin's
+    generation between two sites) at a simulated time."""
+
+    def key_rate_at(self, t: float) -> float: ...
+
+
 @dataclass
 class KeyStock:
     """The keys a KME holds for one SAE pair, advanced in simulated time."""
 
-    channel: ChannelModel
+    channel: KeySource
     encryptors: int = 2
     refresh_interval_s: float = 1.0
     key_size_bits: int = 256
@@ -50,6 +59,8 @@ class KeyStock:
     stored: float = 500.0
     link_up: bool = True
     """Knob: False is a link outage (no key produced); the encryptors keep draining."""
+    consumer_bps: float = 0.0
+    """Key taken by other applications than the counted encryptors, in bit/s (demand)."""
     _t: float | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     """The KME's server thread and an encryptor agent's loop read and take from one stock."""
@@ -61,7 +72,14 @@ class KeyStock:
 
     @property
     def drain_keys_per_s(self) -> float:
-        return self.encryptors / self.refresh_interval_s
+        return self.encryptors / self.refresh_interval_s + self.consumer_bps / self.key_size_bits
+
+    def set_consumer_bps(self, bps: float, t: float) -> None:
+        """Change the demand from simulated time `t` on (the stock is brought up to `t` at
+        the old demand first)."""
+        with self._lock:
+            self._advance(t)
+            self.consumer_bps = bps
 
     def count_at(self, t: float) -> int:
         """Whole keys in stock at simulated time `t` (never going back)."""
@@ -106,13 +124,19 @@ class SimulatedKme:
         stocks: dict[SaePair, KeyStock],
         clock: SimClock,
         pki: TestPki,
+        *,
+        targets: Mapping[SaePair, str] | None = None,
+        host: str = "127.0.0.1",
     ):
+        """`targets`: the KME at the slave SAE's end per pair, for a KME with several peers
+        (default: `peer_kme_id` for every pair)."""
         self.kme_id = kme_id
         self.peer_kme_id = peer_kme_id
+        self.targets = dict(targets or {})
         self.stocks = stocks
         self.clock = clock
         self.serve_keys_instead = False
-        self.server = MtlsJsonServer(self._route, str(pki.ca), pki.server)
+        self.server = MtlsJsonServer(self._route, str(pki.ca), pki.server, host)
 
     @property
     def url(self) -> str:
@@ -138,7 +162,7 @@ class SimulatedKme:
         count = stock.count_at(self.clock.now())
         return 200, {
             "source_KME_ID": self.kme_id,
-            "target_KME_ID": self.peer_kme_id,
+            "target_KME_ID": self.targets.get(pair, self.peer_kme_id),
             "master_SAE_ID": pair.master,
             "slave_SAE_ID": pair.slave,
             "key_size": stock.key_size_bits,
