@@ -101,6 +101,91 @@ class Behaviour(_Model):
         return self
 
 
+PortName = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SwitchPort(_Model):
+    """A fibre port of an optical switch: the fibre of a link, or a QKD module's line port."""
+
+    name: str = PortName
+    link: str | None = Field(None, description="the link whose fibre this port terminates")
+    module: str | None = Field(None, description="the QKD module whose line port this is")
+
+    @model_validator(mode="after")
+    def _one_end(self) -> SwitchPort:
+        if (self.link is None) == (self.module is None):
+            raise ValueError("a port joins either a link or a module: give exactly one")
+        return self
+
+
+class Switch(_Model):
+    """An optical fibre switch at a site: quantum paths cross it when its map joins them."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    site: str
+    insertion_loss_db: float | None = Field(
+        None, ge=0, description="default: behaviour.switch_loss_db (the published baseline)"
+    )
+    ports: list[SwitchPort] = Field(min_length=2)
+    cross_connects: dict[str, str] = Field(
+        default_factory=dict, description="initial map: port joined to port (both ways)"
+    )
+    invented: bool = Field(True, description="the sources do not describe the switches")
+
+    def port_for(self, kind: str, name: str) -> SwitchPort | None:
+        """The port terminating link `name` (kind "link") or module `name` (kind "module")."""
+        return next((p for p in self.ports if getattr(p, kind) == name), None)
+
+
+class KeyManager(_Model):
+    """A node's key manager (KME): key for its SAE toward each peer site's KME."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    site: str
+    sae_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="the node's SAE (its apps)")
+    peers: list[str] = Field(description="sites whose KMEs share key with this one")
+    invented: bool = True
+
+
+class Encryptor(_Model):
+    """A link encryptor pair between two sites, drawing key from a key manager."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    layer: Literal["L1", "L2"]
+    a: str
+    b: str
+    key_manager: str = Field(description="the KME (at a or b) it draws keys from")
+    refresh_s: float = Field(gt=0, description="key refresh period")
+    invented: bool = True
+
+
+class Qrng(_Model):
+    """The network's quantum random number generator."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    site: str
+    invented: bool = True
+
+
+class Instrument(_Model):
+    """An optical instrument watching a link from one of its ends."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: Literal["osa", "otdr", "powermeter"]
+    site: str
+    link: str
+    invented: bool = True
+
+
+@dataclass(frozen=True)
+class Join:
+    """A cross-connect a channel's path needs: `switch` joining ports `a` and `b`."""
+
+    switch: str
+    a: str
+    b: str
+
+
 @dataclass(frozen=True)
 class Row:
     """One row of a module's link table: a channel seen from one end."""
@@ -120,6 +205,11 @@ class Topology(_Model):
     modules: list[Module]
     channels: list[Channel]
     behaviour: Behaviour = Field(default_factory=Behaviour)
+    switches: list[Switch] = Field(default_factory=list)
+    key_managers: list[KeyManager] = Field(default_factory=list)
+    encryptors: list[Encryptor] = Field(default_factory=list)
+    qrng: Qrng | None = None
+    instruments: list[Instrument] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -133,6 +223,10 @@ class Topology(_Model):
             ("site", [s.name for s in self.sites]),
             ("link", [link.id for link in self.links]),
             ("module", [m.name for m in self.modules]),
+            ("switch", [s.name for s in self.switches]),
+            ("key manager", [k.name for k in self.key_managers]),
+            ("encryptor", [e.name for e in self.encryptors]),
+            ("instrument", [i.name for i in self.instruments]),
         ):
             for name in sorted({n for n in names if names.count(n) > 1}):
                 yield f"{what} {name!r} is defined twice"
@@ -161,6 +255,110 @@ class Topology(_Model):
                 yield f"module {module.name!r} serves no channel"
             elif rows[module.name] > MAX_ROWS:
                 yield f"module {module.name!r} has more than {MAX_ROWS} channels"
+        yield from self._switch_problems()
+        yield from self._key_problems()
+        yield from self._instrument_problems()
+
+    def _switch_problems(self) -> Iterator[str]:
+        sites = {s.name for s in self.sites}
+        links = {link.id: link for link in self.links}
+        modules = {m.name: m for m in self.modules}
+        at: dict[str, str] = {}
+        for i, switch in enumerate(self.switches):
+            where = f"switches[{i}] ({switch.name})"
+            if switch.site not in sites:
+                yield f"{where}.site: no site named {switch.site!r}"
+            elif switch.site in at:
+                yield f"{where}.site: {switch.site} already has switch {at[switch.site]}"
+            at.setdefault(switch.site, switch.name)
+            names = [p.name for p in switch.ports]
+            for j, port in enumerate(switch.ports):
+                here = f"{where}.ports[{j}] ({port.name})"
+                if names.count(port.name) > 1:
+                    yield f"{here}: port name used twice"
+                if port.link is not None:
+                    link = links.get(port.link)
+                    if link is None:
+                        yield f"{here}.link: no link {port.link!r}"
+                    elif switch.site not in (link.a, link.b):
+                        yield f"{here}.link: link {port.link} does not end at {switch.site}"
+                elif port.module not in modules:
+                    yield f"{here}.module: no module named {port.module!r}"
+                elif modules[port.module].site != switch.site:
+                    yield f"{here}.module: {port.module} is not at {switch.site}"
+            used: list[str] = []
+            for a, b in switch.cross_connects.items():
+                for end in (a, b):
+                    if end not in names:
+                        yield f"{where}.cross_connects.{a}: no port named {end!r}"
+                    elif end in used:
+                        yield f"{where}.cross_connects.{a}: port {end!r} is joined twice"
+                    used.append(end)
+        for i, channel in enumerate(self.channels):
+            if not (self.switches and channel.switched) or self._channel_problems_exist(channel):
+                continue
+            for site, here, there in self._steps(channel)[1:-1]:
+                switch = self.switch_at(site)
+                if switch is None or None in (
+                    switch.port_for(*here),
+                    switch.port_for(*there),
+                ):
+                    yield (
+                        f"channels[{i}] (link {channel.link}): the path crosses {site}, where "
+                        f"no switch has ports for links {here[1]} and {there[1]}"
+                    )
+
+    def _channel_problems_exist(self, channel: Channel) -> bool:
+        return next(iter(self._channel_problems(channel)), None) is not None
+
+    def _key_problems(self) -> Iterator[str]:
+        sites = {s.name for s in self.sites}
+        kme_at: dict[str, KeyManager] = {}
+        for i, kme in enumerate(self.key_managers):
+            where = f"key_managers[{i}] ({kme.name})"
+            if kme.site not in sites:
+                yield f"{where}.site: no site named {kme.site!r}"
+            elif kme.site in kme_at:
+                yield f"{where}.site: {kme.site} already has key manager {kme_at[kme.site].name}"
+            kme_at.setdefault(kme.site, kme)
+        for i, kme in enumerate(self.key_managers):
+            for j, peer in enumerate(kme.peers):
+                where = f"key_managers[{i}] ({kme.name}).peers[{j}]"
+                if peer not in kme_at:
+                    yield f"{where}: no key manager at {peer!r}"
+                elif kme.site not in kme_at[peer].peers:
+                    yield f"{where}: {kme_at[peer].name} does not list {kme.site} back"
+                elif not self.channels_between(kme.site, peer):
+                    yield f"{where}: no quantum channel joins {kme.site} and {peer}"
+        if self.key_managers:
+            for site in sorted({m.site for m in self.modules} - set(kme_at)):
+                yield f"key_managers: site {site} has QKD modules but no key manager"
+        kmes = {k.name: k for k in self.key_managers}
+        for i, enc in enumerate(self.encryptors):
+            where = f"encryptors[{i}] ({enc.name})"
+            for end in ("a", "b"):
+                if getattr(enc, end) not in sites:
+                    yield f"{where}.{end}: no site named {getattr(enc, end)!r}"
+            kme = kmes.get(enc.key_manager)
+            if kme is None:
+                yield f"{where}.key_manager: no key manager named {enc.key_manager!r}"
+            elif kme.site not in (enc.a, enc.b):
+                yield f"{where}.key_manager: {kme.name} is at {kme.site}, not {enc.a} or {enc.b}"
+            elif ({enc.a, enc.b} - {kme.site}).pop() not in kme.peers:
+                yield f"{where}.key_manager: {kme.name} has no SAE pair toward the other end"
+        if self.qrng is not None and self.qrng.site not in sites:
+            yield f"qrng.site: no site named {self.qrng.site!r}"
+
+    def _instrument_problems(self) -> Iterator[str]:
+        links = {link.id: link for link in self.links}
+        for i, instrument in enumerate(self.instruments):
+            where = f"instruments[{i}] ({instrument.name})"
+            link = links.get(instrument.link)
+            if link is None:
+                yield f"{where}.link: no link {instrument.link!r}"
+            elif instrument.site not in (link.a, link.b):
+                ends = f"{link.a}-{link.b}"
+                yield f"{where}.site: link {link.id} runs {ends}, not from {instrument.site}"
 
     def _channel_problems(self, channel: Channel) -> Iterator[str]:
         modules = {m.name: m for m in self.modules}
@@ -219,6 +417,50 @@ class Topology(_Model):
         return False
 
     # -- queries ---------------------------------------------------------------------------
+
+    def switch_at(self, site: str) -> Switch | None:
+        return next((s for s in self.switches if s.site == site), None)
+
+    def link(self, link_id: str) -> Link:
+        return next(link for link in self.links if link.id == link_id)
+
+    def channels_between(self, site_a: str, site_b: str) -> list[Channel]:
+        """The channels whose end modules are at `site_a` and `site_b` (either way round)."""
+        want = {site_a, site_b}
+        return [
+            c for c in self.channels if {self.module(c.alice).site, self.module(c.bob).site} == want
+        ]
+
+    def _steps(self, channel: Channel) -> list[tuple[str, tuple[str, str], tuple[str, str]]]:
+        """Each site the channel's light crosses, from Alice's: (site, came from, goes to),
+        where each end is ("module", name) or ("link", id)."""
+        here = self.module(channel.alice).site
+        ids = channel.link_ids
+        first = self.link(ids[0])
+        if here not in (first.a, first.b):
+            ids = ids[::-1]
+        steps = []
+        came: tuple[str, str] = ("module", channel.alice)
+        for link_id in ids:
+            steps.append((here, came, ("link", link_id)))
+            link = self.link(link_id)
+            here = link.b if here == link.a else link.a
+            came = ("link", link_id)
+        steps.append((here, came, ("module", channel.bob)))
+        return steps
+
+    def joins(self, channel: Channel) -> list[Join]:
+        """The cross-connects the channel's light needs, Alice's site first: at each site
+        whose switch has ports for both what the light comes from and where it goes."""
+        out = []
+        for site, came, goes in self._steps(channel):
+            switch = self.switch_at(site)
+            if switch is None:
+                continue
+            a, b = switch.port_for(*came), switch.port_for(*goes)
+            if a is not None and b is not None:
+                out.append(Join(switch.name, a.name, b.name))
+        return out
 
     def site(self, name: str) -> Site:
         return next(s for s in self.sites if s.name == name)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qkdtel.sims.background import BackgroundLoop
 from qkdtel.sims.clock import AcceleratedClock, SimClock
@@ -18,6 +19,9 @@ from qkdtel.sims.snmp.noise import Excursion, stream_id
 from qkdtel.sims.snmp.physics import Behaviour, ChannelModel, ChannelParams, ModuleModel
 from qkdtel.sims.snmp.profiles import PROFILES, RowFacts
 from qkdtel.sims.topology import FAMILY, Channel, Topology
+
+if TYPE_CHECKING:
+    from qkdtel.sims.twin.model import TwinModel
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,9 @@ class SimNetwork:
 
     `faults` maps module names to their fault knobs; `base_port` numbers the agents from that
     port in file order (default: free ports); `trap_target` is where notifications go, as
-    SNMPv2c traps or, with `trap_version="3"`, SNMPv3 authPriv traps.
+    SNMPv2c traps or, with `trap_version="3"`, SNMPv3 authPriv traps. With `twin`, the
+    agents report the twin's channel and module models (its seed and clock), so its faults and
+    switch maps show; without, the channels are built here, every path lit.
     """
 
     def __init__(
@@ -109,10 +115,11 @@ class SimNetwork:
         faults: Mapping[str, Faults] | None = None,
         host: str = "127.0.0.1",
         base_port: int | None = None,
+        twin: TwinModel | None = None,
     ):
         self.topology = topology
-        self.seed = seed
-        self.clock = clock or AcceleratedClock()
+        self.seed = seed if twin is None else twin.seed
+        self.clock = clock or AcceleratedClock() if twin is None else twin.clock
         self.trap_target = trap_target
         if trap_version not in ("2c", "3"):
             raise ValueError(f"trap_version is 2c or 3, not {trap_version!r}")
@@ -128,8 +135,11 @@ class SimNetwork:
         unknown = sorted(set(faults) - set(wanted))
         if unknown:
             raise ValueError(f"faults given for modules not started: {', '.join(unknown)}")
-        self.modules = {name: ModuleModel(name, seed) for name in names}
-        self.channels = build_channels(topology, seed, self.modules)
+        if twin is None:
+            self.modules = {name: ModuleModel(name, seed) for name in names}
+            self.channels = build_channels(topology, seed, self.modules)
+        else:
+            self.modules, self.channels = twin.modules, twin.channels
         self.agents: dict[str, SimAgent] = {}
         for name in names:
             if name in wanted:

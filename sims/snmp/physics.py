@@ -12,6 +12,9 @@ reproduces (docs: /work/shared/DOMAIN.md):
   which lowers the key rate and raises the QBER; for CV systems bursts of excess noise;
 - maintenance windows (state maintenance/serviceMode, key rate 0) followed by a restart;
 - key rate falling with channel loss (`extra_loss_db` knob: DV ~ transmittance, CV ~ its square);
+  the twin (sims/twin/model.py) adds its path's loss through the `path_loss` hook: a path whose
+  switches do not make it, or a loss past `BREAK_LOSS_DB`, leaves the receiver without signal
+  (state starting, no key, the CV receiver's no-signal SNR);
 - a key store filled by the key rate and drained by a fluctuating consumer (empty after a long
   outage), and running totals of secret and sifted bits (the Toshiba counters).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import enum
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +34,12 @@ Family = Literal["dv", "cv"]
 
 NO_SIGNAL_SNR_DB = -30.0
 """What a CV receiver reports with no quantum signal (maintenance, restart)."""
+BREAK_LOSS_DB = 20.0
+"""Extra loss at which a channel counts as broken: no signal, no key."""
+
+
+def _no_path_loss() -> float | None:
+    return 0.0
 
 
 class Phase(enum.Enum):
@@ -160,6 +170,9 @@ class ChannelModel:
         self.disturbance = disturbance
         self.extra_loss_db = 0.0
         """Knob: loss added to the channel (a bend, a bad splice); lowers the key rate."""
+        self.path_loss: Callable[[], float | None] = _no_path_loss
+        """Hook: the extra loss of the channel's path now (the twin's faults and switches);
+        None when the path is not lit."""
         name = params.name
         self.schedule = Schedule(
             seed,
@@ -183,8 +196,22 @@ class ChannelModel:
 
     # -- instantaneous values (pure functions of t) -----------------------------------------
 
+    def _extra(self) -> tuple[float, bool]:
+        """Extra loss now (knob plus path) and whether the receiver is left without signal."""
+        path = self.path_loss()
+        extra = self.extra_loss_db + (path or 0.0)
+        return extra, path is None or extra >= BREAK_LOSS_DB
+
     def loss_db_at(self, t: float) -> float:
-        return self.params.loss_db + 0.05 * self._loss(t) + self.extra_loss_db
+        return self.params.loss_db + 0.05 * self._loss(t) + self._extra()[0]
+
+    def phase_at(self, t: float) -> tuple[Phase, float]:
+        """The schedule's phase, except that a dark or broken path keeps the channel starting
+        (searching for a signal) when it would produce."""
+        phase, progress = self.schedule.at(t)
+        if phase is Phase.PRODUCING and self._extra()[1]:
+            return Phase.STARTING, 0.0
+        return phase, progress
 
     def _disturbance(self, t: float) -> float:
         """Zero-mean disturbance: the excursion minus its long-run mean."""
@@ -204,7 +231,7 @@ class ChannelModel:
         if p.qber is None:
             return 0.0
         value = p.qber * (1 + 0.06 * self._quality(t))
-        value += p.qber_per_disturbance * self._disturbance(t) + 0.002 * self.extra_loss_db
+        value += p.qber_per_disturbance * self._disturbance(t) + 0.002 * self._extra()[0]
         return min(0.5, max(0.0, value))
 
     def _excess_noise(self, t: float) -> float:
@@ -223,10 +250,10 @@ class ChannelModel:
         return self.params.skr_bps * (0.85 + 0.3 * self._demand(t))
 
     def key_rate_at(self, t: float) -> float:
-        """Secret key rate at `t`, 0 outside production: a pure function of `t`, for whoever
-        consumes the key (the KME simulator's stocks) without advancing this model's own store
-        and counters, from any thread and in any order."""
-        phase, _ = self.schedule.at(t)
+        """Secret key rate at `t`, 0 outside production: a function of `t` and the path's
+        present state, for whoever consumes the key (the KME simulator's stocks) without
+        advancing this model's own store and counters, from any thread and in any order."""
+        phase, _ = self.phase_at(t)
         return self._key_rate(t) if phase is Phase.PRODUCING else 0.0
 
     # -- stateful totals ------------------------------------------------------------------
@@ -240,7 +267,7 @@ class ChannelModel:
         h = span / steps
         for i in range(steps if span > 0 else 0):
             mid = totals.t + (i + 0.5) * h
-            phase, _ = self.schedule.at(mid)
+            phase, _ = self.phase_at(mid)
             skr = self._key_rate(mid) if phase is Phase.PRODUCING else 0.0
             totals.store_bits = min(
                 float(self.capacity_bits),
@@ -263,7 +290,7 @@ class ChannelModel:
                 return self._last  # both end modules, and every column of a request
             self._advance(t)
             totals = self._totals
-            phase, progress = self.schedule.at(t)
+            phase, progress = self.phase_at(t)
             loss = self.loss_db_at(t)
             producing = phase is Phase.PRODUCING
             skr = self._key_rate(t) if producing else 0.0
