@@ -87,6 +87,14 @@ class FibreRoute:
         events = tuple(e for e in self.events if e.distance_m < distance_m)
         return replace(self, length_m=distance_m, events=events, end_reflectance_db=reflectance_db)
 
+    def from_far_end(self) -> FibreRoute:
+        """The same fibre tested from its other end: each event at the mirrored distance (the
+        far end's open connector stays the end: both ends are patch-panel connectors)."""
+        events = (
+            replace(e, distance_m=round(self.length_m - e.distance_m, 1)) for e in self.events
+        )
+        return replace(self, events=tuple(sorted(events, key=lambda e: e.distance_m)))
+
     def _with(self, event: FibreEvent) -> FibreRoute:
         if not 0 < event.distance_m < self.length_m:
             raise ValueError(
