@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.error
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ MEASUREMENTS = {
     "qkd_event",
     "qkdtel_device_status",
     "qkdtel_collector",
+    "qkdtel_listener",
     "osa_channel",
     "osa_quantum_channel",
     "otdr_trace",
@@ -164,6 +165,8 @@ PLAUSIBLE = {
     "kme": "quevedo-kme",
     "switch": "quijote-oxc",
     "encryptor": "quevedo-enc-l2",
+    "link_node": "Quevedo",
+    "shard": "0",
 }
 
 
@@ -177,8 +180,18 @@ def threshold_value(var: dict) -> str:
 THRESHOLD_TYPES = {"constant", "custom"}
 
 
-def fill_in(query: str, interval: str, dashboard: dict, *, every: bool) -> str:
-    """The query as Grafana sends it: `every` puts every variable on All, else one value."""
+def fill_in(
+    query: str,
+    interval: str,
+    dashboard: dict,
+    *,
+    every: bool,
+    resolve: Callable[[str], list[str]] | None = None,
+) -> str:
+    """The query as Grafana sends it: `every` puts every variable on All, else one value.
+
+    A variable whose All has no custom value (`allValue` null) stands for the alternation of
+    its values, as Grafana expands it: `resolve` runs the variable's own query for them."""
     defined = {v["name"]: v for v in variables(dashboard)}
 
     def value(match: re.Match[str]) -> str:
@@ -189,15 +202,30 @@ def fill_in(query: str, interval: str, dashboard: dict, *, every: bool) -> str:
             return interval
         if name not in defined:
             raise AssertionError(f"${name} is not a variable of the dashboard")
-        if defined[name]["type"] in THRESHOLD_TYPES:
-            return threshold_value(defined[name])
+        var = defined[name]
+        if var["type"] in THRESHOLD_TYPES:
+            return threshold_value(var)
+        if every and var["allValue"] is not None:
+            return var["allValue"]
         if every:
-            return defined[name]["allValue"]
+            if resolve is None:
+                raise AssertionError(f"${name} has no custom All value: pass `resolve`")
+            found = resolve(fill_in(var["query"], "1m", dashboard, every=True, resolve=resolve))
+            return "(" + "|".join(re.escape(v) for v in found) + ")"
         if name not in PLAUSIBLE:
             raise AssertionError(f"add a plausible value of ${name} to PLAUSIBLE")
         return "(" + re.escape(PLAUSIBLE[name]) + ")"  # Grafana's regex format of a multi-value
 
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", value, query)
+
+
+def tag_values(influxdb: InfluxServer, db: str) -> Callable[[str], list[str]]:
+    """What a `SHOW TAG VALUES` variable query returns on `db`: the values Grafana offers."""
+
+    def resolve(query: str) -> list[str]:
+        return sorted({row["value"] for row in influxdb.query(query, db)})
+
+    return resolve
 
 
 def run_query(influxdb: InfluxServer, query: str, db: str) -> tuple[str | None, int]:

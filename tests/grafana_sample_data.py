@@ -232,8 +232,9 @@ def sample_points(now: int, *, healthy: bool = False) -> list[Point]:
     points = []
     # At least one failed poll per error class (the failing device below).
     polls = [(k, now - 30 - 60 * k) for k in range(max(10, len(ERROR_CLASSES)))]
-    for tags, fields in LINK_MODULES:
-        module_tags = {t: tags[t] for t in ("device", "node", "vendor", "technology")}
+    for module, fields in LINK_MODULES:
+        tags = {**module, "domain": "RM"}  # the configured tag (Quevedo, Quijote, Quijano: RM)
+        module_tags = {t: tags[t] for t in ("device", "node", "domain", "vendor", "technology")}
         for k, t in polls:
             link = fields(k) | (HEALTHY_LINKS.get(tags["device"], {}) if healthy else {})
             points.append(Point("qkd_link", tags, link, t))
@@ -263,7 +264,7 @@ def sample_points(now: int, *, healthy: bool = False) -> list[Point]:
             points.append(
                 Point(
                     "qkdtel_device_status",
-                    {"device": tags["device"], "driver": "qkd_snmp"},
+                    {**{t: tags[t] for t in ("device", "node", "domain")}, "driver": "qkd_snmp"},
                     status,
                     t,
                 )
@@ -292,10 +293,16 @@ def sample_points(now: int, *, healthy: bool = False) -> list[Point]:
             "write_errors": 10 - k,
             "write_latency_s": 0.02,
             "polls_running": 1,
+            "writer_restarts": 0 if healthy else int(k < 5),
+            "writer_stalled": False,
+            "spool_bytes": 40_960 + 1024 * (10 - k),
         }
-        points.append(
-            Point("qkdtel_collector", {"sink": "influxdb", "host": "noc-collector-1"}, collector, t)
-        )
+        collector_tags = {"sink": "influxdb", "host": "noc-collector-1", "shard": "0"}
+        points.append(Point("qkdtel_collector", collector_tags, collector, t))
+        refused = {f: 0 for f in CONTRACT["qkdtel_listener"] if f.startswith("refused_")}
+        listener = {"received": 4 * (10 - k), **refused, "refused_wrong_community": 10 - k}
+        listener_tags = {"listener": "traps", "host": "noc-collector-1"}
+        points.append(Point("qkdtel_listener", listener_tags, listener, t))
     link_tags = {tags["device"]: tags for tags, _ in LINK_MODULES}
     for i, (device, event, severity, fields) in enumerate(EVENTS):
         tags = {k: link_tags[device][k] for k in ("device", "node", "peer", "link", "vendor")}

@@ -40,6 +40,7 @@ from tests.grafana_checks import (
     provisioned_datasource,
     queries,
     run_query,
+    tag_values,
     threshold_value,
     value_mappings,
     variables,
@@ -51,6 +52,7 @@ from tests.influxql_check import (
     numeric_thresholds,
     read_query,
 )
+from tests.metrics_doc import load_contract
 
 
 def test_the_contract_is_readable():
@@ -68,6 +70,7 @@ def test_dashboards_have_unique_uids_and_titles():
     assert sorted(uids) == sorted(set(uids)), uids
     assert sorted(titles) == sorted(set(titles)), titles
     assert {"qkdtel-overview", "qkdtel-module-detail", "qkdtel-collector-health"} <= set(uids)
+    assert "qkdtel-link-detail" in uids
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
@@ -299,10 +302,47 @@ def test_influxdb_runs_every_query(name, influxdb, sample_db):
     failures = []
     for q in queries(dashboard):
         for every in (True, False):
-            sent = fill_in(q.text, q.interval, dashboard, every=every)
+            resolve = tag_values(influxdb, sample_db)
+            sent = fill_in(q.text, q.interval, dashboard, every=every, resolve=resolve)
             error, rows = run_query(influxdb, sent, sample_db)
             if error:
                 failures.append(f"{q.where}: {sent!r} -> {error}")
             elif every and not rows:
                 failures.append(f"{q.where}: no data with every variable on All: {sent!r}")
     assert failures == []
+
+
+LOCATION_TAGS = ("domain", "node", "link")
+
+
+def location_tags(measurement: str) -> set[str]:
+    """Which of domain, site (`node`) and link the points of a measurement carry: its own tags,
+    and the configured tags of docs/metrics.md when a device writes it (it has a `device` tag)."""
+    columns = CONTRACT[measurement]
+    own = {n for n, c in columns.items() if c.kind == "tag"}
+    if "device" not in own:  # the collector's own measurements carry no configured tags
+        own -= {"domain", "node"} - set(load_contract()[measurement])
+    return own & set(LOCATION_TAGS)
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_dashboards_filter_by_domain_site_and_link(name):
+    """Issue 13: every dashboard has variables for domain, site and link where its data has
+    those tags, and every panel whose data carries one of them filters by one (the link detail
+    picks the link by site, then shows both ends of it: by link only)."""
+    dashboard = DASHBOARDS[name]
+    names = {v["name"] for v in variables(dashboard)}
+    problems = []
+    for panel in panels(dashboard):
+        for t in panel["targets"]:
+            carried = set()
+            for measurement in read_query(t["query"]).measurements:
+                carried |= location_tags(measurement)
+            problems += [
+                f"{panel['title']!r}: its data has {tag}, the dashboard no ${tag}"
+                for tag in sorted(carried - names)
+            ]
+            filtered = {tag for tag in carried if re.search(rf'"{tag}" =~ /\^\$\w+\$/', t["query"])}
+            if carried and not filtered:
+                problems.append(f"{panel['title']!r} {t['refId']}: filters by none of {carried}")
+    assert problems == []
