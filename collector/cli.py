@@ -9,18 +9,18 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from qkdtel import __version__, cli_shard, mibs
+from qkdtel import __version__, cli_shard, cli_workers, mibs
 from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_exit, stderr, stdout
 from qkdtel.cli_lab import add_subcommand as add_lab
 from qkdtel.cli_logging import add_logging_options, configure_logging
 from qkdtel.cli_spool import add_subcommand as add_spool
 from qkdtel.cli_switch import add_subcommand as add_switch
-from qkdtel.config import json_schema
+from qkdtel.config import LoadedConfig, json_schema
 from qkdtel.output import FORMATS, print_samples
 from qkdtel.plugins import (
     PluginNotFound,
@@ -29,6 +29,9 @@ from qkdtel.plugins import (
     load_driver,
     load_listener,
 )
+
+if TYPE_CHECKING:
+    from qkdtel.live import LiveLinkTable
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -45,20 +48,35 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from qkdtel.live import LiveLinkTable
+
+    loaded = load_or_exit(args.config)
+    workers = cli_workers.requested(args, loaded)
+    if workers > 1:
+        if args.live:
+            stderr.print("--live shows one collector: not with --workers", markup=False)
+            return EXIT_CONFIG
+        return cli_workers.supervise(
+            args, loaded, workers, lambda config: _run_collector(config, None, args.duration)
+        )
+    loaded = cli_shard.apply(args, loaded)
+    return _run_collector(loaded, LiveLinkTable() if args.live else None, args.duration)
+
+
+def _run_collector(loaded: LoadedConfig, view: LiveLinkTable | None, duration: float | None) -> int:
+    """One collector on `loaded` until stopped: `qkdtel run`, or one of its `--workers`."""
     from qkdtel.daemon import Collector, ListenerStartError
-    from qkdtel.live import LiveLinkTable, run_with_live_table
+    from qkdtel.live import run_with_live_table
     from qkdtel.spool import SpoolAccessError, SpoolCorruptError, SpoolLayoutError
     from qkdtel.spool_lock import SpoolLockedError
     from qkdtel.spool_space import free_bytes, is_disk_full
 
-    loaded = cli_shard.apply(args, load_or_exit(args.config))
-    view = LiveLinkTable() if args.live else None
     collector = Collector(loaded, observers=[view] if view else [])
     try:
         if view is None:
-            asyncio.run(collector.run(duration=args.duration))
+            asyncio.run(collector.run(duration=duration))
         else:
-            asyncio.run(run_with_live_table(collector, view, stdout, args.duration))
+            asyncio.run(run_with_live_table(collector, view, stdout, duration))
     except (
         SpoolLayoutError,
         SpoolAccessError,
@@ -156,6 +174,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 SIMULATOR_COMMANDS = {
     "demo": ("qkdtel.sims.demo", "simulated MadQCI network -> daemon -> store, with a live table"),
     "sims": ("qkdtel.sims.cli", "run simulated hardware (the MadQCI twin)"),
+    "report": ("qkdtel.sims.report", "a report (Markdown, HTML, PNGs) of what was stored"),
 }
 """Subcommands of the simulators (module with `add_subcommand`, help): imported only when one
 is run, so `qkdtel run` in production never loads the simulators (tests/test_layers.py)."""
@@ -201,6 +220,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true", help="show per-link key rate and QBER live")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     cli_shard.add_options(p)
+    cli_workers.add_options(p)
     p.set_defaults(func=cmd_run)
 
     p = with_config(sub.add_parser("poll", help="poll devices once and print the samples"))

@@ -6,6 +6,7 @@ uses; this starts one with a generated configuration and tears it down again.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import shutil
@@ -116,23 +117,8 @@ class InfluxServer:
             process.wait()
 
     def query(self, q: str, db: str | None = None) -> list[dict[str, Any]]:
-        """Run an InfluxQL query; every row of every series as a dict (series tags included),
-        times as integer nanoseconds."""
-        params = {"q": q, "epoch": "ns"}
-        if db:
-            params["db"] = db
-        body = urllib.parse.urlencode(params).encode()
-        with urllib.request.urlopen(f"{self.url}/query", data=body, timeout=30) as resp:
-            result = json.load(resp)["results"][0]
-        if "error" in result:
-            raise RuntimeError(f"query failed: {result['error']}")
-        rows = []
-        for series in result.get("series", []):
-            for values in series["values"]:
-                row = dict(series.get("tags") or {})
-                row.update(zip(series["columns"], values, strict=True))
-                rows.append(row)
-        return rows
+        """Run an InfluxQL query on this server (see `influxql`)."""
+        return influxql(self.url, q, db)
 
     def create_database(self, name: str) -> None:
         self.query(f'CREATE DATABASE "{name}"')
@@ -141,6 +127,32 @@ class InfluxServer:
         """Points of `measurement` that have `field`, counted by the server."""
         rows = self.query(f'SELECT count("{field}") FROM "{measurement}"', db)
         return rows[0]["count"] if rows else 0
+
+
+def influxql(
+    url: str, q: str, db: str | None = None, *, auth: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Run an InfluxQL query on the InfluxDB 1.x HTTP API at `url` (`auth`: user and password,
+    sent as HTTP basic auth); every row of every series as a dict (series tags included),
+    times as integer nanoseconds."""
+    params = {"q": q, "epoch": "ns"}
+    if db:
+        params["db"] = db
+    request = urllib.request.Request(f"{url}/query", data=urllib.parse.urlencode(params).encode())
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        result = json.load(resp)["results"][0]
+    if "error" in result:
+        raise RuntimeError(f"query failed: {result['error']}")
+    rows = []
+    for series in result.get("series", []):
+        for values in series["values"]:
+            row = dict(series.get("tags") or {})
+            row.update(zip(series["columns"], values, strict=True))
+            rows.append(row)
+    return rows
 
 
 @contextlib.contextmanager
