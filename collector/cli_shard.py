@@ -39,13 +39,18 @@ def _requested(args: argparse.Namespace, loaded: LoadedConfig) -> tuple[int, int
     return None if settings is None else (settings.index, settings.count)
 
 
-def apply(args: argparse.Namespace, loaded: LoadedConfig) -> LoadedConfig:
-    """`loaded` cut down to this collector's shard, or exit 2 naming what is wrong."""
+def requested_or_exit(args: argparse.Namespace, loaded: LoadedConfig) -> tuple[int, int] | None:
+    """The shard asked for (None: not sharded), or exit 2 naming what is wrong."""
     try:
-        requested = _requested(args, loaded)
+        return _requested(args, loaded)
     except shard.ShardError as exc:
         stderr.print(f"{exc}", markup=False, highlight=False)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def apply(args: argparse.Namespace, loaded: LoadedConfig) -> LoadedConfig:
+    """`loaded` cut down to this collector's shard, or exit 2 naming what is wrong."""
+    requested = requested_or_exit(args, loaded)
     if requested is None:
         return loaded
     return shard.select(loaded, *requested)

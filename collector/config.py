@@ -28,6 +28,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -119,9 +120,22 @@ class CollectorSettings(Model):
         description="poll only this shard's share of the devices (`--shard i/N` overrides);"
         " spool_dir gets the suffix .shard-<index>",
     )
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="worker processes on this host, 1 to 256, each a shard of its own (`auto`:"
+        " one per CPU; `--workers` overrides; docs/scaling.md)",
+    )
     health: HealthSettings | None = Field(
         None, description="serve /metrics and /healthz over HTTP (off unless given)"
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_count(cls, value: object) -> object:
+        """One error for both forms (the union would report one per alternative)."""
+        if value == "auto" or (type(value) is int and 1 <= value <= 256):
+            return value
+        raise ValueError(f"expected 1 to 256 or auto, not {value!r}")
 
     @property
     def state_dir(self) -> Path:
@@ -278,6 +292,8 @@ class LoadedConfig:
     devices: list[Device]
     source: Path | None = None
     listeners: list[ListenerSpec] = field(default_factory=list)
+    unpolled: list[Device] = field(default_factory=list)
+    """Enabled devices other collectors poll (`qkdtel.shard.select`): listeners still know them."""
 
 
 class ConfigError(Exception):

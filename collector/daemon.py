@@ -193,15 +193,14 @@ class Collector:
         )
 
     def _device_sources(self) -> list[DeviceSource]:
-        """The configured devices as listeners see them (a driver's `address`, if it has one)."""
+        """The configured devices as listeners see them (a driver's `address`, if it has one):
+        those polled here and, sharded, those other shards poll (a trap port has one owner)."""
+        devices = [poller.device for poller in self.pollers] + self._running.unpolled
         return [
             DeviceSource(
-                poller.name,
-                poller.device.config.driver,
-                _address_of(poller.device.options),
-                dict(poller.device.config.tags),
+                d.config.name, d.config.driver, _address_of(d.options), dict(d.config.tags)
             )
-            for poller in self.pollers
+            for d in devices
         ]
 
     async def _start_listeners(self) -> None:
@@ -275,7 +274,9 @@ class Collector:
                 poller = DevicePoller.create(device, self.config.collector.max_backoff)
                 self.pollers.append(poller)
                 self._schedule_poller(poller)
-            self._running = dataclasses.replace(self._running, devices=new.devices)
+            self._running = dataclasses.replace(
+                self._running, devices=new.devices, unpolled=new.unpolled
+            )
             if plan.added or plan.removed or plan.changed:
                 await self._tell_listeners()
             log.info("reload: %s: %s", source, plan.summary())

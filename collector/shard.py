@@ -81,8 +81,9 @@ def spool_dir(base: Path, index: int) -> Path:
 
 
 def select(loaded: LoadedConfig, index: int, count: int) -> LoadedConfig:
-    """`loaded` as shard `index` of `count` sees it: only its devices, its own spool, and the
-    shard recorded in `collector.shard` (the daemon tags its self-telemetry with it)."""
+    """`loaded` as shard `index` of `count` sees it: only its devices (the others `unpolled`,
+    for its listeners to attribute notifications by), its own spool, and the shard recorded in
+    `collector.shard` (the daemon tags its self-telemetry with it)."""
     check(index, count)
     mine = set(owned((d.config.name for d in loaded.devices), index, count))
     settings = loaded.config.collector.model_copy(
@@ -95,4 +96,5 @@ def select(loaded: LoadedConfig, index: int, count: int) -> LoadedConfig:
         loaded,
         config=loaded.config.model_copy(update={"collector": settings}),
         devices=[d for d in loaded.devices if d.config.name in mine],
+        unpolled=[d for d in loaded.devices if d.config.name not in mine],
     )
