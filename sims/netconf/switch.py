@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -103,14 +104,36 @@ class SwitchModel:
     namespace = NS
     required_leaves = (f"{Q}egress",)
 
-    def __init__(self, name: str, ports: list[Port], pairs: dict[int, int], seed: int = 0):
+    def __init__(
+        self,
+        name: str,
+        ports: list[Port],
+        pairs: dict[int, int],
+        seed: int = 0,
+        on_commit: Callable[[SwitchModel], None] | None = None,
+    ):
         self.name = name
+        self.on_commit = on_commit
+        """Hook: called with the switch after each new running map (commit, rollback), so a
+        model of the network (the twin) follows what the switch does."""
         self.ports = {p.port_id: p for p in ports}
         self.running = Config(
             {p.port_id: p.label for p in ports}, {p.port_id: p.enabled for p in ports}, pairs
         )
         self.candidate = copy.deepcopy(self.running)
         self._random = random.Random(seed)
+
+    @property
+    def running(self) -> Config:
+        return self._running
+
+    @running.setter
+    def running(self, config: Config) -> None:
+        """The server replaces the running datastore at each commit and rollback: the one
+        place the switch's map changes, hence the hook."""
+        self._running = config
+        if self.on_commit is not None:
+            self.on_commit(self)
 
     # -- reading --------------------------------------------------------------------------
 

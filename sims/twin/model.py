@@ -41,6 +41,11 @@ class FibreFault:
     kind: str = "bend"
 
 
+def both_ways(pairs: Mapping[str, str]) -> dict[str, str]:
+    """A map joining each pair in both directions (a fibre pair through the switch)."""
+    return {**pairs, **{b: a for a, b in pairs.items()}}
+
+
 class TwinModel:
     """Faults, switch maps, device availability and key demand of one simulated network,
     and the QKD channel models (shared with the SNMP agents) that follow them."""
@@ -52,7 +57,7 @@ class TwinModel:
         self._lock = threading.RLock()
         self._faults: dict[str, list[FibreFault]] = {link.id: [] for link in topology.links}
         self._maps: dict[str, dict[str, str]] = {
-            s.name: dict(s.cross_connects) for s in topology.switches
+            s.name: both_ways(s.cross_connects) for s in topology.switches
         }
         self._down: set[str] = set()
         self._consumption: dict[frozenset[str], float] = {}
@@ -120,7 +125,8 @@ class TwinModel:
     # -- switches -------------------------------------------------------------------------
 
     def set_cross_connects(self, switch: str, pairs: Mapping[str, str]) -> None:
-        """The switch's committed map: port joined to port (either direction joins them)."""
+        """The switch's committed map: light entering at port `key` leaves at port `value`
+        (the topology's initial map joins its pairs both ways)."""
         names = {p.name for p in self._switch(switch).ports}
         unknown = sorted({n for pair in pairs.items() for n in pair} - names)
         if unknown:
@@ -262,7 +268,7 @@ class TwinModel:
 
     def _joined(self, join: Join) -> bool:
         pairs = self._maps[join.switch]
-        return pairs.get(join.a) == join.b or pairs.get(join.b) == join.a
+        return pairs.get(join.a) == join.b
 
     def _lit(self, joins: list[Join]) -> bool:
         with self._lock:

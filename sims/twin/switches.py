@@ -1,0 +1,130 @@
+"""The twin's optical switches: a NETCONF/SSH server for each switch of the topology, wired to
+the model both ways.
+
+Each topology port becomes an ingress port (1..N, label `<port>-in`) and an egress port
+(N+1..2N, `<port>-out`), all quantum (CV). Every map the switch makes running (a commit, a
+rollback) goes to `TwinModel.set_cross_connects` by port name, so `qkdtel switch move` over
+NETCONF decides which CV paths carry light. What the monitors read follows the model too: a
+link port receives the CV pilot minus the link's loss now (faults included), and a switch taken
+down through the model drops its sessions and every `get` after.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from qkdtel.sims.netconf.cli import USERNAME
+from qkdtel.sims.netconf.server import NetconfSimServer
+from qkdtel.sims.netconf.switch import QUANTUM_PILOT_DBM, Port, SwitchModel, port_roles
+from qkdtel.sims.topology import Switch, SwitchPort
+from qkdtel.sims.twin.model import TwinModel, both_ways
+
+
+def _input_dbm(model: TwinModel, port: SwitchPort) -> float:
+    """Light arriving at the port: a link's far-end pilot after the fibre, or the module's own."""
+    if port.link is None:
+        return QUANTUM_PILOT_DBM
+    return QUANTUM_PILOT_DBM - model.link_loss_db(port.link)
+
+
+def switch_model(model: TwinModel, switch: Switch) -> SwitchModel:
+    """The NETCONF-side model of `switch`, reporting each running map to `model`."""
+    count = len(switch.ports)
+    ids = {p.name: k for k, p in enumerate(switch.ports, start=1)}
+    names = {k: n for n, k in ids.items()} | {k + count: n for n, k in ids.items()}
+    ingress = [
+        Port(ids[p.name], "ingress", f"{p.name}-in", True, _input_dbm(model, p), p.link)
+        for p in switch.ports
+    ]
+    egress = [
+        Port(ids[p.name] + count, "egress", f"{p.name}-out", link=p.link) for p in switch.ports
+    ]
+    pairs = {ids[a]: ids[b] + count for a, b in both_ways(switch.cross_connects).items()}
+
+    def committed(sim: SwitchModel) -> None:
+        model.set_cross_connects(
+            switch.name, {names[i]: names[e] for i, e in sim.running.pairs.items()}
+        )
+
+    return SwitchModel(switch.name, ingress + egress, pairs, model.seed, on_commit=committed)
+
+
+class SwitchSims:
+    """The topology's switches served over NETCONF/SSH (one password for all, random)."""
+
+    def __init__(self, model: TwinModel, host: str = "127.0.0.1"):
+        self.model = model
+        self.password = secrets.token_urlsafe(12)
+        self.servers: dict[str, NetconfSimServer] = {}
+        self._switches = {s.name: s for s in model.topology.switches}
+        try:
+            for switch in model.topology.switches:
+                sim = switch_model(model, switch)
+                server = NetconfSimServer(sim, host=host, password=self.password)
+                self.servers[switch.name] = server.start()
+        except BaseException:
+            self.stop()
+            raise
+        model.subscribe(self._follow)
+
+    def _follow(self, what: str) -> None:
+        """Keep the monitors' input levels and the switches' availability with the model."""
+        if what == "faults":
+            for name, server in self.servers.items():
+                for topo in self._switches[name].ports:  # ingress ports are numbered 1..N
+                    port = next(
+                        p for p in server.model.ports.values() if p.label == f"{topo.name}-in"
+                    )
+                    port.input_dbm = _input_dbm(self.model, topo)
+        elif what == "devices":
+            for name, server in self.servers.items():
+                up = self.model.device_up(name)
+                if not up and server.faults.drop_on is None:
+                    server.faults.drop_on = "get"
+                    server.drop_sessions()
+                elif up:
+                    server.faults.drop_on = None
+
+    def write_files(self, config_out: Path) -> tuple[Path, Path]:
+        """The known_hosts and password files beside the collector config (as `sims switch`
+        writes them): `<config>.known_hosts`, `<config>.password`."""
+        known_hosts = config_out.with_suffix(".known_hosts")
+        known_hosts.write_text("".join(s.known_hosts_line() for s in self.servers.values()))
+        password_file = config_out.with_suffix(".password")
+        password_file.write_text(self.password + "\n")
+        password_file.chmod(0o600)
+        return known_hosts, password_file
+
+    def devices(self, config_out: Path, interval: float = 10.0) -> list[dict[str, Any]]:
+        """The collector's `netconf_switch` entries (writing the files they name)."""
+        known_hosts, password_file = self.write_files(config_out)
+        out = []
+        for name, server in self.servers.items():
+            site = self._switches[name].site
+            out.append(
+                {
+                    "name": name,
+                    "driver": "netconf_switch",
+                    "interval": interval,
+                    "timeout": 5.0,
+                    "tags": {"node": site, "domain": self.model.topology.site(site).domain},
+                    "address": server.host,
+                    "port": server.port,
+                    "username": USERNAME,
+                    "password_file": str(password_file),
+                    "known_hosts": str(known_hosts),
+                    "ports": port_roles(server.model),
+                    "switch_loss_db": self._loss(name),
+                }
+            )
+        return out
+
+    def _loss(self, name: str) -> float:
+        loss = self._switches[name].insertion_loss_db
+        return self.model.topology.behaviour.switch_loss_db if loss is None else loss
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
