@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from qkdtel.sims.clock import ManualClock
+from qkdtel.sims.otdr.fibre import route_for_link
+from qkdtel.sims.process import SimsProcess
 from qkdtel.sims.topology import load_topology
 from qkdtel.sims.twin.model import TwinModel
 from qkdtel.sims.twin.optics import OpticalSims, start_optical_sims
@@ -124,6 +126,13 @@ def test_one_fault_shows_in_otdr_osa_and_power_meter_and_clearing_restores_them(
     osa = "osa-quevedo-l4"
     clear, faulty, repaired = (channel_powers(s, osa) for s in (before, during, after))
     assert sorted(clear, key=int) == ["21", "22", "23", "30"]  # the published plan
+    assert sorted(channel_powers(before, "osa-quijote-l3"), key=int) == [
+        "21",
+        "22",
+        "25",
+        "26",
+        "30",
+    ]
     assert faulty.keys() == clear.keys() == repaired.keys()
     for channel, dbm in clear.items():
         assert faulty[channel] == pytest.approx(dbm - 3.0, abs=0.2), channel
@@ -156,6 +165,11 @@ def test_power_meter_and_an_otdr_at_the_far_end_follow_a_fault_on_link_8(twin):
     assert meter_dbm(after, "pm-quijano-l8") == pytest.approx(
         meter_dbm(before, "pm-quijano-l8"), abs=0.05
     )
+    # the fibre's own events are those of link 8's layout, mirrored: it is tested from Quevedo
+    layout = route_for_link(twin.model.topology.link("8"))
+    measured = [e["fields"]["distance_m"] for e in points(before, "otdr_event", "otdr-quevedo-l8")]
+    mirrored = sorted(33_100 - e.distance_m for e in layout.events)
+    assert measured[:-1] == pytest.approx(mirrored, abs=30)  # and the far end
     (splice,) = events_near(during, "otdr-quevedo-l8", 23_100)
     assert splice["loss_db"] == pytest.approx(2.5, abs=0.1)
     assert events_near(before, "otdr-quevedo-l8", 23_100) == []
@@ -207,3 +221,37 @@ def test_devices_are_the_topology_instruments_and_stop_closes_them(tmp_path):
     host, port = devices["otdr-quevedo-l4"]["visa"]["resource"].split("::")[1:3]
     with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port))):
         pass
+
+
+def qkdtel(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qkdtel.cli", *argv], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_fault_through_sims_fault_reaches_the_instruments_of_sims_up(tmp_path):
+    # The operator's path: `qkdtel sims up` in its own process, the fault through its control
+    # API (`qkdtel sims fault`), the instruments polled with the configuration it wrote.
+    config = tmp_path / "twin.yaml"
+    devices = ("osa-quevedo-l4", "otdr-quevedo-l4")
+    with SimsProcess(config, ["--families", "optics"]) as sims:
+        assert {"osa-quevedo-l4", "otdr-quevedo-l8", "pm-quijano-l8"} <= sims.devices.keys()
+        control = json.loads(config.with_suffix(".twin.json").read_text())["control_url"]
+
+        def poll() -> list[Sample]:
+            done = qkdtel("poll", "-c", str(config), "-f", "json", *devices)
+            assert done.returncode == 0, done.stderr
+            return [json.loads(line) for line in done.stdout.splitlines()]
+
+        before = poll()
+        fault = ("sims", "fault", "--control", control, "--link", "4", "--add-loss", "3")
+        added = qkdtel(*fault, "--at-km", "12")
+        assert added.returncode == 0, added.stderr
+        during = poll()
+
+    (bend,) = events_near(during, "otdr-quevedo-l4", 12_000)
+    assert bend["loss_db"] == pytest.approx(3.0, abs=0.1)
+    clear = channel_powers(before, "osa-quevedo-l4")
+    faulty = channel_powers(during, "osa-quevedo-l4")
+    assert clear and faulty.keys() == clear.keys()
+    assert [faulty[c] - clear[c] for c in clear] == pytest.approx([-3.0] * len(clear), abs=0.2)
