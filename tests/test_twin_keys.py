@@ -218,6 +218,24 @@ def test_a_key_manager_taken_down_stops_answering_and_its_encryptors_fall_back(t
     assert pollers.poll("kme-norte").ok
 
 
+def test_the_qrng_and_an_encryptor_taken_down_stop_answering_until_brought_back(twin, pollers):
+    model = twin.model
+    for name in ("qrng-quevedo", "enc-l2-quevedo-quijano"):
+        model.set_device_up(name, False)
+    devices = twin.keys.devices(interval=1.0, timeout=1.0)
+    qrng = asyncio.run(_poll_fresh(devices, "qrng-quevedo"))
+    assert not qrng.ok and "cannot connect" in qrng.error
+    encryptor = asyncio.run(_poll_fresh(devices, "enc-l2-quevedo-quijano"))
+    assert not encryptor.ok and encryptor.error_class == "timeout"
+    assert pollers.poll("enc-l2-quevedo-quiroga").ok  # the others still answer
+
+    for name in ("qrng-quevedo", "enc-l2-quevedo-quijano"):
+        model.set_device_up(name, True)
+    rate = [s for s in pollers.poll("qrng-quevedo").samples if s.measurement == "qrng"]
+    assert rate and rate[0].fields["delivered_rate_bps"] > 0
+    assert association(pollers.poll("enc-l2-quevedo-quijano"))["state"] == "encrypting"
+
+
 async def _poll_fresh(devices: list[dict], name: str) -> PollResult:
     """One poll of `name` by a poller of its own (its failure is the result, not a raise)."""
     loaded = load_config_text(yaml.safe_dump({"devices": devices}))

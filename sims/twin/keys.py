@@ -144,7 +144,7 @@ def start_kme(
         pair = SaePair(kme.sae_id, other.sae_id)
         pairs[pair] = stocks[frozenset((kme.site, peer))].stock
         targets[pair] = other.name
-    first = _kme_at(model.topology, kme.peers[0]).name if kme.peers else kme.name
+    first = targets[next(iter(pairs))]  # every pair has its target: this one is not read
     return SimulatedKme(kme.name, first, pairs, model.clock, pki, targets=targets, host=host)
 
 
@@ -196,13 +196,6 @@ class KeySims:
         self._settler.start()
         model.subscribe(self._changed)
         self._follow_devices()
-
-    def stock(self, site_a: str, site_b: str) -> KeyStock:
-        """The stock two sites share; ValueError when their key managers share none."""
-        found = self.stocks.get(frozenset((site_a, site_b)))
-        if found is None:
-            raise ValueError(f"the key managers of {site_a} and {site_b} share no key")
-        return found.stock
 
     def devices(self, *, interval: float = 10.0, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Collector `devices:` entries polling every KME, the QRNG and every encryptor."""
@@ -300,7 +293,8 @@ def start_key_sims(
     qrng: SimulatedQrng | None = None
     try:
         for kme in model.topology.key_managers:
-            kmes.append(start_kme(model, kme, stocks, pki, host))
+            if kme.peers:  # a KME sharing key with nobody has no status to serve
+                kmes.append(start_kme(model, kme, stocks, pki, host))
         spec = model.topology.qrng
         if spec is not None:
             qrng = SimulatedQrng(spec.name, model.clock, pki, seed=model.seed, host=host)
