@@ -250,3 +250,16 @@ def test_a_fault_through_sims_fault_reaches_the_instruments_of_sims_up(tmp_path)
     faulty = channel_powers(during, "osa-quevedo-l4")
     assert clear and faulty.keys() == clear.keys()
     assert [faulty[c] - clear[c] for c in clear] == pytest.approx([-3.0] * len(clear), abs=0.2)
+
+
+def test_an_o_band_head_reads_the_o_band_loss_of_the_model(twin):
+    # The generated head is C-band; an operator may set the meter to 1310 nm (the DV systems'
+    # band): the model's O-band loss (x1.5 of the C-band's) plus the fault.
+    document = yaml.safe_load(twin.config.read_text())
+    (meter,) = [d for d in document["devices"] if d["driver"] == "powermeter"]
+    meter["heads"][0]["wavelength_nm"] = 1310
+    twin.config.write_text(yaml.safe_dump(document, sort_keys=False))
+    assert meter_dbm(twin.poll(meter["name"]), meter["name"]) == pytest.approx(-11.8 * 1.5, abs=0.1)
+    twin.model.add_fibre_fault("8", 2.0, kind="bend")
+    faulty = meter_dbm(twin.poll(meter["name"]), meter["name"])
+    assert faulty == pytest.approx(-11.8 * 1.5 - 2.0, abs=0.1)
