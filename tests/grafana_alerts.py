@@ -67,9 +67,14 @@ def alert_rules() -> list[AlertRule]:
     return [read_rule(g["name"], r) for g in load_alerting()["groups"] for r in g["rules"]]
 
 
-def rule_query(rule: AlertRule) -> str:
-    """A's query as Grafana sends it: the rule's time range and interval filled in."""
-    sent = rule.query.replace("$timeFilter", f"time > now() - {rule.window_s}s")
+def rule_query(rule: AlertRule, until_ns: int | None = None) -> str:
+    """A's query as Grafana sends it: the rule's time range and interval filled in; `until_ns`
+    evaluates it as Grafana did at that instant (the window ending there) rather than now."""
+    if until_ns is None:
+        window = f"time > now() - {rule.window_s}s"
+    else:
+        window = f"time > {until_ns}ns - {rule.window_s}s AND time <= {until_ns}ns"
+    sent = rule.query.replace("$timeFilter", window)
     sent = sent.replace("$__interval", f"{rule.interval_ms}ms")
     assert "$" not in sent, f"{rule.uid}: a variable Grafana alerting does not fill: {sent}"
     return sent

@@ -69,10 +69,11 @@ LINK_MODULES = [
             "switched": "false",
         },
         lambda k: {
-            "link_status": "active",
-            "vendor_state": "QKD_RUNNING",
-            "key_generating": True,
-            "secret_key_rate_bps": 1400.0 + 10 * k,
+            # in maintenance for the last two polls, healthy or not (no key rate alert)
+            "link_status": "off" if k < 2 else "active",
+            "vendor_state": "MAINTENANCE" if k < 2 else "QKD_RUNNING",
+            "key_generating": k >= 2,
+            "secret_key_rate_bps": 0.0 if k < 2 else 1400.0 + 10 * k,
             "raw_key_rate_bps": 9.1e5,
             "sifted_key_rate_bps": 4.4e5,
             "secret_key_bits_total": 9_000_000 - 84_000 * k,
@@ -98,11 +99,11 @@ LINK_MODULES = [
             "direction": "tx",
             "switched": "false",
         },
-        lambda k: {
-            "link_status": "active",
-            "vendor_state": "WORKING",
-            "key_generating": True,
-            "secret_key_rate_bps": 8700.0,
+        lambda k: {  # lost its key in the last five polls unless healthy (a break)
+            "link_status": "pending" if k < 5 else "active",
+            "vendor_state": "LOCKING" if k < 5 else "WORKING",
+            "key_generating": k >= 5,
+            "secret_key_rate_bps": 0.0 if k < 5 else 8700.0,
             "excess_noise_snu": 0.011 + 0.001 * (k % 3),
             "snr_db": -12.4,
             "transmittance": 0.25,
@@ -211,6 +212,12 @@ ERROR_CLASSES = sorted(CONTRACT["qkdtel_device_status"]["error_class"].values - 
 
 # The faulty modules as they are when healthy (healthy=True).
 HEALTHY_LINKS: dict[str, dict[str, object]] = {
+    "quevedo-hwdu-4": {
+        "link_status": "active",
+        "vendor_state": "WORKING",
+        "key_generating": True,
+        "secret_key_rate_bps": 8700.0,
+    },
     "quijote-hwdu-34": {
         "link_status": "active",
         "vendor_state": "WORKING",

@@ -30,7 +30,8 @@ RULES = {r.uid: r for r in alert_rules()}
 FIRES_FOR = {
     "qkdtel-qber-dv-high": [{"link": "8", "device": "quijano-toshiba-8"}],
     "qkdtel-excess-noise-cv-high": [{"link": "3+4", "device": "quijote-hwdu-34"}],
-    "qkdtel-key-rate-zero": [{"link": "3+4", "device": "quijote-hwdu-34"}],
+    # not quijote-hwdu-34 (a dark switched path) nor quevedo-idq-4 (in maintenance)
+    "qkdtel-key-rate-zero": [{"link": "4", "device": "quevedo-hwdu-4"}],
     "qkdtel-key-stock-low": [{"slave_sae_id": "enc-quijote"}],
     "qkdtel-key-stock-emptying": [{"slave_sae_id": "enc-quijote"}],
     "qkdtel-fibre-loss-over-baseline": [{"link": "4", "wavelength": "1550"}],
