@@ -41,11 +41,13 @@ from qkdtel.sims.topology import Instrument, Link, Topology
 from qkdtel.sims.twin.model import FibreFault, TwinModel
 
 OSA_SWEEP_S = 0.2
-"""Real seconds per simulated sweep (a real one takes about this at 0.1 nm over 40 nm)."""
+"""Real seconds per sweep: short, so a poll hardly waits (a real one takes 0.2 s to a minute,
+with the sensitivity)."""
 OTDR_SPEED = 10.0
 """Acquisitions this many times faster than real: the default 30 s of averaging in 3 s."""
 OTDR_INTERVAL = "5m"
-"""Twin OTDRs acquire every 5 minutes (a network's take hours): an injected fault shows soon."""
+"""Twin OTDRs acquire every 5 minutes (a production network's, every few hours), so an
+injected fault shows soon."""
 O_BAND_BELOW_NM = 1400.0
 BAD_CONNECTOR_DB = -35.0
 """Reflectance of a `connector` fault: a dirty or damaged one (a good one is below -45 dB)."""
