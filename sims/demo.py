@@ -1,11 +1,16 @@
 """`qkdtel demo`: the simulated MadQCI network feeding the store, end to end.
 
-Starts the MadQCI twin (`sims up`, in a child process), a throwaway InfluxDB 1.x server, and the
-daemon with the live per-link table; when time is up it asks InfluxDB what arrived and sets
-each link's measured mean secret key rate and QBER beside the published figures. Everything it
-writes (the collector configuration, the spool, the local line-protocol store) stays under
-`--workdir`, the InfluxDB data included (its server is stopped, not deleted), and the agents
-listen on ports chosen to be started again: the commands printed at the end run it all again.
+Starts the whole MadQCI twin (`sims up`, every family, in a child process: QKD modules,
+switches, key managers, QRNG, encryptors, optical instruments), a throwaway InfluxDB 1.x server,
+and the daemon with the live per-link table. Half-way through it injects one fault through the
+twin's control API (by default a 3 dB bend on link 4: the key rates of the link drop, the OTDR
+sees a new event, the OSA's carriers fall). When time is up it asks InfluxDB what arrived, sets
+each channel's measured mean secret key rate and QBER beside the published figures, and writes
+the report (`qkdtel.sims.report`: figures per link, a spectrum, an OTDR trace, key stock per
+node) under the workdir, printing its path. Everything it writes (the collector
+configuration, the spool, the local line-protocol store, the report) stays under `--workdir`,
+the InfluxDB data included (its server is stopped, not deleted), and the agents listen on ports
+chosen to be started again: the commands printed at the end run it all again.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import asyncio
 import random
 import shutil
 import socket
-from contextlib import ExitStack
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +31,21 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from qkdtel.config import load_config_text
+from qkdtel.config import LoadedConfig, load_config_text
 from qkdtel.daemon import Collector, ListenerStartError
 from qkdtel.live import LiveLinkTable, run_with_live_table
 from qkdtel.output import print_unsqueezed
 from qkdtel.sims.influxd import InfluxServer
 from qkdtel.sims.process import SimsProcess
+from qkdtel.sims.report import (
+    InjectedFault,
+    ReportRequest,
+    instruments,
+    write_faults,
+    write_report,
+)
 from qkdtel.sims.topology import load_topology
+from qkdtel.sims.twin.control import BadRequest, request
 
 DATABASE = "qkd"
 
@@ -44,7 +60,34 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=5.0, help="poll interval of every module")
     p.add_argument("--workdir", type=Path, default=Path("qkdtel-data/demo"))
     p.add_argument("--no-influxdb", action="store_true", help="local line-protocol store only")
+    p.add_argument(
+        "--fault",
+        type=_fault,
+        default=Fault("4", 3.0),
+        metavar="LINK:DB",
+        help="fibre bend injected half-way (default 4:3: 3 dB on link 4)",
+    )
+    p.add_argument("--no-fault", action="store_true", help="inject nothing")
     p.set_defaults(func=cmd_demo)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """The fault the demo injects half-way: a bend of `loss_db` mid-span on `link`."""
+
+    link: str
+    loss_db: float
+
+
+def _fault(text: str) -> Fault:
+    link, sep, loss = text.partition(":")
+    try:
+        loss_db = float(loss)
+    except ValueError:
+        loss_db = 0.0
+    if not sep or not link or not loss_db > 0:
+        raise argparse.ArgumentTypeError(f"expected LINK:DB (e.g. 4:3), got {text!r}")
+    return Fault(link, loss_db)
 
 
 def collector_document(
@@ -57,30 +100,34 @@ def collector_document(
     if influx is not None:
         sinks.insert(0, {"type": "influxdb_v1", "url": influx.url, "database": DATABASE})
     devices = [{**d, "interval": interval} for d in sims_config["devices"]]
+    passed = {k: sims_config[k] for k in ("traps", "listeners") if k in sims_config}
     return {
         "collector": {"spool_dir": str(workdir / "spool"), "self_telemetry_interval": 5},
         "sinks": sinks,
-        **({"traps": sims_config["traps"]} if "traps" in sims_config else {}),
+        **passed,
         "devices": devices,
     }
 
 
-def published_rates() -> dict[tuple[str, str, str], tuple[float, float | None]]:
-    """(link, module, channel) -> (published SKR in bit/s, published QBER as a fraction)."""
+def published_rates() -> dict[tuple[str, str, str, str], tuple[float, float | None]]:
+    """(link, module, channel, direction) -> (published SKR in bit/s, published QBER as a
+    fraction); direction `tx` at Alice's end, `rx` at Bob's (a CV module of a two-way link is
+    both, on the same ITU channel, with different published rates)."""
     out = {}
     for channel in load_topology(None).channels:
         qber = channel.qber_percent / 100 if channel.qber_percent else None
         itu = str(channel.itu) if channel.itu and channel.band == "C" else ""
-        for module in (channel.alice, channel.bob):
-            out[(channel.link, module, itu)] = (channel.skr_kbps * 1000, qber)
+        for module, direction in ((channel.alice, "tx"), (channel.bob, "rx")):
+            out[(channel.link, module, itu, direction)] = (channel.skr_kbps * 1000, qber)
     return out
 
 
 def summary_table(influx: InfluxServer) -> Table:
-    """Per link and module: points stored, mean SKR and QBER, beside the published means."""
+    """Per link, module and direction: points stored, mean SKR and QBER, beside the published
+    means."""
     rows = influx.query(
         "SELECT count(secret_key_rate_bps) AS n, mean(secret_key_rate_bps) AS skr, "
-        'mean(qber) AS qber FROM qkd_link GROUP BY "link", "device", "channel"',
+        'mean(qber) AS qber FROM qkd_link GROUP BY "link", "device", "channel", "direction"',
         DATABASE,
     )
     published = published_rates()
@@ -89,6 +136,7 @@ def summary_table(influx: InfluxServer) -> Table:
         "link",
         "module",
         "ch",
+        "dir",
         "points",
         "SKR measured",
         "SKR published",
@@ -98,12 +146,13 @@ def summary_table(influx: InfluxServer) -> Table:
         table.add_column(column, justify="left" if column in {"link", "module"} else "right")
     for row in sorted(rows, key=lambda r: (len(r["link"]), r["link"], r["device"])):
         skr_pub, qber_pub = published.get(
-            (row["link"], row["device"], row["channel"]), (None, None)
+            (row["link"], row["device"], row["channel"], row["direction"]), (None, None)
         )
         table.add_row(
             row["link"],
             row["device"],
             row["channel"],
+            row["direction"],
             str(row["n"]),
             f"{row['skr'] / 1000:.2f} kbit/s",
             f"{skr_pub / 1000:.2f} kbit/s" if skr_pub else "-",
@@ -118,27 +167,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    report = None
     with ExitStack() as stack:
-        influx = None
-        if not args.no_influxdb:
-            if shutil.which("influxd") is None:
-                console.print("[yellow]influxd not found: using the local store only[/]")
-            else:
-                influx = _kept_influxd(workdir / "influxdb")
-                stack.callback(influx.stop)
-                influx.create_database(DATABASE)
-                console.print(f"InfluxDB 1.x on {influx.url}, database {DATABASE!r}")
-        # One block of free UDP ports: the agents', then the trap receiver's (a port picked
-        # apart could fall inside the agents' block).
-        agents = len(load_topology(None).modules)
-        base = free_udp_ports(agents + 1)
-        sims_args = [
-            *("--speed", f"{args.speed:g}", "--trap-target", f"127.0.0.1:{base + agents}"),
-            *("--base-port", str(base)),
-        ]
+        influx = _start_influxd(workdir, console) if not args.no_influxdb else None
+        if influx is not None:
+            stack.callback(influx.stop)
+        sims_args = _sims_args(args.speed)
         sims = stack.enter_context(SimsProcess(workdir / "sims.yaml", sims_args))
         console.print(
-            f"{len(sims.devices)} simulated QKD modules (SNMP agents on 127.0.0.1), "
+            f"The MadQCI twin: {len(sims.devices)} simulated devices on 127.0.0.1, "
             f"simulated time x{args.speed:g}"
         )
         document = collector_document(sims.config, workdir, influx, args.interval)
@@ -148,12 +185,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         view = LiveLinkTable()
         collector = Collector(loaded, observers=[view])
+        injected: list[InjectedFault] = []
+        fault = None if args.no_fault else args.fault
 
+        def inject() -> None:
+            assert fault is not None
+            done = inject_fault(sims.config_path, fault, console)
+            injected.extend([done] if done else [])
+
+        start_ns = time.time_ns()
         try:
-            asyncio.run(run_with_live_table(collector, view, console, args.seconds))
+            asyncio.run(_collect(collector, view, console, args.seconds, inject if fault else None))
         except ListenerStartError as exc:  # a port taken between choosing and binding it
             console.print(f"cannot start: {exc}", markup=False, highlight=False)
             return 2
+        end_ns = time.time_ns()
         if influx is not None:
             print_unsqueezed(console, summary_table(influx))
             total = sum(
@@ -161,6 +207,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 for r in influx.query("SELECT count(up) FROM qkdtel_device_status", DATABASE)
             )
             console.print(f"{total} device polls recorded in InfluxDB.")
+            # while the twin still runs: the report sweeps its OSA and acquires with its OTDR
+            window = ReportWindow(start_ns, end_ns, injected, fault.link if fault else None)
+            report = _report(workdir, influx, loaded, window, args.speed)
         files = sorted((workdir / "lineprotocol").glob("*"))
         lines = sum(_points_in(f) for f in files if f.is_file())
         console.print(
@@ -169,10 +218,108 @@ def cmd_demo(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
     # soft_wrap: paths and commands are never broken across lines (they must paste as printed)
+    if report is not None:
+        console.print(f"Report: {report}", markup=False, soft_wrap=True)
     console.print(
-        _afterwards(workdir, influx, sims_args, config_path), markup=False, soft_wrap=True
+        _afterwards(workdir, influx, sims_args, config_path, report), markup=False, soft_wrap=True
     )
     return 0
+
+
+def _start_influxd(workdir: Path, console: Console) -> InfluxServer | None:
+    """The demo's InfluxDB with its database, or None (said why) when influxd is missing."""
+    if shutil.which("influxd") is None:
+        console.print("[yellow]influxd not found: using the local store only (no report)[/]")
+        return None
+    influx = _kept_influxd(workdir / "influxdb")
+    influx.create_database(DATABASE)
+    console.print(f"InfluxDB 1.x on {influx.url}, database {DATABASE!r}")
+    return influx
+
+
+def _sims_args(speed: float) -> list[str]:
+    """`sims up` arguments: one block of free UDP ports, the agents' then the trap receiver's
+    (a port picked apart could fall inside the agents' block)."""
+    agents = len(load_topology(None).modules)
+    base = free_udp_ports(agents + 1)
+    return [
+        *("--speed", f"{speed:g}", "--trap-target", f"127.0.0.1:{base + agents}"),
+        *("--base-port", str(base)),
+    ]
+
+
+async def _collect(
+    collector: Collector,
+    view: LiveLinkTable,
+    console: Console,
+    seconds: float,
+    inject: Callable[[], None] | None,
+) -> None:
+    """Run the daemon with the live table for `seconds`, calling `inject` half-way (in a
+    thread: it asks the twin's control API over HTTP)."""
+
+    async def half_way() -> None:
+        await asyncio.sleep(seconds / 2)
+        if inject is not None:
+            await asyncio.to_thread(inject)
+
+    task = asyncio.create_task(half_way())
+    try:
+        await run_with_live_table(collector, view, console, seconds)
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+def inject_fault(sims_config: Path, fault: Fault, console: Console) -> InjectedFault | None:
+    """Bend `fault.link`'s fibre mid-span through the twin's control API (the operator's way
+    in); None, said on the console, when the twin refuses."""
+    body = {"link": fault.link, "loss_db": fault.loss_db, "kind": "bend"}
+    try:
+        done = request(str(sims_config), "/faults", body)
+    except BadRequest as exc:
+        console.print(f"fault not injected: {exc}", markup=False, highlight=False)
+        return None
+    what = (
+        f"{done['loss_db']:g} dB {done['kind']} on link {done['link']}, "
+        f"{done['distance_km']:.1f} km from its first end"
+    )
+    console.print(f"Injected: {what}", markup=False, highlight=False)
+    return InjectedFault(time.time_ns(), what)
+
+
+@dataclass(frozen=True)
+class ReportWindow:
+    """What the demo ran: from when to when, the faults it injected, the link it bent."""
+
+    start_ns: int
+    end_ns: int
+    faults: list[InjectedFault]
+    link: str | None
+
+
+def _report(
+    workdir: Path, influx: InfluxServer, loaded: LoadedConfig, window: ReportWindow, speed: float
+) -> Path:
+    """The report of the run under `workdir/report` (the instruments of the bent link, when it
+    has them), and the faults beside it in `faults.json` for `qkdtel report --faults`."""
+    osa, otdr = instruments(loaded, window.link)
+    write_faults(workdir / "faults.json", window.faults)
+    request = ReportRequest(
+        query=lambda q: influx.query(q, DATABASE),
+        start_ns=window.start_ns,
+        end_ns=window.end_ns,
+        out_dir=workdir / "report",
+        osa=osa,
+        otdr=otdr,
+        faults=window.faults,
+        note=(
+            f"The twin ran at x{speed:g}: each minute of the figures is {speed:g} simulated "
+            "minutes of the network (temperature swings, maintenance windows)."
+        ),
+    )
+    return write_report(request)
 
 
 def _kept_influxd(root: Path) -> InfluxServer:
@@ -205,7 +352,11 @@ def free_udp_ports(count: int, host: str = "127.0.0.1") -> int:
 
 
 def _afterwards(
-    workdir: Path, influx: InfluxServer | None, sims_args: list[str], config_path: Path
+    workdir: Path,
+    influx: InfluxServer | None,
+    sims_args: list[str],
+    config_path: Path,
+    report: Path | None,
 ) -> str:
     """Where the collected data stays, and the commands that run the same again."""
     lines = [f"What was collected stays in {workdir}:"]
@@ -213,6 +364,11 @@ def _afterwards(
         lines.append(
             f"  InfluxDB data: {influx.root}; to look: influxd -config {influx.config} & "
             f"then influx -port {influx.port} -database {DATABASE}"
+        )
+    if report is not None:
+        lines.append(
+            f"  report: {report}; again (influxd running): qkdtel report -c {config_path} "
+            f"--since 1d --faults {workdir / 'faults.json'} --no-instruments --out DIR"
         )
     lines += [
         f"  spool: {workdir / 'spool'}, line protocol: {workdir / 'lineprotocol'}",

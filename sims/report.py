@@ -31,7 +31,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,9 +107,12 @@ class ReportRequest:
     def where(self) -> str:
         return f"time >= {self.start_ns} AND time <= {self.end_ns}"
 
+    bucket_s: int = 1
+    """Width of the time buckets of the figures (`write_report` sets it from the data)."""
+
     @property
     def bucket(self) -> str:
-        return f"{max(1, round((self.end_ns - self.start_ns) / 1e9 / BUCKETS))}s"
+        return f"{self.bucket_s}s"
 
     @property
     def markers(self) -> list[Marker]:
@@ -159,6 +162,7 @@ def write_report(request: ReportRequest) -> Path:
     ]
     if request.note:
         lines += ["", request.note]
+    request = replace(request, bucket_s=_bucket_s(request))
     links = _link_series(request)
     for section in (
         _key_rate_section(request, links),
@@ -175,6 +179,22 @@ def write_report(request: ReportRequest) -> Path:
     html = out / "report.html"
     html.write_text(to_html(markdown, out), encoding="utf-8")
     return html
+
+
+def _bucket_s(request: ReportRequest) -> int:
+    """Seconds per bucket: the range over `BUCKETS`, but at least two poll periods (the median
+    time between a channel's points), so that a bucket is seldom empty where polls arrived and
+    a gap in the figures is a gap in the data."""
+    gaps = sorted(
+        row["elapsed"]
+        for row in request.query(
+            'SELECT elapsed("secret_key_rate_bps", 1ms) FROM "qkd_link" '
+            f'WHERE {request.where} GROUP BY "device", "link", "channel", "direction" LIMIT 10'
+        )
+    )
+    period_s = gaps[len(gaps) // 2] / 1000 if gaps else 0.0
+    span_s = (request.end_ns - request.start_ns) / 1e9
+    return max(1, math.ceil(max(span_s / BUCKETS, 2 * period_s)))
 
 
 @dataclass
@@ -239,9 +259,7 @@ def _key_rate_section(request: ReportRequest, links: dict[str, list[_ChannelSeri
             )
             for c in channels
         )
-        rates = [v for s in series for v in s.values if v > 0]
-        spread = max(rates) / min(rates) if rates else 1.0
-        panels.append(Panel(f"link {link}", "kbit/s", series, log=spread > 30))
+        panels.append(Panel(f"link {link}", "kbit/s", series, log=_wide(series)))
     plot_panels(
         panels,
         request.out_dir / "key_rate.png",
@@ -259,6 +277,13 @@ def _key_rate_section(request: ReportRequest, links: dict[str, list[_ChannelSeri
         "",
         "![secret key rate per link](key_rate.png)",
     ]
+
+
+def _wide(series: Iterable[Series]) -> bool:
+    """The series' positive values span more than a factor 30: a log axis shows them all
+    (link 5: CV 0.09 kbit/s beside DV 1040 kbit/s)."""
+    values = [v for s in series for v in s.values if v > 0]
+    return bool(values) and max(values) / min(values) > 30
 
 
 def _published_skr(channel: Channel | None) -> float | None:
@@ -519,17 +544,13 @@ def _key_stock_section(request: ReportRequest) -> list[str]:
         pair = f"{row['master_sae_id']} → {row['slave_sae_id']}"
         value = math.nan if row["stock"] is None else float(row["stock"])
         grouped[(row["node"] or row["device"], row["device"])][pair].append((row["time"], value))
-    panels = [
-        Panel(
-            f"{node} ({device})",
-            "keys in stock",
-            tuple(
-                Series(pair, np.array([t for t, _ in points]), np.array([v for _, v in points]))
-                for pair, points in sorted(pairs.items())
-            ),
+    panels = []
+    for (node, device), pairs in sorted(grouped.items()):
+        series = tuple(
+            Series(pair, np.array([t for t, _ in points]), np.array([v for _, v in points]))
+            for pair, points in sorted(pairs.items())
         )
-        for (node, device), pairs in sorted(grouped.items())
-    ]
+        panels.append(Panel(f"{node} ({device})", "keys in stock", series, log=_wide(series)))
     plot_panels(
         panels,
         request.out_dir / "key_stock.png",
@@ -561,10 +582,15 @@ def _faults_section(request: ReportRequest) -> list[str]:
     )
     lines.append("")
     if alarms:
-        lines += ["OTDR alarms the collector stored:", ""]
-        lines += [f"- {_utc(a['time'])}, link {a['link']}: {a['message']}" for a in alarms[:20]]
-        if len(alarms) > 20:
-            lines.append(f"- ... and {len(alarms) - 20} more")
+        # every acquisition after the fault raises the same alarms again: each said once
+        seen: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for alarm in alarms:
+            seen[(alarm["link"], alarm["message"])].append(alarm["time"])
+        lines += ["OTDR alarms the collector stored (first seen, acquisitions raising it):", ""]
+        lines += [
+            f"- {_utc(min(times))}, link {link}: {message} ({len(times)}x)"
+            for (link, message), times in sorted(seen.items(), key=lambda item: min(item[1]))
+        ]
     else:
         lines.append("No OTDR alarm was stored.")
     events = request.query(
@@ -675,7 +701,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         sink = influx_sink(loaded, args.config)
         faults = read_faults(args.faults) if args.faults else []
     except ValueError as exc:
-        console.print(str(exc), markup=False, highlight=False)
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return EXIT_USAGE
     osa, otdr = (None, None) if args.no_instruments else instruments(loaded, args.link)
     request = ReportRequest(
@@ -705,7 +731,7 @@ def _time_range(args: argparse.Namespace) -> tuple[int, int]:
         try:
             since = TypeAdapter(Duration).validate_python(args.since)
         except ValidationError as exc:
-            message = exc.errors()[0]["msg"]
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
             raise ValueError(f"--since {args.since!r}: {message}") from None
         start = end - int(since * 1e9)
     if start >= end:
@@ -741,17 +767,16 @@ def sink_query(sink: InfluxV1Sink) -> Query:
 def instruments(
     loaded: LoadedConfig, link: str | None
 ) -> tuple[OsaTarget | None, OtdrTarget | None]:
-    """The first configured OSA and OTDR (on `link`, when given)."""
-    osa = otdr = None
-    for device in loaded.devices:
-        options = device.options
-        if link is not None and getattr(options, "link", None) != link:
-            continue
-        if osa is None and isinstance(options, OsaOptions):
-            osa = OsaTarget(device.config.name, options)
-        elif otdr is None and isinstance(options, OtdrOptions):
-            otdr = OtdrTarget(device.config.name, options)
-    return osa, otdr
+    """The configured OSA and OTDR to measure with: those on `link` where it has them, else
+    the first of their kind."""
+
+    def pick(kind: type) -> tuple[str, Any] | None:
+        found = [(d.config.name, d.options) for d in loaded.devices if isinstance(d.options, kind)]
+        on_link = [f for f in found if link is not None and f[1].link == link]
+        return (on_link or found or [None])[0]
+
+    osa, otdr = pick(OsaOptions), pick(OtdrOptions)
+    return (OsaTarget(*osa) if osa else None, OtdrTarget(*otdr) if otdr else None)
 
 
 def read_faults(path: Path) -> list[InjectedFault]:
