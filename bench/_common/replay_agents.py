@@ -11,8 +11,8 @@ A Python simulator spends far more CPU per answer than the collector spends per 
    look the rest up, put the request-id back, send. The community names the module whose
    answers a device gets (`device_entry`), so any number of devices share a few UDP ports.
 
-SNMPv2c only: v3 answers carry engine time, authentication and encryption bound to each
-request, which a replay cannot fake.
+SNMPv3 (authPriv) devices get the same answers through an agent's USM layer around the table
+(`replay_v3`): the scoped PDU is what a v2c answer's PDU is, only sealed per request.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from _common.procs import process_cpu
+from _common.replay_v3 import serve_v3, snmp_settings
 from _common.snmp_agents import Agents, choose_slots
 from qkdtel.drivers.qkd_snmp.ber import BerError, _header, _integer, _tlv
 
@@ -99,9 +100,10 @@ class _RecordingProxy(threading.Thread):
             key.data[1].close()
 
 
-def record(work: Path, seconds: float = 5.0) -> tuple[Table, dict[str, dict[str, Any]]]:
+def record(work: Path, seconds: float = 15.0) -> tuple[Table, dict[str, dict[str, Any]]]:
     """Run the real daemon (`qkdtel run`, every module each second) through the proxy for
-    `seconds`: a first poll and the later ones, which ask for the table size the first learnt.
+    `seconds`: a first poll and the later ones, which ask for the table size the first learnt
+    (5 s missed some modules' later polls on a busy machine: the daemon's start-up took most).
     The answer table, and each module's v2c `devices:` entry as polled."""
     slots = choose_slots(28)
     with Agents(slots, 1, work) as agents:
@@ -130,9 +132,16 @@ def record(work: Path, seconds: float = 5.0) -> tuple[Table, dict[str, dict[str,
     return proxy.table, entries
 
 
-def device_entry(name: str, module_entry: dict[str, Any], port: int) -> dict[str, Any]:
-    """A device answered by a responder on `port` with the answers recorded from `module`."""
-    snmp = dict(module_entry["snmp"], community=module_entry["name"])
+def device_entry(
+    name: str, module_entry: dict[str, Any], port: int, version: str = "2c"
+) -> dict[str, Any]:
+    """A device answered by a responder on `port` with the answers recorded from `module`
+    (v2c: the community names the module; v3: the USM user does)."""
+    if version == "3":
+        other = {k: v for k, v in module_entry["snmp"].items() if k not in ("version", "community")}
+        snmp = {**other, **snmp_settings(module_entry["name"])}
+    else:
+        snmp = dict(module_entry["snmp"], community=module_entry["name"])
     return dict(module_entry, name=name, address=f"127.0.0.1:{port}", snmp=snmp)
 
 
@@ -151,11 +160,12 @@ def _serve(sock: socket.socket, table: Table, missed: Any) -> None:
 
 
 class Responders:
-    """`count` responder processes, each on its own loopback UDP port."""
+    """`count` responder processes, each on its own loopback UDP port (`version` 2c or 3)."""
 
-    def __init__(self, table: Table, count: int):
+    def __init__(self, table: Table, count: int, version: str = "2c"):
         self.table = table
         self.count = count
+        self.serve = serve_v3 if version == "3" else _serve
         self.ports: list[int] = []
         self.missed = multiprocessing.Value("q", 0)
         self._procs: list[multiprocessing.Process] = []
@@ -167,7 +177,9 @@ class Responders:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             sock.bind(("127.0.0.1", 0))
             self.ports.append(sock.getsockname()[1])
-            proc = context.Process(target=_serve, args=(sock, self.table, self.missed), daemon=True)
+            proc = context.Process(
+                target=self.serve, args=(sock, self.table, self.missed), daemon=True
+            )
             proc.start()
             sock.close()  # the child has it
             self._procs.append(proc)
