@@ -232,9 +232,11 @@ class EncryptorAgent(SimAgent):
             assoc.advance(now)
             self._notified[assoc.index] = assoc.state
 
-    async def notify_state_changes(self, target: tuple[str, int] | None) -> None:
-        """Run the associations up to now; send the trap of every one whose state changed
-        since the last call to `target` (None: no traps)."""
+    async def notify_state_changes(
+        self, target: tuple[str, int] | None, version: str = "2c"
+    ) -> None:
+        """Run the associations up to now; send the trap (SNMP `version` 2c or 3) of every one
+        whose state changed since the last call to `target` (None: no traps)."""
         now = self.clock.now()
         columns = self.model.columns(self.clock)
         for assoc in self.model.associations:
@@ -250,7 +252,7 @@ class EncryptorAgent(SimAgent):
                 (MIB, column): columns[column](assoc)
                 for column in ("qencAssocPeer", "qencAssocKeySource", "qencAssocState")
             }
-            if await self.send_notification_type(MIB, name, assoc.index, objects, target):
+            if await self.send_notification_type(MIB, name, assoc.index, objects, target, version):
                 self.sent.append(SentNotification(self.name, name, assoc.index, now))
 
     def _identify_encryptor(self, builder: Any) -> None:
@@ -282,10 +284,12 @@ class BackgroundEncryptors(BackgroundLoop):
         trap_target: tuple[str, int] | None = None,
         start_timeout: float = 30.0,
         host: str = "127.0.0.1",
+        trap_version: str = "2c",
     ):
         super().__init__(start_timeout, stop_timeout=10.0)
         self.agents = agents
         self.trap_target = trap_target
+        self.trap_version = trap_version
         self.host = host
         self._watcher: asyncio.Task[None] | None = None
 
@@ -300,7 +304,7 @@ class BackgroundEncryptors(BackgroundLoop):
         while True:
             await asyncio.sleep(self.WATCH_PERIOD_S)
             for agent in self.agents:
-                await agent.notify_state_changes(self.trap_target)
+                await agent.notify_state_changes(self.trap_target, self.trap_version)
 
     async def _stop_serving(self) -> None:
         if self._watcher is not None:

@@ -14,12 +14,14 @@ import pytest
 import yaml
 
 from qkdtel.config import load_config_text
+from qkdtel.daemon import Collector
 from qkdtel.poller import DevicePoller, PollResult
 from qkdtel.sims.clock import ManualClock
 from qkdtel.sims.influxd import free_port
 from qkdtel.sims.topology import load_topology
 from qkdtel.sims.twin.keys import KEY_SIZE_BITS, KeySims, start_key_sims
 from qkdtel.sims.twin.model import TwinModel
+from tests.collector_run import Recorder, collector_document
 from tests.metrics_doc import load_contract
 from tests.test_etsi014 import assert_status_only
 from tests.test_health import wait_until
@@ -245,3 +247,47 @@ async def _poll_fresh(devices: list[dict], name: str) -> PollResult:
         return await poller.poll()
     finally:
         await poller.driver.aclose()
+
+
+def test_encryptor_traps_reach_the_daemon_as_snmpv3_when_asked(tmp_path):
+    clock = ManualClock(START_S)
+    model = TwinModel(load_topology(), seed=7, clock=clock)
+    trap_target = ("127.0.0.1", free_port())
+    keys = start_key_sims(
+        model, workdir=tmp_path / "twin", trap_target=trap_target, trap_version="3"
+    )
+    try:
+        name = "enc-l1-quevedo-norte"
+        (device,) = [d for d in keys.devices(interval=0.5, timeout=2.0) if d["name"] == name]
+        creds = next(a for a in keys.agents if a.name == name).credentials
+        user = {
+            "user": creds.user,
+            "auth_protocol": "sha256",
+            "auth_key": creds.auth_key,
+            "priv_protocol": "aes",
+            "priv_key": creds.priv_key,
+        }
+        # the agents' v3 user, and a community that is not theirs: a v2c trap is refused
+        listen = f"{trap_target[0]}:{trap_target[1]}"
+        traps = {"listen": listen, "users": [user], "communities": ["not-the-agents"]}
+        document = {**collector_document(tmp_path, [device]), "traps": traps}
+        model.add_fibre_fault("4", 30.0, kind="break")
+        recorder = Recorder()
+
+        def observe(samples: list) -> None:
+            """At the first poll (the daemon listens): 4 h of simulated time, the stock runs
+            dry and the encryptor's loop sends its trap."""
+            recorder(samples)
+            if clock.now() == START_S:
+                clock.advance(4 * 3600.0)
+
+        loaded = load_config_text(yaml.safe_dump(document))
+        asyncio.run(Collector(loaded, observers=[observe]).run(duration=2.0))
+    finally:
+        keys.stop()
+    trapped = [
+        (e.tags["device"], e.tags["event"], e.fields["notification"])
+        for e in recorder.samples
+        if e.measurement == "encryptor_event" and "notification" in e.fields
+    ]
+    assert trapped == [("enc-l1-quevedo-norte", "classical_fallback", "qencClassicalFallback")]

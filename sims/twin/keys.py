@@ -283,9 +283,11 @@ def start_key_sims(
     workdir: Path,
     host: str = "127.0.0.1",
     trap_target: tuple[str, int] | None = None,
+    trap_version: str = "2c",
 ) -> KeySims:
     """Start, in this process, the key managers, encryptors and QRNG of `model.topology`
-    (certificates written under `workdir`/pki; the encryptors' traps go to `trap_target`).
+    (certificates written under `workdir`/pki; the encryptors' traps go to `trap_target`, as
+    SNMP `trap_version` 2c or 3 traps with their agents' credentials).
     OSError/RuntimeError/TimeoutError when something cannot start (nothing is left running)."""
     pki = make_pki(Path(workdir) / "pki")
     stocks = pair_stocks(model)
@@ -302,7 +304,9 @@ def start_key_sims(
             encryptor_agent(model, encryptor, i, stocks)
             for i, encryptor in enumerate(model.topology.encryptors)
         ]
-        encryptors = BackgroundEncryptors(agents, trap_target=trap_target, host=host).start()
+        encryptors = BackgroundEncryptors(
+            agents, trap_target=trap_target, host=host, trap_version=trap_version
+        ).start()
     except BaseException:
         for started in kmes:
             started.close()
