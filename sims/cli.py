@@ -307,7 +307,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
         path, body = _fault_request(args)
         answer = request(args.control, path, body)
     except BadRequest as exc:
-        console.print(f"sims fault: {exc}", markup=False, highlight=False)
+        console.print(f"sims fault: {exc}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_USAGE
     print(json.dumps(answer, indent=1 if args.state else None))
     return EXIT_OK

@@ -74,8 +74,9 @@ class Hop:
     switch: str
     ingress: int
     egress: int
-    link_in: str
-    link_out: str
+    link_in: str | None
+    link_out: str | None
+    """None: a QKD module's own port on the switch, where the path ends."""
     switch_db: float
     mux_db: float
 
@@ -120,16 +121,22 @@ class PathLoss:
 
 def route(hops: Sequence[Hop]) -> str:
     """`link 2 -> sw-quijote 3 -> 11 -> link 3 -> sw-quevedo 1 -> 11 -> link 4`."""
-    parts = [f"link {hops[0].link_in}"]
+    parts = [_span(hops[0].link_in)]
     for hop in hops:
-        parts += [f"{hop.switch} {hop.ingress} -> {hop.egress}", f"link {hop.link_out}"]
+        parts += [f"{hop.switch} {hop.ingress} -> {hop.egress}", _span(hop.link_out)]
     return " -> ".join(parts)
 
 
-def _link(options: SwitchOptions, port: int, device: str) -> str:
-    """The link of a quantum port, or refuse: without it the loss cannot be known."""
-    link = _role(options, port).link
-    if link is None:
+def _span(link: str | None) -> str:
+    return "module" if link is None else f"link {link}"
+
+
+def _link(options: SwitchOptions, port: int, device: str) -> str | None:
+    """The link of a quantum port (None: a module's own port, the path's end), or refuse:
+    without either the loss cannot be known."""
+    role = _role(options, port)
+    link = role.link
+    if link is None and role.module is None:
         raise ChangeRefused(
             f"{device}: port {port}: no link configured; cannot check the loss budget"
         )
@@ -213,6 +220,8 @@ def follow_path(
         while True:
             edge = hops[-1] if downstream else hops[0]
             link = edge.link_out if downstream else edge.link_in
+            if link is None:  # a module's own port: the path ends there
+                break
             hop = _onward(link, edge.switch, others, technology, downstream)
             if hop is None:
                 break
@@ -230,7 +239,8 @@ def follow_path(
 
 def path_loss(hops: tuple[Hop, ...], link_loss_db: Mapping[str, float]) -> PathLoss:
     """The loss of the path `hops` make, fibre spans from the topology's link losses."""
-    links = [hops[0].link_in] + [h.link_out for h in hops]
+    ends = [hops[0].link_in] + [h.link_out for h in hops]
+    links = [link for link in ends if link is not None]
     missing = [link for link in links if link not in link_loss_db]
     if missing:
         raise ChangeRefused(

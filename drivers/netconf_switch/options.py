@@ -24,6 +24,9 @@ class PortRole(Model):
         description="classical: never switched without --override-classical"
     )
     link: str | None = Field(None, description="topology link the port's fibre runs over")
+    module: str | None = Field(
+        None, description="quantum ports: the QKD module whose own port this is (a path ends)"
+    )
     technology: Technology | None = Field(None, description="quantum ports: cv or dv")
 
 

@@ -81,6 +81,8 @@ class Port:
     """Light arriving at an ingress port from its fibre; None: dark."""
     link: str | None = None
     carries: str = "quantum"
+    module: str | None = None
+    """The QKD module whose own port this is (the twin's switches), else None."""
 
 
 @dataclass
@@ -353,6 +355,8 @@ def port_roles(switch: SwitchModel, technology: str = "cv") -> dict[int, dict[st
         role = {"carries": port.carries}
         if port.link is not None:
             role["link"] = port.link
+        if port.module is not None:
+            role["module"] = port.module
         if port.carries == "quantum":
             role["technology"] = technology
         roles[port.port_id] = role

@@ -41,6 +41,8 @@ def switch_model(model: TwinModel, switch: Switch) -> SwitchModel:
     egress = [
         Port(ids[p.name] + count, "egress", f"{p.name}-out", link=p.link) for p in switch.ports
     ]
+    for port in ingress + egress:  # a module's own port ends a path (the budget guard)
+        port.module = switch.ports[(port.port_id - 1) % count].module
     pairs = {ids[a]: ids[b] + count for a, b in both_ways(switch.cross_connects).items()}
 
     def committed(sim: SwitchModel) -> None:
