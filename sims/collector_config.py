@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from qkdtel.sims.snmp.agent import Credentials
 from qkdtel.sims.snmp.network import AgentInfo
 
 HEADER = """\
@@ -23,13 +24,10 @@ HEADER = """\
 """
 
 
-def device_entry(
-    agent: AgentInfo, *, v3: bool = False, interval: float = 10.0, timeout: float = 5.0
-) -> dict[str, Any]:
-    """One `devices:` item for the qkd_snmp driver."""
-    creds = agent.credentials
+def snmp_options(creds: Credentials, *, v3: bool = False) -> dict[str, Any]:
+    """A device's `snmp:` section reaching a simulated agent: v2c, or v3 authPriv."""
     if v3:
-        snmp: dict[str, Any] = {
+        return {
             "version": "3",
             "user": creds.user,
             "auth_protocol": "sha256",
@@ -37,8 +35,14 @@ def device_entry(
             "priv_protocol": "aes",
             "priv_key": creds.priv_key,
         }
-    else:
-        snmp = {"version": "2c", "community": creds.community}
+    return {"version": "2c", "community": creds.community}
+
+
+def device_entry(
+    agent: AgentInfo, *, v3: bool = False, interval: float = 10.0, timeout: float = 5.0
+) -> dict[str, Any]:
+    """One `devices:` item for the qkd_snmp driver."""
+    snmp = snmp_options(agent.credentials, v3=v3)
     return {
         "name": agent.name,
         "driver": "qkd_snmp",

@@ -130,6 +130,12 @@ def test_every_key_device_of_the_topology_runs_and_answers_its_driver(twin, poll
     assert states == {"encrypting"}
     assert_status_only(*twin.keys.kmes)
 
+    # with --v3, the encryptors are polled over SNMPv3 authPriv
+    v3 = [e for e in twin.keys.devices(v3=True) if e["driver"] == "encryptor_snmp"]
+    assert {e["snmp"]["version"] for e in v3} == {"3"}
+    results = [asyncio.run(_poll_fresh(v3, e["name"])) for e in v3]
+    assert [(r.device, r.error) for r in results if not r.ok] == []
+
 
 def test_stock_follows_generation_minus_consumption(twin, pollers):
     model, clock = twin.model, twin.clock

@@ -26,6 +26,7 @@ from rich.console import Console
 from qkdtel.sims.certs import TestPki, make_pki
 from qkdtel.sims.cli_common import EXIT_OK, EXIT_USAGE, positive, stop_on_signal
 from qkdtel.sims.clock import AcceleratedClock
+from qkdtel.sims.collector_config import snmp_options
 from qkdtel.sims.encryptor import (
     Association,
     BackgroundEncryptors,
@@ -144,16 +145,18 @@ def device_entry(
     return {**entry, **options}
 
 
-def encryptor_entry(agent: EncryptorAgent, tags: dict[str, str], **timing: Any) -> dict[str, Any]:
-    """The `encryptor_snmp` device entry polling a running encryptor agent (SNMPv2c);
-    `timing`: interval, timeout."""
+def encryptor_entry(
+    agent: EncryptorAgent, tags: dict[str, str], *, v3: bool = False, **timing: Any
+) -> dict[str, Any]:
+    """The `encryptor_snmp` device entry polling a running encryptor agent (SNMPv2c, or v3
+    authPriv); `timing`: interval, timeout."""
     return device_entry(
         agent.name,
         "encryptor_snmp",
         tags,
         address=f"{agent.host}:{agent.port}",
         profile=agent.model.profile,
-        snmp={"version": "2c", "community": agent.credentials.community},
+        snmp=snmp_options(agent.credentials, v3=v3),
         **timing,
     )
 

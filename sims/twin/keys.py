@@ -197,8 +197,11 @@ class KeySims:
         model.subscribe(self._changed)
         self._follow_devices()
 
-    def devices(self, *, interval: float = 10.0, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Collector `devices:` entries polling every KME, the QRNG and every encryptor."""
+    def devices(
+        self, *, interval: float = 10.0, timeout: float = 5.0, v3: bool = False
+    ) -> list[dict[str, Any]]:
+        """Collector `devices:` entries polling every KME, the QRNG and every encryptor (over
+        SNMPv3 authPriv with `v3`)."""
         topology = self.model.topology
         timing = {"interval": interval, "timeout": timeout}
         entries = []
@@ -228,7 +231,7 @@ class KeySims:
                 )
             )
         for agent in self.agents:
-            entries.append(encryptor_entry(agent, self._tags(agent.site), **timing))
+            entries.append(encryptor_entry(agent, self._tags(agent.site), v3=v3, **timing))
         return entries
 
     def stop(self) -> None:
