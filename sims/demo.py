@@ -154,7 +154,7 @@ def summary_table(influx: InfluxServer) -> Table:
             row["channel"],
             row["direction"],
             str(row["n"]),
-            f"{row['skr'] / 1000:.2f} kbit/s",
+            f"{row['skr'] / 1000:.2f} kbit/s" if row["skr"] is not None else "-",
             f"{skr_pub / 1000:.2f} kbit/s" if skr_pub else "-",
             f"{row['qber'] * 100:.2f} %" if row["qber"] is not None else "-",
             f"{qber_pub * 100:.2f} %" if qber_pub else "-",
