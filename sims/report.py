@@ -688,7 +688,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one error, one line
     try:
         loaded = load_config(args.config)
     except ConfigError as exc:
@@ -701,7 +701,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         sink = influx_sink(loaded, args.config)
         faults = read_faults(args.faults) if args.faults else []
     except ValueError as exc:
-        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        console.print(str(exc), markup=False, highlight=False)
         return EXIT_USAGE
     osa, otdr = (None, None) if args.no_instruments else instruments(loaded, args.link)
     request = ReportRequest(
@@ -716,7 +716,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         html = write_report(request)
     except (OSError, RuntimeError) as exc:  # InfluxDB unreachable, query refused
-        console.print(f"cannot read {sink.url}: {exc}", markup=False, highlight=False)
+        reason = getattr(exc, "reason", exc)  # URLError: the socket's error, not its repr
+        console.print(f"cannot read {sink.url}: {reason}", markup=False, highlight=False)
         return EXIT_USAGE
     Console().print(f"Report: {html} (and report.md beside it)", markup=False, soft_wrap=True)
     return EXIT_OK

@@ -80,7 +80,7 @@ def plot_panels(
         gridspec_kw={
             "left": 0.6 / (PANEL_IN[0] * columns),
             "right": 0.99,
-            "top": 1 - 0.6 / height,
+            "top": 1 - (0.6 + 0.2 * len(markers)) / height,
             "bottom": 0.5 / height,
             "hspace": 0.5,
             "wspace": 0.25,
@@ -92,7 +92,8 @@ def plot_panels(
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     began = datetime.fromtimestamp(start_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    figure.suptitle(f"{title} (from {began})", fontsize=11)
+    marked = "".join(f"\nred line: {m.label}" for m in markers)
+    figure.suptitle(f"{title} (from {began}){marked}", fontsize=11)
     path = Path(path)
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=DPI)

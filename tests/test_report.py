@@ -242,13 +242,33 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
         ),
         encoding="utf-8",
     )
-    for args, expected in (
-        (["--since", "5x"], "--since '5x': a duration is"),
-        (["--start", "yesterday"], "--start 'yesterday': not an ISO 8601 time"),
-        ([], "no influxdb_v1 sink"),
+    nowhere = tmp_path / "nowhere.yaml"  # an InfluxDB where nothing listens
+    nowhere.write_text(
+        yaml.safe_dump(
+            {
+                "collector": {"spool_dir": str(tmp_path / "spool")},
+                "sinks": [
+                    {
+                        "type": "influxdb_v1",
+                        "url": f"http://127.0.0.1:{free_port()}",
+                        "database": "qkd",
+                        "username": "noc",
+                        "password": "s3cret-never-shown",
+                    }
+                ],
+                "devices": [],
+            }
+        ),
+        encoding="utf-8",
+    )
+    for file, args, expected in (
+        (config, ["--since", "5x"], "--since '5x': a duration is"),
+        (config, ["--start", "yesterday"], "--start 'yesterday': not an ISO 8601 time"),
+        (config, [], "no influxdb_v1 sink"),
+        (nowhere, [], "cannot read http://127.0.0.1:"),
     ):
         result = subprocess.run(
-            [*QKDTEL, "report", "-c", str(config), *args, "--out", str(tmp_path / "r")],
+            [*QKDTEL, "report", "-c", str(file), *args, "--out", str(tmp_path / "r")],
             capture_output=True,
             text=True,
             timeout=60,
@@ -258,4 +278,4 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
             args,
             result.stderr,
         )
-        assert "Traceback" not in result.stderr
+        assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
