@@ -102,13 +102,12 @@ class ReportRequest:
     faults: Sequence[InjectedFault] = ()
     note: str = ""
     topology: Topology = field(default_factory=lambda: load_topology(None))
+    bucket_s: int = 1
+    """Width of the time buckets of the figures (`write_report` sets it from the data)."""
 
     @property
     def where(self) -> str:
         return f"time >= {self.start_ns} AND time <= {self.end_ns}"
-
-    bucket_s: int = 1
-    """Width of the time buckets of the figures (`write_report` sets it from the data)."""
 
     @property
     def bucket(self) -> str:
@@ -127,6 +126,7 @@ as the `qkd_link` points of its receiving end (`direction` = rx) are tagged."""
 
 
 def channel_key(channel: Channel) -> ChannelKey:
+    """The tags a channel's receiver puts on its points (`ChannelKey`)."""
     itu = str(channel.itu) if channel.itu and channel.band == "C" else ""
     return (channel.link, channel.bob, itu)
 
@@ -243,7 +243,7 @@ def _link_order(key: ChannelKey) -> tuple:
     return (0 if link.isdigit() else 1 if "+" in link else 2, len(link), link, key[1:])
 
 
-def _key_rate_section(request: ReportRequest, links: dict[str, list[_ChannelSeries]]):
+def _key_rate_section(request: ReportRequest, links: dict[str, list[_ChannelSeries]]) -> list[str]:
     lines = ["## Secret key rate per link"]
     if not links:
         return [*lines, "", "No `qkd_link` point arrived in this range: no key rate to show."]
@@ -290,7 +290,7 @@ def _published_skr(channel: Channel | None) -> float | None:
     return channel.skr_kbps if channel else None
 
 
-def _quality_section(request: ReportRequest, links: dict[str, list[_ChannelSeries]]):
+def _quality_section(request: ReportRequest, links: dict[str, list[_ChannelSeries]]) -> list[str]:
     """QBER of the DV channels, excess noise of the CV ones, one panel per link."""
     published = published_channels(request.topology)
     lines = ["## QBER (DV) and excess noise (CV) per link"]
