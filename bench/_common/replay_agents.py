@@ -20,10 +20,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import selectors
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,11 @@ import yaml
 from _common.procs import process_cpu
 from _common.replay_v3 import serve_v3, snmp_settings
 from _common.snmp_agents import Agents, choose_slots
-from qkdtel.drivers.qkd_snmp.ber import BerError, _header, _integer, _tlv
+from qkdtel.drivers.qkd_snmp.ber import GET, BerError, _header, _integer, _tlv
+
+RECORDED_POLLS = 3
+"""Polls recorded of each module: the first, and two that ask for the table size it learnt."""
+QUIET_S = 8.0
 
 Key = tuple[bytes, int, bytes]
 """(community, PDU tag, the PDU after its request-id): a request with its request-id left out."""
@@ -64,6 +71,10 @@ class _RecordingProxy(threading.Thread):
     def __init__(self, upstream: dict[str, tuple[str, int]]):
         super().__init__(daemon=True)
         self.table: Table = {}
+        self.gets: Counter[str] = Counter()
+        """Module -> GET requests answered: one per poll (each poll starts with its GET)."""
+        self.grew = time.monotonic()
+        """When the table last got a new exchange."""
         self.ports: dict[str, int] = {}
         self._selector = selectors.DefaultSelector()
         self._done = threading.Event()
@@ -90,7 +101,11 @@ class _RecordingProxy(threading.Thread):
     def _record(self, module: str, request: bytes, reply: bytes) -> None:
         _, tag, _, rest = split(request)
         _, reply_tag, _, reply_rest = split(reply)
-        self.table[module.encode(), tag, rest] = (reply_tag, reply_rest)
+        key = module.encode(), tag, rest
+        if key not in self.table:
+            self.table[key] = (reply_tag, reply_rest)
+            self.grew = time.monotonic()
+        self.gets[module] += tag == GET
 
     def close(self) -> None:
         self._done.set()
@@ -100,11 +115,12 @@ class _RecordingProxy(threading.Thread):
             key.data[1].close()
 
 
-def record(work: Path, seconds: float = 15.0) -> tuple[Table, dict[str, dict[str, Any]]]:
-    """Run the real daemon (`qkdtel run`, every module each second) through the proxy for
-    `seconds`: a first poll and the later ones, which ask for the table size the first learnt
-    (5 s missed some modules' later polls on a busy machine: the daemon's start-up took most).
-    The answer table, and each module's v2c `devices:` entry as polled."""
+def record(work: Path, timeout: float = 180.0) -> tuple[Table, dict[str, dict[str, Any]]]:
+    """Run the real daemon (`qkdtel run`, every module each second) through the proxy until
+    every module has answered RECORDED_POLLS polls and no new exchange came for QUIET_S: a
+    first poll and the later ones, which ask for the table size the first learnt (a fixed 5 s
+    missed some modules' later polls on a busy machine). The answer table, and each module's
+    v2c `devices:` entry as polled."""
     slots = choose_slots(28)
     with Agents(slots, 1, work) as agents:
         entries = {e["name"]: e for e in agents.device_entries("2c")}
@@ -122,14 +138,36 @@ def record(work: Path, seconds: float = 15.0) -> tuple[Table, dict[str, dict[str
             config = work / "record.yaml"
             document = {"collector": {"spool_dir": str(work / "record" / "spool")}}
             config.write_text(yaml.safe_dump({**document, "devices": devices}))
-            run = ["run", "-c", str(config), "--duration", f"{seconds}"]
             with (work / "record.log").open("w") as log:
-                subprocess.run(
-                    [sys.executable, "-m", "qkdtel.cli", *run], check=True, stdout=log, stderr=log
+                daemon = subprocess.Popen(
+                    [sys.executable, "-m", "qkdtel.cli", "run", "-c", str(config)],
+                    stdout=log,
+                    stderr=log,
                 )
+                try:
+                    _until_recorded(proxy, list(entries), daemon, timeout)
+                finally:
+                    daemon.send_signal(signal.SIGTERM)
+                    daemon.wait(60)
         finally:
             proxy.close()
     return proxy.table, entries
+
+
+def _until_recorded(
+    proxy: _RecordingProxy, modules: list[str], daemon: subprocess.Popen, timeout: float
+) -> None:
+    """Wait until every module answered RECORDED_POLLS polls and the table has not grown for
+    QUIET_S (a poll that timed out through the proxy on a busy machine is asked again in
+    another shape); SystemExit after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (
+        min(proxy.gets[m] for m in modules) < RECORDED_POLLS
+        or time.monotonic() - proxy.grew < QUIET_S
+    ):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"recording: not every module polled {RECORDED_POLLS} times")
+        time.sleep(0.5)
 
 
 def device_entry(
