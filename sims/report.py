@@ -341,7 +341,8 @@ def _table_section(request: ReportRequest) -> list[str]:
     nothing are listed too (a missing link is a finding, not an omission)."""
     rows = request.query(
         'SELECT count("secret_key_rate_bps") AS n, mean("secret_key_rate_bps") AS skr, '
-        'mean("qber") AS qber, mean("excess_noise_snu") AS noise FROM "qkd_link" '
+        'mean("qber") AS qber, mean("excess_noise_snu") AS noise, '
+        'last("link_status") AS status FROM "qkd_link" '
         f"WHERE {request.where} AND \"direction\" = 'rx' "
         'GROUP BY "link", "device", "channel", "band", "node", "peer"'
     )
@@ -354,11 +355,14 @@ def _table_section(request: ReportRequest) -> list[str]:
         "## Measured against published, per link",
         "",
         "Means over the range of what each channel's receiver reported; published: the "
-        "long-run means of the MadQCI publications (DOMAIN.md).",
+        "long-run means of the MadQCI publications (DOMAIN.md); state: the last ETSI GS QKD "
+        "015 link state reported (a switched path whose cross-connects are not in place is "
+        "`pending`: dark, no key).",
         "",
     ]
     header = ["link", "channel", "points", "SKR measured (kbit/s)", "SKR published (kbit/s)"]
     header += ["measured / published", "QBER measured", "QBER published", "excess noise (mSNU)"]
+    header += ["state"]
     return [*lines, *_markdown_table(header, table)]
 
 
@@ -378,6 +382,7 @@ def _table_row(key: ChannelKey, row: dict[str, Any] | None, channel: Channel | N
         _percent(row["qber"] if row else None),
         f"{channel.qber_percent:.2f} %" if channel and channel.qber_percent else "-",
         _num(row["noise"] * 1000 if row and row["noise"] is not None else None),
+        (row["status"] or "-") if row else "-",
     ]
 
 

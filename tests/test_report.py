@@ -130,6 +130,8 @@ def test_the_table_has_a_row_per_published_channel_and_every_link(twin_run):
     for row in rows:
         assert row[2] != "no data", row  # every channel of the twin delivered points
         assert float(row[4]) > 0, row  # the published SKR beside the measured one
+    # the last link state of each channel: the direct links' channels produce key
+    assert sum(r[9] == "active" for r in rows if "+" not in r[0]) >= 20, rows
     # a DV channel: measured QBER beside the published one
     link9 = next(r for r in rows if r[0] == "9")
     assert link9[6].endswith("%") and link9[7] == "2.50 %"
