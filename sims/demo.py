@@ -379,6 +379,8 @@ def _afterwards(
     lines += [
         f"  qkdtel sims up {' '.join(sims_args)}",
         f"  qkdtel run -c {config_path} --live",
+        "  (the QKD modules' agents come back on the ports the config names; the twin's other "
+        "devices take new ones: `qkdtel sims up ... --config-out FILE` writes a config for all)",
     ]
     return "\n".join(lines)
 

@@ -113,6 +113,11 @@ class ReportRequest:
     def bucket(self) -> str:
         return f"{self.bucket_s}s"
 
+    def centre_ns(self, bucket_start_ns: int) -> int:
+        """Where a bucket's mean is drawn: its middle (at its start, the points after a fault
+        in the bucket it falls in would be drawn before it)."""
+        return bucket_start_ns + self.bucket_s * 500_000_000
+
     @property
     def markers(self) -> list[Marker]:
         return [Marker(f.at_ns, f.what) for f in self.faults]
@@ -228,7 +233,7 @@ def _link_series(request: ReportRequest) -> dict[str, list[_ChannelSeries]]:
             label = f"{row['peer']}→{row['node']} {band} ({row['technology'].upper()})"
             series[key] = _ChannelSeries(key, row["technology"], label)
         s = series[key]
-        s.times_ns.append(row["time"])
+        s.times_ns.append(request.centre_ns(row["time"]))
         for name, values in (("skr", s.skr), ("qber", s.qber), ("noise", s.noise)):
             values.append(math.nan if row[name] is None else float(row[name]))
     by_link: dict[str, list[_ChannelSeries]] = defaultdict(list)
@@ -548,7 +553,8 @@ def _key_stock_section(request: ReportRequest) -> list[str]:
     for row in rows:
         pair = f"{row['master_sae_id']} → {row['slave_sae_id']}"
         value = math.nan if row["stock"] is None else float(row["stock"])
-        grouped[(row["node"] or row["device"], row["device"])][pair].append((row["time"], value))
+        at = request.centre_ns(row["time"])
+        grouped[(row["node"] or row["device"], row["device"])][pair].append((at, value))
     panels = []
     for (node, device), pairs in sorted(grouped.items()):
         series = tuple(
