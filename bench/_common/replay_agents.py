@@ -116,7 +116,7 @@ class _RecordingProxy(threading.Thread):
 
 
 def record(work: Path, timeout: float = 180.0) -> tuple[Table, dict[str, dict[str, Any]]]:
-    """Run the real daemon (`qkdtel run`, every module each second) through the proxy until
+    """Run the real daemon (`qkdtel run`, every module every 2 s) through the proxy until
     every module has answered RECORDED_POLLS polls and no new exchange came for QUIET_S: a
     first poll and the later ones, which ask for the table size the first learnt (a fixed 5 s
     missed some modules' later polls on a busy machine). The answer table, and each module's
@@ -131,8 +131,16 @@ def record(work: Path, timeout: float = 180.0) -> tuple[Table, dict[str, dict[st
         proxy = _RecordingProxy(upstream)
         proxy.start()
         try:
+            # The proxy answers one request at a time and the simulators are slow on a busy
+            # machine: a long timeout, so that polls complete instead of backing off.
             devices = [
-                dict(entry, address=f"127.0.0.1:{proxy.ports[name]}", interval=1.0)
+                dict(
+                    entry,
+                    address=f"127.0.0.1:{proxy.ports[name]}",
+                    interval=2.0,
+                    timeout=30.0,
+                    snmp=dict(entry["snmp"], request_timeout=5.0),
+                )
                 for name, entry in entries.items()
             ]
             config = work / "record.yaml"
