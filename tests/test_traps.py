@@ -94,14 +94,14 @@ def run(
     test,
     devices: Sequence[tuple[str, str, dict]] = (),
     users: Sequence[dict] = (),
-    communities: Sequence[str] = ("trapcomm",),
+    communities: Sequence[str] | None = ("trapcomm",),
 ) -> None:
-    """Start a receiver on a free loopback port, run `test(harness)`, stop it."""
+    """Start a receiver on a free loopback port, run `test(harness)`, stop it. `communities`
+    None: the option is left out, as a config that does not name it."""
 
     async def main() -> None:
-        settings = TrapOptions(
-            listen="127.0.0.1:0", communities=list(communities), users=list(users)
-        )
+        given = {} if communities is None else {"communities": list(communities)}
+        settings = TrapOptions(listen="127.0.0.1:0", users=list(users), **given)
         harness = Harness(TrapReceiver(settings, list(devices), lambda s: _put(harness, s)))
         await harness.receiver.start()
         try:
@@ -284,6 +284,21 @@ def test_v3_authpriv_trap_from_a_device_learns_its_engine_id_and_wrong_key_is_dr
         assert await h.nothing()
 
     run(test, QUEVEDO, users=[V3])
+
+
+def test_v3_users_without_communities_refuse_v2c_even_as_public():
+    """The default community "public" applies only to a receiver with no SNMPv3 user: one set
+    up for v3 would otherwise take forged v2c notifications under the well-known name."""
+
+    async def test(h: Harness) -> None:
+        carried = {"cerbLinkState": ("i", "5")}
+        await h.trap("cerberis3", "cerbLinkDown", carried, community="public")
+        assert await h.nothing()
+        assert await h.trap("cerberis3", "cerbLinkDown", carried, v3=True) == 0
+        assert (await h.next()).tags["event"] == "link_down"
+
+    run(test, QUEVEDO, users=[V3], communities=None)
+    assert [c.get_secret_value() for c in TrapOptions().communities] == ["public"]
 
 
 def test_v3_trap_from_a_stranger_needs_a_configured_engine_id():

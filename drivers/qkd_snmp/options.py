@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from qkdtel.sdk import Duration, Model
 
@@ -188,10 +188,23 @@ class TrapOptions(Model):
     listen: str = Field(
         "127.0.0.1:10162", description="IPv4 address (or name) and port: 0.0.0.0:162"
     )
-    communities: list[SecretStr] = Field(default_factory=lambda: [SecretStr("public")])
+    communities: list[SecretStr] = Field(
+        default_factory=lambda: [SecretStr("public")],
+        description="SNMPv2c communities accepted; when `users` are given and this is not, "
+        "none: v2c is refused",
+    )
     users: list[TrapUser] = Field(
         default_factory=list, description="SNMPv3 users (same keys as a device's snmp section)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_community_beside_users(cls, data: Any) -> Any:
+        """A receiver configured for SNMPv3 users must not also take forged v2c notifications
+        under the well-known "public": the default community applies only without users."""
+        if isinstance(data, dict) and data.get("users") and "communities" not in data:
+            return {**data, "communities": []}
+        return data
 
     @field_validator("listen")
     @classmethod
