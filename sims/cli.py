@@ -178,6 +178,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         families=families_wanted(args.families, args.only),
         workdir=workdir,
         trap_target=args.trap_target,
+        trap_version=args.trap_version,
     )
     return asyncio.run(_serve(sims, args, console))
 
@@ -195,12 +196,7 @@ async def _serve(sims: TwinSims, args: argparse.Namespace, console: Console) -> 
     try:
         devices = []
         if args.config_out:
-            document = sims.document(
-                args.config_out,
-                v3=args.v3,
-                trap_version=args.trap_version,
-                interval=args.interval,
-            )
+            document = sims.document(args.config_out, v3=args.v3, interval=args.interval)
             devices = document["devices"]
             sims.write_control_file(args.config_out)
             collector_config.write(args.config_out, document)  # last: the readiness signal

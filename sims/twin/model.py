@@ -67,6 +67,11 @@ class TwinModel:
             for link in topology.links
         }
         self._joins = [topology.joins(channel) for channel in topology.channels]
+        self._between: dict[frozenset[str], list[Channel]] = {}
+        """Channels by the pair of sites they join (the key sims ask often)."""
+        for channel in topology.channels:
+            ends = frozenset(topology.module(m).site for m in (channel.alice, channel.bob))
+            self._between.setdefault(ends, []).append(channel)
         self.modules = {m.name: ModuleModel(m.name, seed) for m in topology.modules}
         """The QKD modules' own condition (temperatures), shared with their SNMP agents."""
         self.channels: dict[int, ChannelModel] = build_channels(topology, seed, self.modules)
@@ -161,7 +166,8 @@ class TwinModel:
 
     def pair_generation_bps(self, site_a: str, site_b: str) -> float:
         """Key generated now between two sites: the sum over the channels joining them."""
-        return sum(self.channel_skr_bps(c) for c in self.topology.channels_between(site_a, site_b))
+        channels = self._between.get(frozenset((site_a, site_b)), [])
+        return sum((self.channel_skr_bps(c) for c in channels), 0.0)
 
     # -- devices and demand (the control API's other knobs) --------------------------------
 

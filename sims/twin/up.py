@@ -57,12 +57,14 @@ class TwinSims:
         families: Sequence[str] = FAMILIES,
         workdir: Path | None = None,
         trap_target: tuple[str, int] | None = None,
+        trap_version: str = "2c",
     ):
         self.model = model
         self.network = network
         self.families = tuple(families)
         self.host = network.host
         self.trap_target = trap_target
+        self.trap_version = trap_version
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="qkdtel-twin-"))
         self.switches: SwitchSims | None = None
@@ -86,6 +88,7 @@ class TwinSims:
                     workdir=self.workdir / "keys",
                     host=self.host,
                     trap_target=self.trap_target,
+                    trap_version=self.trap_version,
                 )
             if "optics" in self.families:
                 self.optics = start_optical_sims(
@@ -104,9 +107,7 @@ class TwinSims:
             up = self.model.device_up(name)
             self._loop.call_soon_threadsafe(setattr, agent, "unresponsive", not up)
 
-    def document(
-        self, config_out: Path, *, v3: bool, trap_version: str, interval: float
-    ) -> dict[str, Any]:
+    def document(self, config_out: Path, *, v3: bool, interval: float) -> dict[str, Any]:
         """The collector configuration polling everything started (files beside `config_out`)."""
         agents = self.network.info() if "snmp" in self.families else []
         more: list[dict[str, Any]] = []
@@ -124,7 +125,7 @@ class TwinSims:
             agents,
             v3=v3,
             trap_target=self.trap_target,
-            trap_version=trap_version,
+            trap_version=self.trap_version,
             interval=interval,
             more_devices=more,
             listeners=listeners,
