@@ -61,8 +61,10 @@ def test_model_fault_lowers_the_rate_and_a_break_zeroes_it():
     topology = load_topology()
     model = TwinModel(topology, seed=0, clock=ManualClock(3600.0))
     idq4 = next(c for c in topology.channels if c.link == "4" and c.band == "O")
-    before = model.channel_skr_bps(idq4)
+    cv4 = next(c for c in topology.channels if c.link == "4" and c.alice == "hwdu-norte-l4")
+    before, snr = model.channel_skr_bps(idq4), model.channel_model(cv4).reading(3600.0).snr_db
     model.add_fibre_fault("4", 6.0, 3.0, "splice")
+    assert model.channel_model(cv4).reading(3601.0).snr_db == pytest.approx(snr - 6.0, abs=0.5)
     assert model.fibre_faults("4")[0].distance_km == 3.0
     assert model.extra_loss_db("4") == 6.0 and model.path_extra_loss_db(idq4) == 6.0
     assert 0.2 * before < model.channel_skr_bps(idq4) < 0.3 * before  # DV: ~ transmittance
@@ -184,6 +186,11 @@ def test_fault_api_loss_on_link_4_lowers_the_polled_key_rate_and_raises_qber(tmp
         fault(config, "--clear")
         (repaired,) = poll_links(config, "idq-quevedo-l4")
         assert repaired["fields"]["secret_key_rate_bps"] > 0.5 * skr[0]
+        fault(config, "--device", "idq-norte-l4", "--down")
+        silent = qkdtel("poll", "-c", str(config), "idq-norte-l4", check=False)
+        assert silent.returncode != 0 and "timeout" in silent.stderr, silent.stderr
+        fault(config, "--device", "idq-norte-l4", "--up")
+        assert poll_links(config, "idq-norte-l4")
 
 
 def test_sims_fault_refuses_bad_requests_in_one_line(tmp_path):

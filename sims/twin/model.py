@@ -206,6 +206,12 @@ class TwinModel:
         with self._lock:
             self._subscribers.append(callback)
 
+    def unsubscribe(self, callback: Callable[[str], None]) -> None:
+        """Stop calling `callback` (a simulator stopped before the model)."""
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
     def state(self) -> dict[str, Any]:
         """The model's state as JSON-ready data (the control API's --state)."""
         with self._lock:

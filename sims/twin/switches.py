@@ -128,5 +128,6 @@ class SwitchSims:
         return self.model.topology.behaviour.switch_loss_db if loss is None else loss
 
     def stop(self) -> None:
+        self.model.unsubscribe(self._follow)
         for server in self.servers.values():
             server.stop()

@@ -144,6 +144,7 @@ class TwinSims:
             if part is not None:
                 part.stop()
         self.control = self.optics = self.keys = self.switches = None
+        self.model.unsubscribe(self._follow_devices)
         await self.network.stop()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
