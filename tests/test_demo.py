@@ -19,7 +19,7 @@ def test_demo_fills_the_store(tmp_path):
             "qkdtel.cli",
             "demo",
             "--seconds",
-            "12",
+            "20",
             "--interval",
             "2",
             "--workdir",
@@ -46,7 +46,7 @@ def test_demo_fills_the_store(tmp_path):
     for module, rate in link9:
         assert 0.5 < float(rate) / 2857.1 < 2.0, (module, rate)
     polls = int(re.search(r"(\d+) device polls recorded in InfluxDB", out).group(1))
-    assert polls >= 28 * 3  # 28 modules, polled every 2 s for 12 s
+    assert polls >= 28 * 3  # 28 modules, polled every 2 s for 20 s
     stored = int(re.search(r"Local line-protocol store: (\d+) points", out).group(1))
     assert stored > polls
     assert (workdir / "qkdtel.yaml").is_file()
