@@ -238,7 +238,8 @@ def test_a_switch_move_over_netconf_lights_path_3_plus_4_and_darkens_the_direct_
 
 def test_sims_up_writes_one_config_of_every_family_that_qkdtel_check_accepts(tmp_path):
     config = tmp_path / "sims.yaml"
-    with SimsProcess(config, ["--speed", "10"]) as sims:
+    # every family in one process: slow to start on a busy machine (28 agents' MIBs, a PKI)
+    with SimsProcess(config, ["--speed", "10"], start_timeout=180) as sims:
         drivers = {d["driver"] for d in sims.config["devices"]}
         assert drivers == {
             "qkd_snmp",
