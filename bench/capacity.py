@@ -12,7 +12,8 @@ their own), so the agents do not starve the collector; their CPU is reported apa
 `--snmp 3` the devices are SNMPv3 authPriv (SHA-256 + AES-128), each with an engine ID of its
 own (`_common/replay_v3.py`: the responders check and seal every message as an agent does).
 
-For each size N, after `--warmup` seconds, over `--window` seconds:
+For each size N, `--warmup` seconds after the daemon (every worker) has started collecting
+(loading the file is not warm-up: 15-40 s at 10,000 devices), over `--window` seconds:
 
 - polls due (N x window / interval) and done (`qkdtel_device_status` points in InfluxDB);
 - late: the share of polls started more than 1 s after the previous one + the interval, a poll
@@ -118,6 +119,15 @@ def _machine_busy_s() -> float:
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = ticks[3] + ticks[4]  # idle, iowait
     return (sum(ticks[:8]) - idle) / CLOCK_TICK
+
+
+def _wait_collecting(daemon: subprocess.Popen[bytes], log: Path, workers: int) -> None:
+    """Until every collector process has logged that it is collecting: loading a file of
+    10,000 devices takes 15-40 s on a busy machine, and the warm-up starts after it."""
+    while log.read_text().count("collecting from") < workers:
+        if daemon.poll() is not None:
+            raise SystemExit(f"the daemon exited before collecting; see {log}")
+        time.sleep(0.5)
 
 
 def _rss_mb(pid: int) -> float:
@@ -234,6 +244,7 @@ def run_size(n: int, args, work: Path, influx: InfluxServer, responders: Respond
                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     probe = LatencyProbe(influx, db) if n <= LATENCY_PROBE_MAX_N and not profile else None
     try:
+        _wait_collecting(daemon, Path(log.name), args.workers)
         time.sleep(args.warmup)
         if daemon.poll() is not None:
             raise SystemExit(f"the daemon exited at N={n}; see {log.name}")
