@@ -24,8 +24,15 @@ HEADER = """\
 """
 
 
+SNMP_REQUEST_TIMEOUT_S = 2.0
+"""The twin's agents share one Python process (and the machine) with every other simulator:
+polled all at once, some take over the driver's 1 s default to answer. 2 s (one resend) rides
+that out within the 5 s poll timeout."""
+
+
 def snmp_options(creds: Credentials, *, v3: bool = False) -> dict[str, Any]:
     """A device's `snmp:` section reaching a simulated agent: v2c, or v3 authPriv."""
+    pacing = {"request_timeout": SNMP_REQUEST_TIMEOUT_S}
     if v3:
         return {
             "version": "3",
@@ -34,8 +41,9 @@ def snmp_options(creds: Credentials, *, v3: bool = False) -> dict[str, Any]:
             "auth_key": creds.auth_key,
             "priv_protocol": "aes",
             "priv_key": creds.priv_key,
+            **pacing,
         }
-    return {"version": "2c", "community": creds.community}
+    return {"version": "2c", "community": creds.community, **pacing}
 
 
 def device_entry(

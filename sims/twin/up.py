@@ -118,7 +118,7 @@ class TwinSims:
             if switches:
                 listeners.append(collector_config.notifications_listener(switches))
         if self.keys is not None:
-            more += self.keys.devices(interval=interval)
+            more += self.keys.devices(interval=interval, v3=v3)
         if self.optics is not None:
             more += self.optics.devices()
         return collector_config.render(
