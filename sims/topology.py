@@ -179,7 +179,8 @@ class Instrument(_Model):
 
 @dataclass(frozen=True)
 class Join:
-    """A cross-connect a channel's path needs: `switch` joining ports `a` and `b`."""
+    """A cross-connect a channel's path needs: `switch` sending the light entering at port `a`
+    out at port `b`."""
 
     switch: str
     a: str
