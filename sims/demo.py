@@ -76,6 +76,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="fibre bend injected half-way (default 4:3: 3 dB on link 4)",
     )
     p.add_argument("--no-fault", action="store_true", help="inject nothing")
+    p.add_argument("--no-report", action="store_true", help="write no report at the end")
     p.set_defaults(func=cmd_demo)
 
 
@@ -228,6 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 for r in influx.query("SELECT count(up) FROM qkdtel_device_status", DATABASE)
             )
             console.print(f"{total} device polls recorded in InfluxDB.")
+        if influx is not None and not args.no_report:
             # while the twin still runs: the report sweeps its OSA and acquires with its OTDR
             window = ReportWindow(start_ns, end_ns, injected, fault.link if fault else None)
             report = _report(workdir, influx, loaded, window, args.speed)

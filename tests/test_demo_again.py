@@ -31,7 +31,12 @@ def wait_for(condition, timeout: float, what: str) -> None:
 def test_demo_data_stays_and_its_run_again_hint_works(tmp_path):
     workdir = tmp_path / "demo"
     demo = subprocess.run(
-        [*QKDTEL, "demo", "--seconds", "6", "--interval", "2", "--workdir", str(workdir)],
+        [
+            *QKDTEL,
+            "demo",
+            *("--seconds", "6", "--interval", "2", "--workdir", str(workdir)),
+            "--no-report",  # tests/test_demo.py has it; this test is about running again
+        ],
         capture_output=True,
         text=True,
         timeout=180,
@@ -39,6 +44,7 @@ def test_demo_data_stays_and_its_run_again_hint_works(tmp_path):
     assert demo.returncode == 0, demo.stderr[-3000:]
     out = demo.stdout
     assert (workdir / "influxdb").is_dir() and any((workdir / "lineprotocol").iterdir())
+    assert not (workdir / "report").exists() and "Report:" not in out
     commands = out.split("Run it again", 1)[1].splitlines()[1:]
     influxd, sims, run = (shlex.split(c.strip()) for c in commands[:3])
     assert (influxd[0], sims[:3], run[:2]) == (
