@@ -144,6 +144,18 @@ def published_rates() -> dict[tuple[str, str, str, str], tuple[float, float | No
     return out
 
 
+def _published_for(
+    published: dict[tuple[str, str, str, str], tuple[float, float | None]], row: dict[str, Any]
+) -> tuple[float | None, float | None]:
+    """The published figures of a row; a module that names no ITU channel (the AIT ones) has
+    those of its link's one channel at its end, if there is only one."""
+    key = (row["link"], row["device"], row["channel"], row["direction"])
+    if key in published:
+        return published[key]
+    same_end = [v for k, v in published.items() if (k[0], k[1], k[3]) == (key[0], key[1], key[3])]
+    return same_end[0] if len(same_end) == 1 else (None, None)
+
+
 def summary_table(influx: InfluxServer) -> Table:
     """Per link, module and direction: points stored, mean SKR and QBER, beside the published
     means."""
@@ -167,9 +179,7 @@ def summary_table(influx: InfluxServer) -> Table:
     ):
         table.add_column(column, justify="left" if column in {"link", "module"} else "right")
     for row in sorted(rows, key=lambda r: (len(r["link"]), r["link"], r["device"])):
-        skr_pub, qber_pub = published.get(
-            (row["link"], row["device"], row["channel"], row["direction"]), (None, None)
-        )
+        skr_pub, qber_pub = _published_for(published, row)
         table.add_row(
             row["link"],
             row["device"],
