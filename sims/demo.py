@@ -96,6 +96,9 @@ def _fault(text: str) -> Fault:
         loss_db = 0.0
     if not sep or not link or not loss_db > 0:
         raise argparse.ArgumentTypeError(f"expected LINK:DB (e.g. 4:3), got {text!r}")
+    links = [link.id for link in load_topology(None).links]
+    if link not in links:
+        raise argparse.ArgumentTypeError(f"no link {link!r} in the twin: {', '.join(links)}")
     return Fault(link, loss_db)
 
 

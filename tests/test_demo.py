@@ -58,3 +58,16 @@ def test_demo_fills_the_store(tmp_path):
     assert "3 dB bend on link 4" in markdown
     for figure in ("key_rate", "spectrum", "otdr", "key_stock"):
         assert (workdir / "report" / f"{figure}.png").stat().st_size > 20_000, figure
+
+
+def test_a_fault_on_a_link_the_twin_lacks_is_refused_before_anything_starts(tmp_path):
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "qkdtel.cli", "demo", "--fault", "99:3", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "argument --fault: no link '99' in the twin: 1, 2," in result.stderr
+    assert not workdir.exists()  # nothing started, nothing written
