@@ -3,12 +3,13 @@
     qkdtel sims up [-t TOPOLOGY] [--base-port N] [--config-out FILE] [--speed X] [--seed N]
                    [--trap-target HOST:PORT] [--trap-version 2c|3] [--v3] [--only NAME ...]
                    [--unresponsive NAME ...] [--missing NAME=OBJECT[,OBJECT...] ...]
-                   [--families snmp,switches,keys,optics]
+                   [--families snmp,switches,keys,optics,sdqkd]
 
 starts the simulated network of the topology (default: the bundled MadQCI twin) on 127.0.0.1
 around one physical model (sims/twin/): every QKD module as an SNMP agent, the optical switches
 over NETCONF/SSH, the key managers, QRNG and encryptors, the optical instruments (--families
-picks some; --only alone starts only those SNMP agents), and the control API of the model. It
+picks some, sdqkd adds an SD-QKD node per site; --only alone starts only those SNMP agents),
+and the control API of the model. It
 writes ONE collector configuration polling all of it (the control URL in FILE's .twin.json),
 prints what runs where, and serves until SIGINT/SIGTERM.
 
@@ -133,7 +134,7 @@ def add_sims_commands(subparsers: argparse._SubParsersAction) -> None:
         type=_families,
         action="extend",
         metavar="F[,F...]",
-        help=f"start only these ({', '.join(FAMILIES)}); default: all, snmp with --only",
+        help=f"start these ({', '.join(FAMILIES)}); default: all but sdqkd, snmp with --only",
     )
     up.set_defaults(func=cmd_up)
     add_fault_command(subparsers)

@@ -269,3 +269,23 @@ def test_sims_up_writes_one_config_of_every_family_that_qkdtel_check_accepts(tmp
         assert down.returncode != 0, down.stdout
         fault(config, "--device", "sw-norte", "--up")
         assert qkdtel("switch", "show", "-c", str(config), "sw-norte").returncode == 0
+
+
+def test_the_sdqkd_family_reads_the_same_channels_as_the_modules(tmp_path):
+    config = tmp_path / "sims.yaml"
+    with SimsProcess(config, ["--families", "sdqkd"]) as sims:
+        assert {d["driver"] for d in sims.config["devices"]} == {"sdqkd_node"}
+        assert "listeners" not in sims.config  # no switch: nothing to subscribe to
+
+        def idq4() -> dict:
+            (row,) = [
+                p
+                for p in poll_links(config, "sdqkd-quevedo")
+                if p["tags"]["link"] == "4" and p["tags"]["band"] == "O"
+            ]
+            return row
+
+        before = idq4()["fields"]["secret_key_rate_bps"]
+        fault(config, "--link", "4", "--add-loss", "6")
+        after = idq4()["fields"]
+        assert after["secret_key_rate_bps"] < 0.5 * before, (before, after)

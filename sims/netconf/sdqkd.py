@@ -70,7 +70,16 @@ class NodeModel:
     namespace = NS
     required_leaves = (f"{Q}qkdl_status",)
 
-    def __init__(self, topology: Topology, site: str, seed: int = 0, clock: SimClock | None = None):
+    def __init__(
+        self,
+        topology: Topology,
+        site: str,
+        seed: int = 0,
+        clock: SimClock | None = None,
+        channels: dict[int, ChannelModel] | None = None,
+    ):
+        """`channels`: the channel models to read (the twin's, shared with its SNMP agents);
+        default: built here from the topology."""
         self.topology = topology
         self.site = site
         self.name = f"sdqkd-{site.lower()}"
@@ -78,8 +87,10 @@ class NodeModel:
         self.candidate = Config()
         self.clock = clock or AcceleratedClock()
         self.started = dt.datetime.now(dt.UTC)
-        modules = {m.name: ModuleModel(m.name, seed) for m in topology.modules}
-        self.channels: dict[int, ChannelModel] = build_channels(topology, seed, modules)
+        if channels is None:
+            modules = {m.name: ModuleModel(m.name, seed) for m in topology.modules}
+            channels = build_channels(topology, seed, modules)
+        self.channels: dict[int, ChannelModel] = channels
         self.modules = [m for m in topology.modules if m.site == site]
         if not self.modules:
             raise ValueError(f"no QKD module at {site!r}")

@@ -1,13 +1,16 @@
 """`qkdtel sims up`: the whole twin in one process, around one `TwinModel`.
 
-Families (`--families` picks some; `--only` alone means the SNMP family only, the old fast
-behaviour):
+Families (`--families` picks some; default: all but sdqkd; `--only` alone means the SNMP
+family only, the old fast behaviour):
 
 - snmp: an SNMP agent per QKD module (sims/snmp), reporting the model's channels;
-- switches: a NETCONF/SSH server per optical switch (sims/twin/switches.py), its commits
+- switches: a NETCONF/SSH server per optical switch (sims/twin/netconf.py), its commits
   going to the model;
 - keys: key managers, QRNG and encryptors (sims/twin/keys.py, `start_key_sims`);
-- optics: OSAs, OTDRs and power meters (sims/twin/optics.py, `start_optical_sims`).
+- optics: OSAs, OTDRs and power meters (sims/twin/optics.py, `start_optical_sims`);
+- sdqkd: an SD-QKD node per site over NETCONF (ETSI GS QKD 015 model) reading the same channels.
+  Not started unless named: its `qkd_link` points repeat the modules' own under other device
+  names, which sums over a network would count twice.
 
 Beside them the control API (sims/twin/control.py) serves the model. Once all listen, ONE
 collector configuration polling every device is written (`--config-out`), with the switches'
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -31,19 +33,19 @@ from qkdtel.sims.snmp.network import SimNetwork
 from qkdtel.sims.twin.control import ControlServer, control_file
 from qkdtel.sims.twin.keys import KeySims, start_key_sims
 from qkdtel.sims.twin.model import TwinModel
+from qkdtel.sims.twin.netconf import NetconfSims
 from qkdtel.sims.twin.optics import OpticalSims, start_optical_sims
-from qkdtel.sims.twin.switches import SwitchSims
 
-log = logging.getLogger(__name__)
-
-FAMILIES = ("snmp", "switches", "keys", "optics")
+FAMILIES = ("snmp", "switches", "keys", "optics", "sdqkd")
+DEFAULT_FAMILIES = FAMILIES[:4]
 
 
 def families_wanted(families: Sequence[str] | None, only: Sequence[str] | None) -> tuple[str, ...]:
-    """The families to start: those named, else SNMP only when modules are picked, else all."""
+    """The families to start: those named, else SNMP only when modules are picked, else the
+    default ones."""
     if families:
         return tuple(f for f in FAMILIES if f in families)
-    return ("snmp",) if only else FAMILIES
+    return ("snmp",) if only else DEFAULT_FAMILIES
 
 
 class TwinSims:
@@ -54,7 +56,7 @@ class TwinSims:
         model: TwinModel,
         network: SimNetwork,
         *,
-        families: Sequence[str] = FAMILIES,
+        families: Sequence[str] = DEFAULT_FAMILIES,
         workdir: Path | None = None,
         trap_target: tuple[str, int] | None = None,
         trap_version: str = "2c",
@@ -67,7 +69,7 @@ class TwinSims:
         self.trap_version = trap_version
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="qkdtel-twin-"))
-        self.switches: SwitchSims | None = None
+        self.netconf: NetconfSims | None = None
         self.keys: KeySims | None = None
         self.optics: OpticalSims | None = None
         self.control: ControlServer | None = None
@@ -80,8 +82,13 @@ class TwinSims:
             if "snmp" in self.families:
                 await self.network.start()
                 self.model.subscribe(self._follow_devices)
-            if "switches" in self.families:
-                self.switches = SwitchSims(self.model, self.host)
+            if "switches" in self.families or "sdqkd" in self.families:
+                self.netconf = NetconfSims(
+                    self.model,
+                    self.host,
+                    switches="switches" in self.families,
+                    sdqkd="sdqkd" in self.families,
+                )
             if "keys" in self.families:
                 self.keys = start_key_sims(
                     self.model,
@@ -112,9 +119,10 @@ class TwinSims:
         agents = self.network.info() if "snmp" in self.families else []
         more: list[dict[str, Any]] = []
         listeners: list[dict[str, Any]] = []
-        if self.switches is not None:
-            switches = self.switches.devices(config_out, interval)
-            more += switches
+        if self.netconf is not None:
+            netconf = self.netconf.devices(config_out, interval)
+            more += netconf
+            switches = [d for d in netconf if d["driver"] == "netconf_switch"]
             if switches:
                 listeners.append(collector_config.notifications_listener(switches))
         if self.keys is not None:
@@ -140,10 +148,10 @@ class TwinSims:
 
     async def stop(self) -> None:
         """Stop everything started, the control API first (no change arrives mid-stop)."""
-        for part in (self.control, self.optics, self.keys, self.switches):
+        for part in (self.control, self.optics, self.keys, self.netconf):
             if part is not None:
                 part.stop()
-        self.control = self.optics = self.keys = self.switches = None
+        self.control = self.optics = self.keys = self.netconf = None
         self.model.unsubscribe(self._follow_devices)
         await self.network.stop()
         if self._own_workdir:

@@ -1,12 +1,12 @@
-"""The twin's optical switches: a NETCONF/SSH server for each switch of the topology, wired to
-the model both ways.
+"""The twin's NETCONF/SSH devices: a server for each optical switch of the topology, wired to
+the model both ways, and (family `sdqkd`) an SD-QKD node per site reading the model's channels.
 
 Each topology port becomes an ingress port (1..N, label `<port>-in`) and an egress port
 (N+1..2N, `<port>-out`), all quantum (CV). Every map the switch makes running (a commit, a
 rollback) goes to `TwinModel.set_cross_connects` by port name, so `qkdtel switch move` over
 NETCONF decides which CV paths carry light. What the monitors read follows the model too: a
 link port receives the CV pilot minus the link's loss now (faults included), and a switch taken
-down through the model drops its sessions and every `get` after.
+down through the model drops its sessions and every `get` after (SD-QKD nodes alike).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdtel.sims.netconf.cli import USERNAME
+from qkdtel.sims.netconf.sdqkd import NodeModel, collector_maps
 from qkdtel.sims.netconf.server import NetconfSimServer
 from qkdtel.sims.netconf.switch import QUANTUM_PILOT_DBM, Port, SwitchModel, port_roles
 from qkdtel.sims.topology import Switch, SwitchPort
@@ -53,32 +54,47 @@ def switch_model(model: TwinModel, switch: Switch) -> SwitchModel:
     return SwitchModel(switch.name, ingress + egress, pairs, model.seed, on_commit=committed)
 
 
-class SwitchSims:
-    """The topology's switches served over NETCONF/SSH (one password for all, random)."""
+class NetconfSims:
+    """The topology's switches (and, with `sdqkd`, an SD-QKD node per site with QKD modules)
+    served over NETCONF/SSH, one password for all (random)."""
 
-    def __init__(self, model: TwinModel, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        model: TwinModel,
+        host: str = "127.0.0.1",
+        *,
+        switches: bool = True,
+        sdqkd: bool = False,
+    ):
         self.model = model
         self.password = secrets.token_urlsafe(12)
         self.servers: dict[str, NetconfSimServer] = {}
-        self._switches = {s.name: s for s in model.topology.switches}
+        self._switches = {s.name: s for s in model.topology.switches} if switches else {}
+        self._sites: dict[str, str] = {}
         try:
-            for switch in model.topology.switches:
-                sim = switch_model(model, switch)
-                server = NetconfSimServer(sim, host=host, password=self.password)
-                self.servers[switch.name] = server.start()
+            for switch in self._switches.values():
+                self._serve(switch_model(model, switch), switch.site, host)
+            sites = dict.fromkeys(m.site for m in model.topology.modules) if sdqkd else {}
+            for site in sites:
+                node = NodeModel(model.topology, site, model.seed, model.clock, model.channels)
+                self._serve(node, site, host)
         except BaseException:
             self.stop()
             raise
         model.subscribe(self._follow)
 
+    def _serve(self, device: SwitchModel | NodeModel, site: str, host: str) -> None:
+        server = NetconfSimServer(device, host=host, password=self.password)
+        self.servers[device.name] = server.start()
+        self._sites[device.name] = site
+
     def _follow(self, what: str) -> None:
-        """Keep the monitors' input levels and the switches' availability with the model."""
+        """Keep the monitors' input levels and the devices' availability with the model."""
         if what == "faults":
-            for name, server in self.servers.items():
-                for topo in self._switches[name].ports:  # ingress ports are numbered 1..N
-                    port = next(
-                        p for p in server.model.ports.values() if p.label == f"{topo.name}-in"
-                    )
+            for name, switch in self._switches.items():
+                ports = self.servers[name].model.ports.values()
+                for topo in switch.ports:
+                    port = next(p for p in ports if p.label == f"{topo.name}-in")
                     port.input_dbm = _input_dbm(self.model, topo)
         elif what == "devices":
             for name, server in self.servers.items():
@@ -100,15 +116,22 @@ class SwitchSims:
         return known_hosts, password_file
 
     def devices(self, config_out: Path, interval: float = 10.0) -> list[dict[str, Any]]:
-        """The collector's `netconf_switch` entries (writing the files they name)."""
+        """The collector's `netconf_switch` and `sdqkd_node` entries (writing the files they
+        name)."""
         known_hosts, password_file = self.write_files(config_out)
+        peers, links = collector_maps(self.model.topology)
         out = []
         for name, server in self.servers.items():
-            site = self._switches[name].site
+            site = self._sites[name]
+            if name in self._switches:
+                options = {"driver": "netconf_switch", "ports": port_roles(server.model)}
+                options["switch_loss_db"] = self._loss(name)
+            else:
+                options = {"driver": "sdqkd_node", "peers": peers, "links": links}
             out.append(
                 {
                     "name": name,
-                    "driver": "netconf_switch",
+                    "driver": options.pop("driver"),
                     "interval": interval,
                     "timeout": 5.0,
                     "tags": {"node": site, "domain": self.model.topology.site(site).domain},
@@ -117,8 +140,7 @@ class SwitchSims:
                     "username": USERNAME,
                     "password_file": str(password_file),
                     "known_hosts": str(known_hosts),
-                    "ports": port_roles(server.model),
-                    "switch_loss_db": self._loss(name),
+                    **options,
                 }
             )
         return out
