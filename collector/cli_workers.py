@@ -174,6 +174,7 @@ class Supervisor:
         self._reconfigure = reconfigure
         self._stopping_since: float | None = None
         self._fatal = False
+        self._killed = False
 
     # The parent's side.
 
@@ -278,11 +279,12 @@ class Supervisor:
 
     def _kill_overdue(self) -> None:
         """A worker still running long after a stop: SIGKILL (its spool keeps what it had)."""
-        if self._stopping_since is None:
+        if self._stopping_since is None or self._killed:
             return
         grace = max(w.config.config.collector.shutdown_grace for w in self.workers)
         if time.monotonic() - self._stopping_since < grace + KILL_AFTER_GRACE_S:
             return
+        self._killed = True
         for worker in self.workers:
             if worker.pid is not None:
                 log.error("%s did not stop in time: killing it", worker.label)
