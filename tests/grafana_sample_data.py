@@ -372,9 +372,10 @@ def optical_points(t: int, k: int, healthy: bool) -> list[Point]:
         )
     )
     meter = {**SITE, "device": "quevedo-pm", "slot": "1", "channel": "1", "link": "4"}
+    power = -20.5 - (1.5 if k < 3 and not healthy else 0.0)  # the OTDR's added loss, seen live
     points.append(
         Point(
-            "optical_power", {**meter, "wavelength": "1550"}, {"power_dbm": -20.5, "light": True}, t
+            "optical_power", {**meter, "wavelength": "1550"}, {"power_dbm": power, "light": True}, t
         )
     )
     dark = {**meter, "channel": "2", "wavelength": "1310"}  # a head on a dark fibre

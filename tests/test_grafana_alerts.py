@@ -35,6 +35,7 @@ FIRES_FOR = {
     "qkdtel-key-stock-low": [{"slave_sae_id": "enc-quijote"}],
     "qkdtel-key-stock-emptying": [{"slave_sae_id": "enc-quijote"}],
     "qkdtel-fibre-loss-over-baseline": [{"link": "4", "wavelength": "1550"}],
+    "qkdtel-fibre-power-drop": [{"device": "quevedo-pm", "channel": "1", "link": "4"}],
     "qkdtel-cross-connect-changed": [{"device": "quijote-oxc"}],
     "qkdtel-encryptor-classical-fallback": [{"device": "quevedo-enc-l2"}],
     "qkdtel-device-down": [{"device": "distrito-kms"}],

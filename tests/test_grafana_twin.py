@@ -171,6 +171,7 @@ FIRES_FOR: dict[str, list[dict[str, str]]] = {
     "qkdtel-key-stock-low": [{"device": "kme-concepcion", "slave_sae_id": "SAE-DISTRITO"}],
     "qkdtel-key-stock-emptying": [{"device": "kme-concepcion", "slave_sae_id": "SAE-DISTRITO"}],
     "qkdtel-fibre-loss-over-baseline": [{"link": QBER_LINK}],
+    "qkdtel-fibre-power-drop": [{"device": "pm-quijano-l8", "link": QBER_LINK}],
     "qkdtel-cross-connect-changed": [{"device": SWITCH}],
     "qkdtel-encryptor-classical-fallback": [{"device": FALLBACK_ENCRYPTOR}],
     "qkdtel-device-down": [{"device": DOWN_DEVICE}],
