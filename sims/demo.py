@@ -52,10 +52,6 @@ OTDR_EVERY_S = 10.0
 """An OTDR acquisition synthesises and analyses a whole trace: back to back, the twin's three
 OTDRs would take the CPU the QKD modules' agents answer with. Every 10 s still shows the fault
 within the demo (the report acquires once more at its end)."""
-SNMP_REQUEST_TIMEOUT = "2s"
-"""The demo's twin, daemon, InfluxDB and report share the machine's cores; on a busy machine an
-agent now and then takes over the driver's default 1 s to answer on loopback. 2 s (one resend)
-rides that out within the 5 s poll timeout."""
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -123,15 +119,10 @@ def collector_document(
 
 
 def demo_device(entry: dict[str, Any], interval: float) -> dict[str, Any]:
-    """A generated device entry polled every `interval` (OTDRs at least every `OTDR_EVERY_S`),
-    SNMP requests given `SNMP_REQUEST_TIMEOUT` to answer."""
-    device = {
-        **entry,
-        "interval": max(interval, OTDR_EVERY_S) if entry["driver"] == "otdr" else interval,
-    }
-    if "snmp" in device:
-        device["snmp"] = {"request_timeout": SNMP_REQUEST_TIMEOUT, **device["snmp"]}
-    return device
+    """A generated device entry polled every `interval` (OTDRs at least every
+    `OTDR_EVERY_S`)."""
+    every = max(interval, OTDR_EVERY_S) if entry["driver"] == "otdr" else interval
+    return {**entry, "interval": every}
 
 
 def published_rates() -> dict[tuple[str, str, str, str], tuple[float, float | None]]:
