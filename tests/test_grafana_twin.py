@@ -99,10 +99,12 @@ def test_rule_quiet_on_the_healthy_twin(uid, twin):
 
 
 def maintenance_point(run: TwinRun) -> dict | None:
-    """The latest point of a channel whose module reports maintenance (link_status off)."""
+    """The latest point of a direct channel (the rule's kind) whose module reports maintenance
+    (link_status off)."""
     rows = run.query(
         'SELECT last("secret_key_rate_bps"), "link_status" FROM "qkd_link" WHERE '
-        '"link_status" = \'off\' GROUP BY "device", "link", "channel", "direction"'
+        "\"link_status\" = 'off' AND \"switched\" = 'false' "
+        'GROUP BY "device", "link", "channel", "direction"'
     )
     return rows[0] if rows else None
 
