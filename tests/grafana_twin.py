@@ -3,9 +3,9 @@
 `twin_run` starts `qkdtel sims up` (the whole twin, in a child process, time accelerated), points
 `qkdtel run` (the daemon, another child) at it with two sinks, the test suite's `influxd` and
 one on a closed port (the spool that grows), and waits until every device family has reported.
-The twin starts no SD-QKD node, so `qkdtel sims sdqkd` runs one beside it (a site no fault
-touches) for the per-application key consumption (`qkd_app`); the collector runs as shard 0 of
-1 so that its points carry the shard tag the collector health dashboard groups by.
+Of the twin's SD-QKD nodes one is polled (a site no fault touches), for the per-application
+key consumption (`qkd_app`); the collector runs as shard 0 of 1 so that its points carry the
+shard tag the collector health dashboard groups by.
 The tests then drive faults the way an operator would, across process boundaries: the twin's
 control API through `qkdtel sims fault`, cross-connects through `qkdtel switch move` over
 NETCONF. Nothing here reaches into the simulators' objects.
@@ -27,9 +27,7 @@ import yaml
 from qkdtel.sims.demo import free_udp_ports
 from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.sims.process import SimsProcess
-from qkdtel.sims.topology import load_topology
 from qkdtel.sims.twin.control import control_file, resolve
-from tests import sims_cli
 
 QKDTEL = [sys.executable, "-m", "qkdtel.cli"]
 SIMS = [sys.executable, "-m", "qkdtel.sims"]
@@ -61,8 +59,8 @@ FAMILIES = (
 """Measurements every healthy twin writes (events come with faults only)."""
 
 SDQKD_SITE = "Quintana"
-"""Where an SD-QKD node runs beside the twin (for `qkd_app`): a site no fault touches, at the
-sending end of its link (a node lists the applications of its transmitters)."""
+"""The SD-QKD node polled (for `qkd_app`): a site no fault touches, at the sending end of its
+link (a node lists the applications of its transmitters)."""
 
 LIVE_SINK = "influx"
 DEAD_SINK = "unreachable"
@@ -95,12 +93,12 @@ class TwinRun:
 
 
 def daemon_document(
-    sims_config: dict[str, Any], extra: list[dict], workdir: Path, influx: InfluxServer, db: str
+    sims_config: dict[str, Any], workdir: Path, influx: InfluxServer, db: str
 ) -> dict[str, Any]:
-    """The generated twin config and `extra` devices, plus a spool, the live sink and the
+    """The generated twin config (its `polled` devices) plus a spool, the live sink and the
     unreachable one; the collector runs as shard 0 of 1 (its points carry the shard tag)."""
     listeners = {k: sims_config[k] for k in ("traps", "listeners") if k in sims_config}
-    devices = [*sims_config["devices"], *extra]
+    devices = polled(sims_config["devices"])
     return {
         "collector": {
             "spool_dir": str(workdir / "spool"),
@@ -158,24 +156,11 @@ def every_family_reported(run: TwinRun, device_names: set[str]) -> bool:
     return not missing and device_names <= run.devices_reporting()
 
 
-def devices_in(config: Path) -> list[dict[str, Any]]:
-    """The `devices:` of a config file, none while it is still being written."""
-    return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("devices") or []
-
-
-@contextlib.contextmanager
-def sdqkd_node(workdir: Path) -> Iterator[list[dict[str, Any]]]:
-    """`qkdtel sims sdqkd` at SDQKD_SITE (the twin starts no SD-QKD node): its device entries,
-    with the configured tags the twin's devices carry."""
-    config = workdir / "sdqkd.yaml"
-    args = ["sdqkd", "--site", SDQKD_SITE, "--config-out", str(config), "--speed", f"{SPEED:g}"]
-    process = sims_cli.start(args, config, workdir / "sdqkd.log")
-    try:
-        tags = {"node": SDQKD_SITE, "domain": load_topology(None).site(SDQKD_SITE).domain}
-        devices = wait_for("the SD-QKD node's config", lambda: devices_in(config), 10, 0.1)
-        yield [{**d, "tags": tags} for d in devices]
-    finally:
-        sims_cli.stop(process)
+def polled(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The twin's devices the daemon polls: all, but of the SD-QKD nodes (one per site, their
+    links repeating the modules') only the one at SDQKD_SITE, for the per-application key
+    consumption (`qkd_app`) without doubling every link's points."""
+    return [d for d in devices if d["driver"] != "sdqkd_node" or d["tags"]["node"] == SDQKD_SITE]
 
 
 @contextlib.contextmanager
@@ -183,16 +168,17 @@ def twin_run(workdir: Path, influx: InfluxServer, db: str) -> Iterator[TwinRun]:
     """The twin and the daemon running into `db`, once every family has reported."""
     sims_config = workdir / "sims.yaml"
     args = ["--speed", f"{SPEED:g}", "--interval", f"{INTERVAL_S:g}"]
+    args += ["--families", "snmp,switches,keys,optics,sdqkd"]
     args += ["--trap-target", f"127.0.0.1:{free_udp_ports(1)}"]
-    with SimsProcess(sims_config, args, start_timeout=120) as sims, sdqkd_node(workdir) as extra:
-        document = daemon_document(sims.config, extra, workdir, influx, db)
+    with SimsProcess(sims_config, args, start_timeout=120) as sims:
+        document = daemon_document(sims.config, workdir, influx, db)
         config_path = workdir / "qkdtel.yaml"
         config_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
         control = resolve(str(sims_config))
         assert control_file(sims_config).exists()
         run = TwinRun(influx, db, workdir, config_path, control, sims)
         with daemon(config_path, workdir / "daemon.log") as process:
-            names = set(sims.devices) | {d["name"] for d in extra}
+            names = {d["name"] for d in document["devices"]}
             try:
                 wait_for(
                     "every family and device to report",
