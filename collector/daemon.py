@@ -167,12 +167,14 @@ class Collector:
         # Spread first polls over the interval (stable per device name) so a restart does
         # not hit every device in the same instant.
         offset = (zlib.crc32(poller.name.encode()) % 1000) / 1000 * min(interval, 5.0)
+        first = datetime.now().astimezone() + timedelta(seconds=offset)
+        poller.schedule_origin = first.timestamp()
         self._scheduler.add_job(
             self._fire,
             IntervalTrigger(seconds=interval),
             args=[poller],
             id=f"poll:{poller.name}",
-            next_run_time=datetime.now().astimezone() + timedelta(seconds=offset),
+            next_run_time=first,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(1, int(interval)),

@@ -57,6 +57,7 @@ class DevicePoller:
     max_backoff: float
     consecutive_failures: int = 0
     not_before: float = 0.0  # monotonic time before which scheduled polls are skipped
+    schedule_origin: float | None = None  # wall-clock time of the first scheduled poll
     running: bool = field(default=False, init=False)
 
     @classmethod
@@ -80,9 +81,20 @@ class DevicePoller:
         """False while the device is backing off or a poll of it is still running."""
         return not self.running and time.monotonic() >= self.not_before
 
+    def start_lag(self, now: float) -> float:
+        """How long after its scheduled time a poll starting at `now` (wall clock) starts: the
+        scheduler's own delay plus the wait for a free slot of `concurrency`. APScheduler runs
+        an interval job at origin + k x interval (a missed run is coalesced into the next), so
+        the lag is the time past the last such tick; it is what a NOC watches to see a
+        collector falling behind before polls are missed."""
+        if self.schedule_origin is None:
+            return 0.0
+        return (now - self.schedule_origin) % self.device.config.interval
+
     async def poll(self) -> PollResult:
         """Poll once within the device's timeout; never raises (errors become the status)."""
         cfg = self.device.config
+        lag = self.start_lag(time.time())
         self.running = True
         started = time.perf_counter()
         samples: list[Sample] = []
@@ -135,6 +147,7 @@ class DevicePoller:
                 "error_class": error_class,
                 "error": error,
                 "poll_duration_s": round(duration, 6),
+                "start_lag_s": round(lag, 3),
                 "samples": len(samples),
                 "consecutive_failures": self.consecutive_failures,
                 "backoff_s": backoff,

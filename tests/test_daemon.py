@@ -229,3 +229,35 @@ def test_run_refuses_a_spool_of_another_layout(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "cannot start:" in result.stderr and SPOOL_FILE in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_start_lag_shows_polls_queued_behind_the_concurrency_limit(
+    tmp_path, tcp_probe_driver, tcp_servers
+):
+    """Four silent devices hold the one `concurrency` slot 0.4 s each: 1.6 s of polling per
+    1 s interval cannot keep up, so polls start late and `start_lag_s` says by how much; with
+    a slot each they start on time."""
+    devices = [
+        {
+            "name": f"silent-{i}",
+            "driver": "tcp_probe",
+            "interval": 1.0,
+            "timeout": 0.4,
+            "address": tcp_servers.silent(),
+            "read_banner": True,
+        }
+        for i in range(4)
+    ]
+
+    def lags(concurrency: int) -> list[float]:
+        document = collector_document(tmp_path / str(concurrency), devices, max_backoff=0.1)
+        document["collector"]["concurrency"] = concurrency
+        recorder = Recorder()
+        loaded = load_config_text(yaml.safe_dump(document))
+        asyncio.run(Collector(loaded, observers=[recorder]).run(duration=4.0))
+        return [s.fields["start_lag_s"] for v in recorder.statuses().values() for s in v]
+
+    queued = lags(1)
+    assert queued and max(queued) >= 0.35, queued
+    free = lags(8)
+    assert free and max(free) < 0.3, free
