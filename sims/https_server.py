@@ -4,7 +4,8 @@ Stdlib `http.server` behind `ssl` (TLS 1.2+, client certificate required and che
 network CA), in a thread of its own. It records the path of every request it receives (so a
 test can show what a client asked, and what it never asked), and takes injected faults:
 
-- `down()` / `up()`: the port closes (connection refused) and reopens on the same port;
+- `down()` / `up()`: the port and its kept-alive connections close (connection refused) and
+  reopen on the same port;
 - `Fault.UNAVAILABLE`: HTTP 503;
 - `Fault.MALFORMED`: a 200 whose body is not JSON;
 - `Fault.OVERSIZED`: a 200 with a body of `OVERSIZED_BYTES`, close-delimited (no length
@@ -16,6 +17,7 @@ stalls its handshake never holds up the others.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import socket
@@ -101,13 +103,31 @@ class _TlsServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], context: ssl.SSLContext, owner: MtlsJsonServer):
         self.context = context
         self.owner = owner
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
         # the handshake happens at the first read, in the request's own thread
         wrapped = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        with self._open_lock:
+            self._open.add(wrapped)
         return wrapped, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """End every open (kept-alive) connection: a device taken down must stop answering
+        the clients already connected too, not only refuse new ones."""
+        with self._open_lock:
+            connections, self._open = list(self._open), set()
+        for sock in connections:
+            with contextlib.suppress(OSError):  # already closed by its handler
+                sock.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A refused handshake (wrong or missing client certificate) is counted, not printed."""
@@ -153,10 +173,11 @@ class MtlsJsonServer:
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
 
     def down(self) -> None:
-        """Close the port: connections are refused until `up`."""
+        """Close the port and the open connections: connections are refused until `up`."""
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
             server.server_close()
+            server.drop_connections()
 
     close = down

@@ -9,6 +9,7 @@ import yaml
 
 from qkdtel.config import load_config_text
 from qkdtel.daemon import Collector
+from qkdtel.poller import DevicePoller
 from qkdtel.sims.https_server import Fault
 from qkdtel.sims.qrng import MAX_RATE_BPS
 from tests.collector_run import Recorder, collector_document
@@ -67,3 +68,26 @@ def test_qrng_faults_are_that_devices_errors(qrng_sim, pki):
     qrng.sim.set_fault(Fault.NONE)
     assert poll_once(qrng.device("qrng")).ok
     assert set(qrng.sim.server.requests()) == {"/api/v1/status"}
+
+
+def test_a_qrng_taken_down_stops_answering_a_kept_alive_client(qrng_sim):
+    """`down()` ends the connections a client keeps alive between polls, not only the port:
+    one driver polling on schedule must see the device go and come back."""
+    qrng = qrng_sim()
+    loaded = load_config_text(yaml.safe_dump({"devices": [qrng.device("qrng")]}))
+
+    async def main() -> list[str]:
+        poller = DevicePoller.create(loaded.devices[0], max_backoff=60.0)
+        try:
+            classes = [(await poller.poll()).error_class]
+            qrng.sim.server.down()
+            classes.append((await poller.poll()).error_class)
+            qrng.sim.server.up()
+            classes.append((await poller.poll()).error_class)
+            return classes
+        finally:
+            await poller.driver.aclose()
+
+    first, down, back = asyncio.run(main())
+    assert first == "" and back == ""
+    assert down in {"refused", "connection_lost", "timeout"}, down
