@@ -110,6 +110,12 @@ class ReportRequest:
         return f"time >= {self.start_ns} AND time <= {self.end_ns}"
 
     @property
+    def receivers(self) -> str:
+        """`qkd_link` points of the range from each channel's receiving module. Not those of
+        SD-QKD nodes (tagged `module`): they repeat their modules' own links."""
+        return f"{self.where} AND \"direction\" = 'rx' AND \"module\" = ''"
+
+    @property
     def bucket(self) -> str:
         return f"{self.bucket_s}s"
 
@@ -220,7 +226,7 @@ def _link_series(request: ReportRequest) -> dict[str, list[_ChannelSeries]]:
     rows = request.query(
         'SELECT mean("secret_key_rate_bps") AS skr, mean("qber") AS qber, '
         'mean("excess_noise_snu") AS noise FROM "qkd_link" '
-        f"WHERE {request.where} AND \"direction\" = 'rx' "
+        f"WHERE {request.receivers} "
         f'GROUP BY time({request.bucket}), "link", "device", "channel", "band", '
         '"technology", "node", "peer" fill(null)'
     )
@@ -348,7 +354,7 @@ def _table_section(request: ReportRequest) -> list[str]:
         'SELECT count("secret_key_rate_bps") AS n, mean("secret_key_rate_bps") AS skr, '
         'mean("qber") AS qber, mean("excess_noise_snu") AS noise, '
         'last("link_status") AS status FROM "qkd_link" '
-        f"WHERE {request.where} AND \"direction\" = 'rx' "
+        f"WHERE {request.receivers} "
         'GROUP BY "link", "device", "channel", "band", "node", "peer"'
     )
     published = published_channels(request.topology)
