@@ -303,11 +303,13 @@ class Supervisor:
     # The child's side.
 
     def _child(self, config: LoadedConfig) -> None:
-        """In the forked worker: default signals, die with the parent, run, exit."""
+        """In the forked worker: default signals (SIGHUP ignored until the collector's loop
+        takes it: a reload forwarded while the worker starts must not kill it), die with the
+        parent, run, exit."""
         code = EXIT_POLL_FAILED
         try:
             for sig in WAITED:
-                signal.signal(sig, signal.SIG_DFL)
+                signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             _die_with_parent()
             code = self._run_worker(config)

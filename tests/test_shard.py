@@ -38,7 +38,7 @@ def test_a_new_shard_takes_devices_only_for_itself(devices: list[str], count: in
         assert after in (before, count)  # stays, or moves to the new shard, never elsewhere
 
 
-@settings(max_examples=20)
+@settings(max_examples=20, deadline=None)  # 4,000 names x N+1 shards: slow on a busy machine
 @given(st.integers(1, 15), st.integers(0, 10**6))
 def test_a_new_shard_takes_about_its_share(count: int, salt: int) -> None:
     devices = [f"dev-{salt}-{i}" for i in range(4000)]
