@@ -7,7 +7,8 @@ One twin run serves the module, in three stages:
    a maintenance window of a module;
 2. faults, on disjoint links so that they do not disturb each other, driven as an operator
    would (`qkdtel sims fault` on the twin's control API, `qkdtel switch move` over NETCONF):
-   added loss on DV link 8 (QBER; OTDR and power meter), a break on link 6 with a key demand
+   added loss on DV link 8 (QBER; OTDR and power meter) and on CV link R1 (excess noise), a
+   break on link 6 with a key demand
    surge between its sites (key rate zero, key stock low and emptying, classical fallback), a
    device taken down, a cross-connect moved; each rule fires for exactly its faulty series;
 3. every panel's, variable's and annotation's query of every dashboard returns data, for each
@@ -55,6 +56,14 @@ BREAK_LINK, BREAK_SITES = "6", ("Concepcion", "Distrito")
 SURGE_BPS = 5_000_000.0
 """Key demand between the broken link's sites, far above what the stock holds for long."""
 FALLBACK_ENCRYPTOR = "enc-l2-concepcion-distrito"
+CV_LINK, CV_LOSS_DB = "R1", 12.0
+"""The remote AIT CV link: 12 dB more loss multiplies its input-referred excess noise by ~8
+(0.012 -> ~0.1 SNU, over the 0.05 threshold) while it still makes some key."""
+CV_PAIR = [
+    {"device": "kme-montegancedo", "slave_sae_id": "SAE-MONCLOA"},
+    {"device": "kme-moncloa", "slave_sae_id": "SAE-MONTEGANCEDO"},
+]
+"""Its key managers: the key rate cut to 0.4 % falls below their demand, so the stock drains."""
 DOWN_DEVICE = "osa-quijote-l3"
 """An instrument nothing else depends on."""
 SWITCH = "sw-quevedo"
@@ -134,6 +143,7 @@ def faulty(twin: TwinRun) -> TwinRun:
     """The twin with every fault of the module docstring injected."""
     sims_fault(twin, "--link", QBER_LINK, "--add-loss", f"{QBER_LOSS_DB:g}", "--kind", "bend")
     sims_fault(twin, "--link", BREAK_LINK, "--add-loss", "30", "--kind", "break")
+    sims_fault(twin, "--link", CV_LINK, "--add-loss", f"{CV_LOSS_DB:g}", "--kind", "bend")
     sims_fault(twin, "--consumption", f"{BREAK_SITES[0]}:{BREAK_SITES[1]}={SURGE_BPS:g}")
     sims_fault(twin, "--device", DOWN_DEVICE, "--down")
     for command in SWITCH_CHANGES:
@@ -169,6 +179,7 @@ LINK_8_PAIR = [
 ]
 FIRES_FOR: dict[str, list[dict[str, str]]] = {
     "qkdtel-qber-dv-high": [{"link": QBER_LINK}],
+    "qkdtel-excess-noise-cv-high": [{"link": CV_LINK}],
     "qkdtel-key-rate-zero": [{"link": BREAK_LINK}],
     "qkdtel-key-stock-low": [{"device": "kme-concepcion", "slave_sae_id": "SAE-DISTRITO"}],
     "qkdtel-key-stock-emptying": [{"device": "kme-concepcion", "slave_sae_id": "SAE-DISTRITO"}],
@@ -183,10 +194,12 @@ MAY_FIRE_FOR: dict[str, list[dict[str, str]]] = {
     "qkdtel-key-stock-low": [
         {"device": "kme-distrito", "slave_sae_id": "SAE-CONCEPCION"},
         *LINK_8_PAIR,
+        *CV_PAIR,
     ],
     "qkdtel-key-stock-emptying": [
         {"device": "kme-distrito", "slave_sae_id": "SAE-CONCEPCION"},
         *LINK_8_PAIR,
+        *CV_PAIR,
     ],
     "qkdtel-encryptor-classical-fallback": [{"device": "enc-l2-quevedo-quijano"}],
 }
@@ -216,8 +229,8 @@ def test_rule_fires_on_its_fault(uid, faulty):
 
 
 # Fields of a raw event table that only some notifications carry and that no fault of this
-# module makes a module send: the CV excess-noise alarm (the twin's faults change loss, which
-# leaves excess noise alone) and the key-store-empty traps of the modules reporting a fill
+# module is sure to make a module send in time: the CV excess-noise alarm trap (sent when a
+# module's own threshold is crossed) and the key-store-empty traps of the modules reporting a fill
 # (a module's own store empties only after a long outage).
 SOMETIMES_CARRIED = {("qkd_event", "excess_noise_snu"), ("qkd_event", "key_store_fill_ratio")}
 

@@ -11,7 +11,8 @@ reproduces (docs: /work/shared/DOMAIN.md):
 - a daily disturbance: for Cerberis 3 the detector-temperature excursion of the Bob module,
   which lowers the key rate and raises the QBER; for CV systems bursts of excess noise;
 - maintenance windows (state maintenance/serviceMode, key rate 0) followed by a restart;
-- key rate falling with channel loss (`extra_loss_db` knob: DV ~ transmittance, CV ~ its square);
+- key rate falling with channel loss (`extra_loss_db` knob: DV ~ transmittance, CV ~ its square),
+  and the CV excess noise referred to the input rising with it;
   the twin (sims/twin/model.py) adds its path's loss through the `path_loss` hook: a path whose
   switches do not make it, or a loss past `BREAK_LOSS_DB`, leaves the receiver without signal
   (state starting, no key, the CV receiver's no-signal SNR);
@@ -235,10 +236,16 @@ class ChannelModel:
         return min(0.5, max(0.0, value))
 
     def _excess_noise(self, t: float) -> float:
+        """Excess noise referred to the channel input, as CV systems report it. About half of it
+        is the receiver's own (electronic and phase noise), which referral divides by the
+        channel's transmittance: added loss raises it by (1 + 10^(dB/10)) / 2."""
         xi = self.params.excess_noise_snu
         if xi is None:
             return 0.0
-        return max(0.0, xi * (1 + 0.1 * self._quality(t)) + 1.1 * xi * self._disturbance(t))
+        referred = (1 + 10 ** (self._extra()[0] / 10)) / 2
+        return max(
+            0.0, referred * xi * (1 + 0.1 * self._quality(t)) + 1.1 * xi * self._disturbance(t)
+        )
 
     def _sifted_rate(self, skr: float, qber: float) -> float:
         """Sifted rate from the secret rate: secret fraction 1 - f h(Q) - h(Q), f = 1.2."""
