@@ -33,6 +33,7 @@ from rich.table import Table
 
 from qkdtel.config import LoadedConfig, load_config_text
 from qkdtel.daemon import Collector, ListenerStartError
+from qkdtel.lab import BaselineStore
 from qkdtel.live import LiveLinkTable, run_with_live_table
 from qkdtel.output import print_unsqueezed
 from qkdtel.sims.influxd import InfluxServer
@@ -216,6 +217,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         def inject() -> None:
             assert fault is not None
+            # after the OTDR's commissioning baseline: the bend is then a new event on it
+            wait_for_file(otdr_baseline(loaded, fault.link), time.monotonic() + args.seconds / 3)
             done = inject_fault(sims.config_path, fault, console)
             injected.extend([done] if done else [])
 
@@ -297,6 +300,25 @@ async def _collect(
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+
+
+def otdr_baseline(loaded: LoadedConfig, link: str) -> Path | None:
+    """The file the collector saves `link`'s OTDR commissioning baseline in (None: no OTDR on
+    the link keeps one)."""
+    _, otdr = instruments(loaded, link)
+    if otdr is None or otdr.options.link != link or otdr.options.baseline_dir is None:
+        return None
+    return BaselineStore(otdr.options.baseline_dir).path(link, otdr.options.wavelengths_nm[0])
+
+
+def wait_for_file(path: Path | None, deadline: float) -> bool:
+    """Wait until `path` exists or `time.monotonic()` passes `deadline`; whether it exists
+    (True for no path: nothing to wait for)."""
+    while path is not None and not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def inject_fault(sims_config: Path, fault: Fault, console: Console) -> InjectedFault | None:

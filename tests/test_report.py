@@ -21,7 +21,13 @@ from rich.console import Console
 from qkdtel.config import load_config_text
 from qkdtel.daemon import Collector
 from qkdtel.drivers.osa.options import OsaOptions
-from qkdtel.sims.demo import Fault, collector_document, inject_fault
+from qkdtel.sims.demo import (
+    Fault,
+    collector_document,
+    inject_fault,
+    otdr_baseline,
+    wait_for_file,
+)
 from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.sims.process import SimsProcess
 from qkdtel.sims.report import (
@@ -76,6 +82,10 @@ def twin_run(influxdb: InfluxServer, tmp_path_factory) -> TwinRun:
 
         async def half_way() -> None:
             await asyncio.sleep(SECONDS / 2)
+            # the bend after the OTDR's baseline (a loaded machine may delay its first poll)
+            baseline = otdr_baseline(loaded, "4")
+            assert baseline is not None
+            await asyncio.to_thread(wait_for_file, baseline, time.monotonic() + SECONDS / 3)
             done = await asyncio.to_thread(
                 inject_fault, sims.config_path, Fault("4", 3.0), Console(quiet=True)
             )
