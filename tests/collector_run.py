@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdtel.sdk import Sample
+from qkdtel.sims.influxd import InfluxServer
 
 
 def collector_document(tmp_path: Path, devices: list[dict], **collector: Any) -> dict[str, Any]:
@@ -58,3 +59,12 @@ class Recorder:
             if s.measurement == "qkdtel_device_status":
                 out[s.tags["device"]].append(s)
         return out
+
+
+def poll_times(influxdb: InfluxServer, db: str) -> dict[str, list[float]]:
+    """Device -> the times (s) of its polls, from the qkdtel_device_status points."""
+    rows = influxdb.query('SELECT "up" FROM "qkdtel_device_status" GROUP BY "device"', db)
+    times: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        times[row["device"]].append(row["time"] / 1e9)
+    return {device: sorted(t) for device, t in times.items()}

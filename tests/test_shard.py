@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 from qkdtel import shard
 from qkdtel.sims.influxd import InfluxServer
 
+from .collector_run import poll_times
 from .fixtures_snmp import SnmpSims
 
 names = st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=300, unique=True)
@@ -143,22 +143,13 @@ def _shard_config(snmp_sims: SnmpSims, influxdb: InfluxServer, db: str, tmp_path
     return path
 
 
-def _poll_times(influxdb: InfluxServer, db: str) -> dict[str, list[float]]:
-    """Device -> the times (s) of its polls, from the qkdtel_device_status points."""
-    rows = influxdb.query('SELECT "up" FROM "qkdtel_device_status" GROUP BY "device"', db)
-    times: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        times[row["device"]].append(row["time"] / 1e9)
-    return {device: sorted(t) for device, t in times.items()}
-
-
 def _wait_for_every_device(
     influxdb: InfluxServer, db: str, names: set[str], procs: list[subprocess.Popen[bytes]]
 ) -> None:
     """Until every device has a poll in InfluxDB (starting four daemons on a loaded 2-core
     machine takes seconds); a shard that exits meanwhile fails the test at once."""
     deadline = time.monotonic() + 90
-    while set(_poll_times(influxdb, db)) != names:
+    while set(poll_times(influxdb, db)) != names:
         assert all(p.poll() is None for p in procs), "a shard exited"
         assert time.monotonic() < deadline, "not every device was polled in 90 s"
         time.sleep(0.5)
@@ -206,7 +197,7 @@ def test_four_shards_split_the_twin_and_survive_one_killed(
                 proc.kill()
                 proc.wait()
 
-    times = _poll_times(influxdb, influx_db)
+    times = poll_times(influxdb, influx_db)
     assert set(times) == set(names)  # the union of the shards is the whole network
     for index in range(4):  # each shard spooled on its own and tagged its self-telemetry
         assert (tmp_path / f"spool.shard-{index}").is_dir()

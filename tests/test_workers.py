@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from qkdtel.config import load_config
 from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.spool_lock import SpoolLock, holder_pid
 
+from .collector_run import poll_times
 from .fixtures_snmp import SnmpSims
 
 INTERVAL = 2.0
@@ -64,15 +64,6 @@ def _config(
     path = tmp_path / "workers.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
-
-
-def _poll_times(influxdb: InfluxServer, db: str) -> dict[str, list[float]]:
-    """Device -> the times (s) of its polls, from the qkdtel_device_status points."""
-    rows = influxdb.query('SELECT "up" FROM "qkdtel_device_status" GROUP BY "device"', db)
-    times: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        times[row["device"]].append(row["time"] / 1e9)
-    return {device: sorted(t) for device, t in times.items()}
 
 
 def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, timeout: float) -> None:
@@ -128,7 +119,7 @@ def test_two_workers_split_the_twin_restart_a_killed_one_and_stop(
     try:
         _wait_for(
             "every device polled",
-            lambda: set(_poll_times(influxdb, influx_db)) == names,
+            lambda: set(poll_times(influxdb, influx_db)) == names,
             proc,
             90,
         )
@@ -153,7 +144,7 @@ def test_two_workers_split_the_twin_restart_a_killed_one_and_stop(
             "worker 1's devices polled again and the outage delivered",
             lambda: all(
                 polls[-1] > killed_at + INTERVAL
-                for device, polls in _poll_times(influxdb, influx_db).items()
+                for device, polls in poll_times(influxdb, influx_db).items()
                 if device in shares[1]
             ),
             proc,
@@ -171,7 +162,7 @@ def test_two_workers_split_the_twin_restart_a_killed_one_and_stop(
     text = log.read_text()
     assert re.search(r"worker 1 \(shard 1/2\) \(PID \d+\) died: killed by SIGKILL", text), text
     assert "restart 1 in 1 s" in text and "all workers stopped (1 restart(s))" in text
-    times = _poll_times(influxdb, influx_db)
+    times = poll_times(influxdb, influx_db)
     assert set(times) == names  # the union of the workers is the whole network
     for device, polls in times.items():
         # Exactly one worker polls each device: two would put polls far closer than the interval.
