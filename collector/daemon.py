@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 SampleObserver = Callable[[list[Sample]], None]
 
 LISTENER_MEASUREMENT = "qkdtel_listener"
+FIRST_POLL_SPREAD_S = 5.0
+"""First polls of a small inventory start within this long (or the interval, if shorter)."""
+FIRST_POLLS_PER_S = 200.0
+"""A large inventory spreads its first polls so that at most this many start a second, up to
+the whole interval: polls then stay evenly spread every interval after (their schedule is
+anchored at the first), instead of all of them falling in the same few seconds of each
+interval, a burst that made 10,000 devices on two workers start 8 % of their polls late."""
 
 
 class ListenerStartError(RuntimeError):
@@ -161,12 +168,12 @@ class Collector:
             if (counters := listener.counters())
         ]
 
-    def _schedule_poller(self, poller: DevicePoller) -> None:
-        """Poll the device at its interval from now on."""
+    def _schedule_poller(self, poller: DevicePoller, spread: float) -> None:
+        """Poll the device at its interval from now on, the first poll within `spread` s."""
         interval = poller.device.config.interval
-        # Spread first polls over the interval (stable per device name) so a restart does
-        # not hit every device in the same instant.
-        offset = (zlib.crc32(poller.name.encode()) % 1000) / 1000 * min(interval, 5.0)
+        # Spread first polls (stable per device name) so a restart does not hit every device
+        # in the same instant, nor every interval after it.
+        offset = (zlib.crc32(poller.name.encode()) % 1000) / 1000 * spread
         first = datetime.now().astimezone() + timedelta(seconds=offset)
         poller.schedule_origin = first.timestamp()
         self._scheduler.add_job(
@@ -180,10 +187,19 @@ class Collector:
             misfire_grace_time=max(1, int(interval)),
         )
 
+    def _spreads(self) -> dict[float, float]:
+        """Interval -> over how long the first polls of the devices at that interval spread."""
+        counts = Counter(p.device.config.interval for p in self.pollers)
+        return {
+            interval: min(interval, max(FIRST_POLL_SPREAD_S, n / FIRST_POLLS_PER_S))
+            for interval, n in counts.items()
+        }
+
     def _schedule(self) -> None:
         now = datetime.now().astimezone()
+        spreads = self._spreads()
         for poller in self.pollers:
-            self._schedule_poller(poller)
+            self._schedule_poller(poller, spreads[poller.device.config.interval])
         period = self.config.collector.self_telemetry_interval
         self._scheduler.add_job(
             self._fire_self_telemetry,
@@ -272,10 +288,14 @@ class Collector:
             plan = plan_reload(self._running, new)
             for name in [*plan.removed, *(d.config.name for d in plan.changed)]:
                 self._retire(name)
-            for device in [*plan.changed, *plan.added]:
-                poller = DevicePoller.create(device, self.config.collector.max_backoff)
-                self.pollers.append(poller)
-                self._schedule_poller(poller)
+            fresh = [
+                DevicePoller.create(device, self.config.collector.max_backoff)
+                for device in [*plan.changed, *plan.added]
+            ]
+            self.pollers.extend(fresh)
+            spreads = self._spreads()
+            for poller in fresh:
+                self._schedule_poller(poller, spreads[poller.device.config.interval])
             self._running = dataclasses.replace(
                 self._running, devices=new.devices, unpolled=new.unpolled
             )

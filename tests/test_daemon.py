@@ -261,3 +261,28 @@ def test_start_lag_shows_polls_queued_behind_the_concurrency_limit(
     assert queued and max(queued) >= 0.35, queued
     free = lags(8)
     assert free and max(free) < 0.3, free
+
+
+def test_a_large_inventory_spreads_its_first_polls_over_the_whole_interval(
+    tmp_path, tcp_probe_driver, tcp_servers
+):
+    """Polls stay where the first one fell (every interval after it), so a large inventory
+    packed into the first 5 s would poll in bursts for good: its first polls spread over the
+    interval (at most ~200 starting a second), a small one's within 5 s of the start."""
+    closed = tcp_servers.closed()
+
+    def origins(count: int, interval: float) -> list[float]:
+        devices = [
+            {"name": f"d{i}", "driver": "tcp_probe", "interval": interval, "address": closed}
+            for i in range(count)
+        ]
+        document = collector_document(tmp_path / str(count), devices)
+        collector = Collector(load_config_text(yaml.safe_dump(document)))
+        started = time.time()
+        asyncio.run(collector.run(duration=0.3))
+        return [p.schedule_origin - started for p in collector.pollers]
+
+    small = origins(20, 30.0)
+    assert max(small) <= 5.0 + 0.5, max(small)
+    large = origins(3000, 30.0)  # 3000 / 200 a second: 15 s
+    assert 13.0 <= max(large) <= 15.0 + 0.5 and min(large) >= -0.5, (min(large), max(large))
