@@ -128,6 +128,18 @@ class ReportRequest:
     def markers(self) -> list[Marker]:
         return [Marker(f.at_ns, f.what) for f in self.faults]
 
+    def plot(self, panels: Sequence[Panel], name: str, title: str) -> None:
+        """Draw `panels` into `out_dir/name` over the report's range, its faults marked: every
+        figure shares the time axis, so a fault lines up across them."""
+        plot_panels(
+            panels,
+            self.out_dir / name,
+            title=title,
+            start_ns=self.start_ns,
+            end_ns=self.end_ns,
+            markers=self.markers,
+        )
+
 
 # -- published figures -----------------------------------------------------------------------
 
@@ -271,13 +283,8 @@ def _key_rate_section(request: ReportRequest, links: dict[str, list[_ChannelSeri
             for c in channels
         )
         panels.append(Panel(f"link {link}", "kbit/s", series, log=_wide(series)))
-    plot_panels(
-        panels,
-        request.out_dir / "key_rate.png",
-        title="Secret key rate per link (solid: measured; dashed: published mean)",
-        start_ns=request.start_ns,
-        end_ns=request.end_ns,
-        markers=request.markers,
+    request.plot(
+        panels, "key_rate.png", "Secret key rate per link (solid: measured; dashed: published mean)"
     )
     return [
         *lines,
@@ -329,14 +336,7 @@ def _quality_section(request: ReportRequest, links: dict[str, list[_ChannelSerie
         if not panels:
             lines.append(f"No {title} arrived in this range.")
             continue
-        plot_panels(
-            panels,
-            request.out_dir / name,
-            title=f"{title} (solid: measured; dashed: published mean)",
-            start_ns=request.start_ns,
-            end_ns=request.end_ns,
-            markers=request.markers,
-        )
+        request.plot(panels, name, f"{title} (solid: measured; dashed: published mean)")
         lines.append(f"![{title}]({name})")
     return lines
 
@@ -568,13 +568,8 @@ def _key_stock_section(request: ReportRequest) -> list[str]:
             for pair, points in sorted(pairs.items())
         )
         panels.append(Panel(f"{node} ({device})", "keys in stock", series, log=_wide(series)))
-    plot_panels(
-        panels,
-        request.out_dir / "key_stock.png",
-        title="Key stock per SAE pair, per node (ETSI GS QKD 014 status)",
-        start_ns=request.start_ns,
-        end_ns=request.end_ns,
-        markers=request.markers,
+    request.plot(
+        panels, "key_stock.png", "Key stock per SAE pair, per node (ETSI GS QKD 014 status)"
     )
     return [
         *lines,

@@ -7,7 +7,7 @@ reports every problem at once as `path: message`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -260,18 +260,26 @@ class Topology(_Model):
         yield from self._key_problems()
         yield from self._instrument_problems()
 
-    def _switch_problems(self) -> Iterator[str]:
+    def _placed_once(
+        self, items: Sequence[Switch | KeyManager], section: str, kind: str
+    ) -> Iterator[str]:
+        """Each of `items` (the file's `section`, of `kind`s) at a known site, one a site."""
         sites = {s.name for s in self.sites}
+        first: dict[str, str] = {}
+        for i, item in enumerate(items):
+            where = f"{section}[{i}] ({item.name}).site"
+            if item.site not in sites:
+                yield f"{where}: no site named {item.site!r}"
+            elif item.site in first:
+                yield f"{where}: {item.site} already has {kind} {first[item.site]}"
+            first.setdefault(item.site, item.name)
+
+    def _switch_problems(self) -> Iterator[str]:
         links = {link.id: link for link in self.links}
         modules = {m.name: m for m in self.modules}
-        at: dict[str, str] = {}
+        yield from self._placed_once(self.switches, "switches", "switch")
         for i, switch in enumerate(self.switches):
             where = f"switches[{i}] ({switch.name})"
-            if switch.site not in sites:
-                yield f"{where}.site: no site named {switch.site!r}"
-            elif switch.site in at:
-                yield f"{where}.site: {switch.site} already has switch {at[switch.site]}"
-            at.setdefault(switch.site, switch.name)
             names = [p.name for p in switch.ports]
             for j, port in enumerate(switch.ports):
                 here = f"{where}.ports[{j}] ({port.name})"
@@ -314,13 +322,9 @@ class Topology(_Model):
 
     def _key_problems(self) -> Iterator[str]:
         sites = {s.name for s in self.sites}
+        yield from self._placed_once(self.key_managers, "key_managers", "key manager")
         kme_at: dict[str, KeyManager] = {}
-        for i, kme in enumerate(self.key_managers):
-            where = f"key_managers[{i}] ({kme.name})"
-            if kme.site not in sites:
-                yield f"{where}.site: no site named {kme.site!r}"
-            elif kme.site in kme_at:
-                yield f"{where}.site: {kme.site} already has key manager {kme_at[kme.site].name}"
+        for kme in self.key_managers:
             kme_at.setdefault(kme.site, kme)
         for i, kme in enumerate(self.key_managers):
             for j, peer in enumerate(kme.peers):
