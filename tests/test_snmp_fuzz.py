@@ -40,7 +40,9 @@ from tests.fixtures_hil import driver_options
 from tests.test_snmp_attacks import Attacker, blast, capture, v3_args
 from tests.test_traps import QUEVEDO, V3, Harness, run
 
-PER_MESSAGE = 0.05  # seconds: the most one datagram may cost the decoder
+PER_MESSAGE = 0.05
+"""The most one datagram may cost the decoder, in seconds of this thread's CPU: not wall clock,
+which a preempted VM stretches (a 1-byte datagram once "took" 0.33 s in CI)."""
 
 
 def seed_messages() -> list[bytes]:
@@ -120,17 +122,17 @@ def test_seeds_decode():
 @settings(max_examples=600, deadline=None, derandomize=True)
 @given(mutated())
 def test_ber_decoder_only_raises_ber_error_and_fast(data: bytes):
-    started = time.perf_counter()
+    started = time.thread_time()
     decode_everything(data)
-    assert time.perf_counter() - started < PER_MESSAGE
+    assert time.thread_time() - started < PER_MESSAGE
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.binary(max_size=2048))
 def test_ber_decoder_takes_random_bytes(data: bytes):
-    started = time.perf_counter()
+    started = time.thread_time()
     decode_everything(data)
-    assert time.perf_counter() - started < PER_MESSAGE
+    assert time.thread_time() - started < PER_MESSAGE
 
 
 WIRE_VALUES = st.one_of(
