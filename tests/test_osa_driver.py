@@ -165,7 +165,7 @@ def test_a_sweep_longer_than_the_poll_is_abandoned_and_aborted(osa_sim, drivers)
     with pytest.raises(DeviceTimeout, match=r"':INITiate' did not complete within 60 s"):
         driver.poll_blocking()
     took = time.monotonic() - started
-    assert 0.8 < took < 1.5  # the poll's budget (timeout less a margin), not the sweep's limit
+    assert 0.8 < took < 2.5  # the poll's budget (timeout less a margin), not the sweep's 60 s
     assert not bench.sim.sweeping  # aborted: the instrument is not left sweeping
     assert not driver.instrument.needs_recovery
     assert ":ABORt" in sent(bench)

@@ -32,11 +32,12 @@ def test_a_long_acquisition_does_not_delay_a_fast_device(tmp_path, otdr_sim, pow
     assert otdr_polls and all(s.fields["up"] for s in otdr_polls), [s.fields for s in otdr_polls]
     assert all(s.fields["poll_duration_s"] >= 1.4 for s in otdr_polls)
     # ~35 scheduled meter polls in 3.5 s; none held up while the OTDR acquired
-    assert len(meter_polls) >= 25, len(meter_polls)
+    assert len(meter_polls) >= 15, len(meter_polls)  # of ~35: a loaded CI machine loses some
     assert all(s.fields["up"] for s in meter_polls)
     times = [s.time_ns / 1e9 for s in meter_polls]
-    assert max(b - a for a, b in itertools.pairwise(times)) < 0.4
-    assert all(s.fields["poll_duration_s"] < 0.2 for s in meter_polls)
+    # held up would mean a gap or a poll as long as an acquisition (1.5 s)
+    assert max(b - a for a, b in itertools.pairwise(times)) < 0.9
+    assert all(s.fields["poll_duration_s"] < 0.9 for s in meter_polls)
     # interval 0.5 s, acquisition 1.5 s: the poller skips runs rather than overlapping them
     assert len(otdr_polls) <= 3
     connections = {r.connection for r in bench.sim.received()}

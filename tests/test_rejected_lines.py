@@ -345,7 +345,7 @@ def test_bisection_stops_at_its_time_budget(monkeypatch) -> None:
     server = _SilentServer(delay=0.1)
     started = time.monotonic()
     refused = write_batch(server, "\n".join(lines).encode(), lambda: lines)
-    assert time.monotonic() - started < 0.5 + 0.25
+    assert time.monotonic() - started < 0.5 + 1.0  # the bisection alone would take ~100 s
     assert any(why.startswith("isolation stopped") for _, why in refused)
 
 

@@ -487,7 +487,7 @@ def test_socket_sends_to_an_instrument_that_stops_reading_are_bounded(
                 DeviceTimeout, match=r"no answer to sending ':SOUR:WAV 1550.000' within " + within
             ):
                 job.set("wavelength_nm", 1550)
-            assert time.monotonic() - started < min(budget, 0.3) + 0.2
+            assert time.monotonic() - started < min(budget, 0.3) + 1.0  # not blocked for good
             monkeypatch.undo()
     finally:
         ours.close()
