@@ -30,7 +30,7 @@ import hmac
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from pyasn1.type import univ
@@ -141,12 +141,12 @@ def report_name(response: Response) -> str:
     return str(label[-1])
 
 
-@cache
+@lru_cache(maxsize=256)
 def _hashed_passphrase(service: Any, *args: Any) -> Any:
     """`service.hash_passphrase(*args)`, once per service and passphrase in this process: 1 MB
     of hashing (~10-20 ms) that every device sharing the credentials would otherwise repeat
     (10,000 SNMPv3 devices: minutes of start-up). The key localised per engine stays per
-    device."""
+    device. Bounded: passphrases rotated away by reloads are forgotten, not kept for good."""
     return service.hash_passphrase(*args)
 
 
