@@ -57,21 +57,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             stderr.print("--live shows one collector: not with --workers", markup=False)
             return EXIT_CONFIG
         return cli_workers.supervise(
-            args, loaded, workers, lambda config: _run_collector(config, None, args.duration)
+            args,
+            loaded,
+            workers,
+            lambda config, restarts: _run_collector(config, None, args.duration, restarts),
         )
     loaded = cli_shard.apply(args, loaded)
     return _run_collector(loaded, LiveLinkTable() if args.live else None, args.duration)
 
 
-def _run_collector(loaded: LoadedConfig, view: LiveLinkTable | None, duration: float | None) -> int:
-    """One collector on `loaded` until stopped: `qkdtel run`, or one of its `--workers`."""
+def _run_collector(
+    loaded: LoadedConfig,
+    view: LiveLinkTable | None,
+    duration: float | None,
+    worker_restarts: int = 0,
+) -> int:
+    """One collector on `loaded` until stopped: `qkdtel run`, or one of its `--workers` (restarted
+    `worker_restarts` times so far, which its self-telemetry reports)."""
     from qkdtel.daemon import Collector, ListenerStartError
     from qkdtel.live import run_with_live_table
     from qkdtel.spool import SpoolAccessError, SpoolCorruptError, SpoolLayoutError
     from qkdtel.spool_lock import SpoolLockedError
     from qkdtel.spool_space import free_bytes, is_disk_full
 
-    collector = Collector(loaded, observers=[view] if view else [])
+    collector = Collector(loaded, observers=[view] if view else [], worker_restarts=worker_restarts)
     try:
         if view is None:
             asyncio.run(collector.run(duration=duration))

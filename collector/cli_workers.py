@@ -54,7 +54,8 @@ STABLE_AFTER_S = 60.0
 KILL_AFTER_GRACE_S = 30.0
 PR_SET_PDEATHSIG = 1
 
-RunWorker = Callable[[LoadedConfig], int]
+RunWorker = Callable[[LoadedConfig, int], int]
+"""Runs one worker on its configuration, told how often its slot was restarted; its exit status."""
 """Runs one collector on its configuration in the worker process; returns the exit status."""
 
 
@@ -296,13 +297,13 @@ class Supervisor:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            self._child(worker.config)
+            self._child(worker.config, worker.restarts)
         worker.pid, worker.last_pid, worker.started = pid, pid, time.monotonic()
         log.info("%s started (PID %d)", worker.label, pid)
 
     # The child's side.
 
-    def _child(self, config: LoadedConfig) -> None:
+    def _child(self, config: LoadedConfig, restarts: int) -> None:
         """In the forked worker: default signals (SIGHUP ignored until the collector's loop
         takes it: a reload forwarded while the worker starts must not kill it), die with the
         parent, run, exit."""
@@ -312,7 +313,7 @@ class Supervisor:
                 signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
             _die_with_parent()
-            code = self._run_worker(config)
+            code = self._run_worker(config, restarts)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else EXIT_POLL_FAILED
         except BaseException:

@@ -67,7 +67,12 @@ class Collector:
     --live` is one).
     """
 
-    def __init__(self, loaded: LoadedConfig, observers: list[SampleObserver] | None = None):
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        observers: list[SampleObserver] | None = None,
+        worker_restarts: int = 0,
+    ):
         self.config = loaded.config
         settings = self.config.collector
         mibs.use_state_dir(settings.state_dir)
@@ -86,6 +91,8 @@ class Collector:
         self._listeners: list[Listener] = []
         self.poll_counts: Counter[tuple[str, str]] = Counter()
         """(device, `ok` or the error class) -> polls since start (for /metrics)."""
+        self._worker_restarts = worker_restarts
+        """Times the `--workers` supervisor restarted this worker's slot (self-telemetry)."""
         self._health = self._health_server(settings.health)
 
     async def submit(self, samples: list[Sample]) -> None:
@@ -134,6 +141,7 @@ class Collector:
             self.delivery,
             lambda: dict(self.poll_counts),
             lambda: [(listener.name, listener.counters()) for listener in list(self._listeners)],
+            self._worker_restarts,
         )
         return HealthServer(settings, view)
 
@@ -148,10 +156,9 @@ class Collector:
         running = sum(t.get_name().startswith("poll:") for t in self._in_flight)
         shard = self.config.collector.shard  # sharded: which collector of several this is
         tags = {} if shard is None else {"shard": str(shard.index)}
+        fields = {"polls_running": running, "worker_restarts": self._worker_restarts}
         points = [
-            Sample(
-                p.measurement, {**p.tags, **tags}, {**p.fields, "polls_running": running}, p.time_ns
-            )
+            Sample(p.measurement, {**p.tags, **tags}, {**p.fields, **fields}, p.time_ns)
             for p in points
         ]
         await self.submit(points + self._listener_telemetry())

@@ -2,10 +2,11 @@
 
 `/metrics`: the Prometheus text format (prometheus_client), read from the daemon at each
 scrape: polls by device and result, points collected / written / rejected / dropped / pending
-per sink, write errors and latency, spool bytes, and what listeners count (traps received and
-refused by reason). `/healthz`: 200 `{"status": "ok"}`, or 503 with the reasons when a sink's
-writer is dead or stalled, or a sink has delivered nothing for `unhealthy_after` while points
-wait for it (InfluxDB down, a token revoked...).
+per sink, write errors and latency, spool bytes, what listeners count (traps received and
+refused by reason), and how often a `--workers` worker was restarted. `/healthz`: 200
+`{"status": "ok"}`, or 503 with the reasons when a sink's writer is dead or stalled, or a sink
+has delivered nothing for `unhealthy_after` while points wait for it (InfluxDB down, a token
+revoked...).
 
 The server runs in a thread of its own (wsgiref, one thread per request), so a slow scrape
 never holds up polling; a watch task on the daemon's loop notes once a second which sinks have
@@ -58,6 +59,8 @@ class DaemonView:
     """(device, result: `ok` or the error class) -> polls since start."""
     listeners: Callable[[], Iterable[tuple[str, Mapping[str, int]]]]
     """(listener name, its counters) of the running listeners."""
+    worker_restarts: int = 0
+    """Times the `--workers` supervisor restarted this worker (0 without `--workers`)."""
 
 
 class _DaemonMetrics:
@@ -75,6 +78,11 @@ class _DaemonMetrics:
         yield polls
         yield from self._delivery(self.view.delivery.telemetry())
         yield from self._listeners()
+        restarts = GaugeMetricFamily(
+            "qkdtel_worker_restarts", "times the --workers supervisor restarted this worker"
+        )
+        restarts.add_metric([], self.view.worker_restarts)
+        yield restarts
 
     @staticmethod
     def _delivery(points: list[Sample]) -> Iterator[Metric]:

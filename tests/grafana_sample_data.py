@@ -303,6 +303,7 @@ def sample_points(now: int, *, healthy: bool = False) -> list[Point]:
             "write_latency_s": 0.02,
             "polls_running": 1,
             "writer_restarts": 0 if healthy else int(k < 5),
+            "worker_restarts": 0 if healthy else int(k < 3),
             "writer_stalled": False,
             "spool_bytes": 40_960 + 1024 * (10 - k),
         }

@@ -89,6 +89,22 @@ def _polled_devices(port: int) -> set[str]:
     return set(re.findall(r'^qkdtel_polls_total\{device="([^"]+)"', text, re.MULTILINE))
 
 
+def _worker_restarts(port: int) -> float:
+    """`qkdtel_worker_restarts` on a worker's /metrics."""
+    _, text = _get(port, "/metrics")
+    found = re.search(r"^qkdtel_worker_restarts (\S+)$", text, re.MULTILINE)
+    assert found is not None, text
+    return float(found.group(1))
+
+
+def _restarts_stored(influxdb: InfluxServer, db: str) -> dict[str, int]:
+    """shard -> the last `worker_restarts` each worker wrote to `qkdtel_collector`."""
+    rows = influxdb.query(
+        'SELECT last("worker_restarts") FROM "qkdtel_collector" GROUP BY "shard"', db
+    )
+    return {row["shard"]: row["last"] for row in rows}
+
+
 def _children(pid: int) -> set[int]:
     return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
@@ -128,6 +144,7 @@ def test_two_workers_split_the_twin_restart_a_killed_one_and_stop(
         for w in range(2):  # worker w serves /metrics and /healthz on the port + w
             assert _polled_devices(port + w) == shares[w]
             assert _get(port + w, "/healthz")[0] == 200
+            assert _worker_restarts(port + w) == 0
         influxdb.stop()  # an outage: what the workers poll from now on waits in their spools
         outage_at = time.time()
         time.sleep(3 * INTERVAL)
@@ -149,6 +166,14 @@ def test_two_workers_split_the_twin_restart_a_killed_one_and_stop(
             ),
             proc,
             90,
+        )
+        # The restart is counted where a NOC sees it: /metrics and the self-telemetry.
+        assert (_worker_restarts(port), _worker_restarts(port + 1)) == (0, 1)
+        _wait_for(
+            "worker 1's restart in InfluxDB",
+            lambda: _restarts_stored(influxdb, influx_db) == {"0": 0, "1": 1},
+            proc,
+            30,
         )
         running = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
