@@ -59,8 +59,9 @@ class Harness:
 
     @property
     def target(self) -> str:
+        """The receiver as Net-SNMP names a transport address (IPv6: `udp6:[::1]:PORT`)."""
         host, port = self.receiver.address
-        return f"{host}:{port}"
+        return f"udp6:[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def send(self, *args: str, tool: str = "snmptrap", client: str | None = None) -> int:
         """Run the Net-SNMP tool (numeric OIDs, no MIB loading); return its exit status."""
@@ -95,13 +96,14 @@ def run(
     devices: Sequence[tuple[str, str, dict]] = (),
     users: Sequence[dict] = (),
     communities: Sequence[str] | None = ("trapcomm",),
+    listen: str = "127.0.0.1:0",
 ) -> None:
-    """Start a receiver on a free loopback port, run `test(harness)`, stop it. `communities`
-    None: the option is left out, as a config that does not name it."""
+    """Start a receiver on `listen` (a free loopback port), run `test(harness)`, stop it.
+    `communities` None: the option is left out, as a config that does not name it."""
 
     async def main() -> None:
         given = {} if communities is None else {"communities": list(communities)}
-        settings = TrapOptions(listen="127.0.0.1:0", users=list(users), **given)
+        settings = TrapOptions(listen=listen, users=list(users), **given)
         harness = Harness(TrapReceiver(settings, list(devices), lambda s: _put(harness, s)))
         await harness.receiver.start()
         try:

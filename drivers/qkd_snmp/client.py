@@ -33,7 +33,7 @@ from qkdtel.drivers.qkd_snmp.ber import (
     NO_SUCH_OBJECT,
     BerError,
 )
-from qkdtel.drivers.qkd_snmp.options import SnmpSettings
+from qkdtel.drivers.qkd_snmp.options import SnmpSettings, join_address
 from qkdtel.sdk import AuthError, DeviceTimeout, Malformed, PollError, Refused
 
 Oid = tuple[int, ...]
@@ -97,7 +97,7 @@ class SnmpClient:
     @property
     def where(self) -> str:
         """The agent's address as shown in error messages."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return join_address(self.host, self.port)
 
     async def _exchange(
         self, oids: Sequence[Oid], max_repetitions: int | None, non_repeaters: int

@@ -8,6 +8,7 @@ secrets.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -35,6 +36,11 @@ def split_address(address: str, default_port: int = 161) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"port {port} is out of range 1..65535")
     return match.group("v6") or match.group("host"), port
+
+
+def join_address(host: str, port: int) -> str:
+    """(host, port) -> `host:port`, an IPv6 address in brackets: `split_address` undone."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _v3_only(value: Any, info: ValidationInfo, default: Any = None) -> None:
@@ -186,7 +192,9 @@ class TrapOptions(Model):
     with `type: snmp_traps`): where it listens, and whom it accepts notifications from."""
 
     listen: str = Field(
-        "127.0.0.1:10162", description="IPv4 address (or name) and port: 0.0.0.0:162"
+        "127.0.0.1:10162",
+        description="address and port: IPv4 (or a name of one) 0.0.0.0:162, IPv6 in brackets "
+        "[2001:db8::5]:162; [::]:162 takes IPv4 senders too (dual-stack)",
     )
     communities: list[SecretStr] = Field(
         default_factory=lambda: [SecretStr("public")],
@@ -209,13 +217,19 @@ class TrapOptions(Model):
     @field_validator("listen")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
-        """A `host:port` the receiver can bind: it opens an IPv4 socket, so no IPv6 address.
+        """A `host:port` the receiver can bind: an IPv4 address or a name (an IPv4 socket),
+        or an IPv6 address in brackets (an IPv6 one), as device addresses are written.
         Whether the host is an address of this machine is `listen_problem`'s business."""
+        if value.count(":") > 1 and not value.startswith("["):
+            raise ValueError("an IPv6 address goes in brackets: [::1]:162, [::]:162")
         if ":" not in value.rsplit("]", 1)[-1]:
-            raise ValueError("expected host:port, e.g. 0.0.0.0:162")
+            raise ValueError("expected host:port, e.g. 0.0.0.0:162 or [::]:162")
         host, _ = split_address(value)
         if ":" in host:
-            raise ValueError("the trap receiver listens on IPv4 only: give an IPv4 address")
-        if not _HOST_NAME.fullmatch(host):
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"[{host}] is not an IPv6 address") from None
+        elif not _HOST_NAME.fullmatch(host):
             raise ValueError("the host is neither an IPv4 address nor a host name")
         return value

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import socket
 import time
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pysnmp.carrier.asyncio.dgram import udp
+from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.entity import config
 from pysnmp.entity.engine import SnmpEngine
 from pysnmp.entity.rfc3413 import ntfrcv
@@ -52,7 +53,7 @@ from qkdtel.drivers.qkd_snmp.ber import (
     decode_v3,
     from_pyasn1,
 )
-from qkdtel.drivers.qkd_snmp.options import TrapOptions, TrapUser, split_address
+from qkdtel.drivers.qkd_snmp.options import TrapOptions, TrapUser, join_address, split_address
 from qkdtel.drivers.qkd_snmp.profiles import PROFILES, Out
 from qkdtel.drivers.qkd_snmp.resolve import Notification, Resolved, resolve
 from qkdtel.drivers.qkd_snmp.usm import ENGINE_ID_SIZE, Authenticator, add_usm_user, usm_clock_ok
@@ -103,8 +104,8 @@ class _Kind:
     outputs: tuple[Out, ...]
 
 
-class _TrapSocket(udp.UdpAsyncioTransport):
-    """pysnmp's UDP transport with the receiver's gate in front of the engine."""
+class _Gate:
+    """The receiver's gate in front of pysnmp's UDP transport (mixed into one per family)."""
 
     def __init__(self, admit: Callable[[bytes, tuple], bool], failed: Callable[[], None]):
         super().__init__()
@@ -115,10 +116,66 @@ class _TrapSocket(udp.UdpAsyncioTransport):
         """Gate, then pysnmp; nothing a datagram provokes may escape into the event loop."""
         try:
             if self._admit(datagram, transportAddress):
-                super().datagram_received(datagram, transportAddress)
+                super().datagram_received(datagram, transportAddress)  # type: ignore[misc]
         except Exception:  # pysnmp raises many kinds on junk; counted, the next datagram goes on
             log.debug("SNMP notification from %s raised", transportAddress[0], exc_info=True)
             self._failed()
+
+
+class _TrapSocket(_Gate, udp.UdpAsyncioTransport):
+    """pysnmp's UDP/IPv4 transport with the receiver's gate in front of the engine."""
+
+
+class _TrapSocket6(_Gate, udp6.Udp6AsyncioTransport):
+    """pysnmp's UDP/IPv6 transport with the receiver's gate in front of the engine; IPv4
+    senders of a dual-stack socket arrive through it as IPv4-mapped addresses."""
+
+
+def sender_ip(host: str) -> str:
+    """An IP address in the one form the receiver compares and reports: canonical text
+    (`2001:DB8:0::1` -> `2001:db8::1`), an IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, an
+    IPv4 sender on a dual-stack socket) as the IPv4 address, no zone index. Anything else
+    (a host name) is returned as it is."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _sender(address: tuple) -> tuple[str, int]:
+    """A socket's sender address (2 or 4 items) as the receiver attributes it: (ip, port)."""
+    return sender_ip(address[0]), address[1]
+
+
+def _family(host: str) -> socket.AddressFamily:
+    """The socket family `listen`'s host asks for: IPv6 for an IPv6 address (the only hosts
+    with a colon, given in brackets), IPv4 for an IPv4 address or a name."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _bound_socket(family: socket.AddressFamily, address: tuple) -> socket.socket:
+    """A UDP socket bound to `address`; an IPv6 one takes IPv4 senders too where the OS
+    allows (IPV6_V6ONLY off: `[::]` is dual-stack), so one `listen` serves both."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            _dual_stack(sock)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _dual_stack(sock: socket.socket) -> None:
+    """Turn IPV6_V6ONLY off; an OS that refuses keeps the socket IPv6 only, said once."""
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    except OSError as exc:
+        log.info("trap receiver: IPv6 socket stays IPv6 only (%s)", exc.strerror)
 
 
 @dataclass
@@ -241,7 +298,7 @@ class TrapReceiver:
         self.on_samples = on_samples
         self.host, self.port = split_address(listener.listen, 162)
         self._engine: SnmpEngine | None = None
-        self._transport: _TrapSocket | None = None
+        self._transport: _TrapSocket | _TrapSocket6 | None = None
         self._receiver: ntfrcv.NotificationReceiver | None = None
         self._kinds: dict[tuple[int, ...], _Kind] = {}
         self._by_address: dict[tuple[str, int], list[tuple[str, dict[str, str]]]] = {}
@@ -260,7 +317,7 @@ class TrapReceiver:
         self._own_engine_id = b""
         self.refused: Counter[str] = Counter()
         """Datagrams refused, by reason (`REFUSALS`)."""
-        self._refusals = RefusalLog(f"{self.host}:{self.port}")
+        self._refusals = RefusalLog(join_address(self.host, self.port))
         self.accepted = 0
         """Datagrams passed to pysnmp."""
         self.evicted = 0
@@ -282,17 +339,22 @@ class TrapReceiver:
         (trap_oid,) = engine.get_mib_builder().import_symbols("SNMPv2-MIB", "snmpTrapOID")
         self._trap_oid = (*trap_oid.name, 0)
         self._own_engine_id = bytes(engine.snmpEngineID)
-        transport = _TrapSocket(self._admit, self._failed)
+        family = _family(self.host)
+        transport = (_TrapSocket6 if family == socket.AF_INET6 else _TrapSocket)(
+            self._admit, self._failed
+        )
         loop = asyncio.get_running_loop()
         try:
-            await loop.create_datagram_endpoint(
-                lambda: transport, local_addr=(self.host, self.port), family=socket.AF_INET
+            infos = await loop.getaddrinfo(
+                self.host, self.port, family=family, type=socket.SOCK_DGRAM
             )
+            sock = _bound_socket(family, infos[0][4])
         except OSError as exc:  # the port taken (another receiver, snmptrapd), not allowed...
-            raise OSError(
-                exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror}"
-            ) from None
-        config.add_transport(engine, udp.DOMAIN_NAME, transport)
+            where = join_address(self.host, self.port)
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
+        await loop.create_datagram_endpoint(lambda: transport, sock=sock)
+        domain = udp6.DOMAIN_NAME if family == socket.AF_INET6 else udp.DOMAIN_NAME
+        config.add_transport(engine, domain, transport)
         for index, community in enumerate(self.listener.communities):
             config.add_v1_system(engine, f"community-{index}", community.get_secret_value())
         for user in self.users:
@@ -303,7 +365,7 @@ class TrapReceiver:
                 self._configured[key] = _Engine(None, self._auth_key(key))
         self._receiver = ntfrcv.NotificationReceiver(engine, self._on_notification)
         self._engine, self._transport = engine, transport
-        log.info("receiving SNMP notifications on %s:%d", *self.address)
+        log.info("receiving SNMP notifications on %s", join_address(*self.address))
 
     async def stop(self) -> None:
         """Stop listening and wait for the hand-over of notifications already received."""
@@ -340,7 +402,7 @@ class TrapReceiver:
             except OSError as exc:
                 log.warning("device %s: cannot resolve %s for traps: %s", name, host_only, exc)
                 continue
-            for ip in {info[4][0] for info in infos}:
+            for ip in {sender_ip(info[4][0]) for info in infos}:
                 by_ip.setdefault(ip, []).append((name, tags))
                 if port:
                     by_address.setdefault((ip, port), []).append((name, tags))
@@ -363,8 +425,9 @@ class TrapReceiver:
         return kinds
 
     def _device(self, address: tuple[str, int]) -> tuple[str, dict[str, str]]:
-        """The configured device a notification came from, or `unknown`."""
-        for candidates in (self._by_address.get(address[:2]), self._by_ip.get(address[0])):
+        """The configured device a notification from (ip, port) (`_sender`) came from, or
+        `unknown`."""
+        for candidates in (self._by_address.get(address), self._by_ip.get(address[0])):
             if candidates and len(candidates) == 1:
                 return candidates[0]
         return UNKNOWN_DEVICE, {}
@@ -373,15 +436,16 @@ class TrapReceiver:
 
     def _admit(self, datagram: bytes, address: tuple) -> bool:
         """Whether a datagram goes on to pysnmp; every refusal is counted in `refused`."""
+        ip = sender_ip(address[0])
         try:
             message = decode_v3(datagram)
         except BerError:
             reason = self._check_v2c(datagram)
         else:
-            reason = self._check_v3(datagram, message, address[0])
+            reason = self._check_v3(datagram, message, ip)
         if reason is not None:
             self.refused[reason] += 1
-            self._refusals.note(reason, address[0])
+            self._refusals.note(reason, ip)
             return False
         self.accepted += 1
         return True
@@ -513,7 +577,7 @@ class TrapReceiver:
         cb_ctx: Any,
     ) -> None:
         _, address = engine.message_dispatcher.get_transport_info(state_reference)
-        sample = self.to_sample(tuple(address[:2]), varbinds)
+        sample = self.to_sample(_sender(address), varbinds)
         if sample is None:
             return
         task = asyncio.get_running_loop().create_task(self.on_samples([sample]))
@@ -528,8 +592,9 @@ class TrapReceiver:
     def to_sample(
         self, address: tuple[str, int], varbinds: Sequence[tuple[Any, Any]]
     ) -> Sample | None:
-        """One notification -> its `qkd_event` point (an encryptor's: `encryptor_event`,
-        drivers/encryptor_snmp/notifications.py); None if it is neither."""
+        """One notification from (ip, port) (`_sender`) -> its `qkd_event` point (an
+        encryptor's: `encryptor_event`, drivers/encryptor_snmp/notifications.py); None if it
+        is neither."""
         values = {}
         for oid, value in varbinds:
             try:
@@ -594,14 +659,28 @@ def listen_problem(listen: str) -> str | None:
     host, port = split_address(listen)
     if port == 0:
         return "port 0 would listen on a random port no device sends to; give 1..65535"
+    family = _family(host)
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((host, 0))
+        with _bound_socket(family, (host, 0)):
+            pass
     except (socket.gaierror, UnicodeError):  # UnicodeError: a label over 63 characters
         return f"{host} is not an IPv4 address or a name of one"
     except OSError as exc:
-        return f"cannot listen on {host}: {exc.strerror}"
+        if family == socket.AF_INET6 and not _ipv6_available():
+            return f"{listen}: IPv6 is not available on this machine"
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        return f"cannot listen on {shown}: {exc.strerror}"
     return None
+
+
+def _ipv6_available() -> bool:
+    """Whether this machine speaks IPv6 at all: the kernel has it (an IPv6 socket opens) and
+    it is not disabled (loopback's `::1` can be bound; `disable_ipv6` removes it)."""
+    try:
+        with _bound_socket(socket.AF_INET6, ("::1", 0)):
+            return True
+    except OSError:
+        return False
 
 
 def _sources(context: ListenerContext) -> list[Source]:
