@@ -291,12 +291,13 @@ traps: {{listen: "127.0.0.1:0"}}
     assert (traps.name, traps.type, traps.options.listen) == ("traps", "snmp_traps", "127.0.0.1:0")
 
 
-def test_trap_listen_must_be_an_ipv4_address_of_this_machine(tmp_path):
+def test_trap_listen_must_be_an_address_of_this_machine(tmp_path):
+    """IPv4 here; IPv6 (`[::1]:162`, needing IPv6 on loopback): tests/test_traps_ipv6.py."""
     cfg = tmp_path / "qkdtel.yaml"
     for listen, problem in [
         ("127.0.0.1:10162", None),
         ("localhost:10162", None),
-        ("[::1]:10162", "the trap receiver listens on IPv4 only: give an IPv4 address"),
+        ("::1:10162", "an IPv6 address goes in brackets: [::1]:162, [::]:162"),
         ("127.0.0.1", "expected host:port, e.g. 0.0.0.0:162"),
         ("legan\u00e9s:162", "the host is neither an IPv4 address nor a host name"),
         ("x" * 64 + ":162", f"{'x' * 64} is not an IPv4 address or a name of one"),

@@ -282,9 +282,9 @@ CORPUS = [
         "traps.listen (line 2): expected host:port",
     ),
     Case(
-        "bound-trap-ipv6",
-        "traps:\n  listen: '[::1]:10162'\n",
-        "traps.listen (line 2): the trap receiver listens on IPv4 only",
+        "bound-trap-ipv6-no-brackets",
+        "traps:\n  listen: '::1:10162'\n",
+        "traps.listen (line 2): an IPv6 address goes in brackets",
     ),
     Case(
         "bound-trap-not-local",

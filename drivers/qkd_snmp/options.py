@@ -223,7 +223,7 @@ class TrapOptions(Model):
         if value.count(":") > 1 and not value.startswith("["):
             raise ValueError("an IPv6 address goes in brackets: [::1]:162, [::]:162")
         if ":" not in value.rsplit("]", 1)[-1]:
-            raise ValueError("expected host:port, e.g. 0.0.0.0:162 or [::]:162")
+            raise ValueError("expected host:port, e.g. 0.0.0.0:162")
         host, _ = split_address(value)
         if ":" in host:
             try:
