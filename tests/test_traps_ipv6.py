@@ -83,6 +83,26 @@ def test_v2c_and_v3_authpriv_traps_over_ipv6_are_attributed_to_the_ipv6_device()
 
 
 @pytest.mark.usefixtures("ipv6")
+def test_devices_sharing_an_ipv6_address_are_told_apart_by_their_agent_port():
+    """Two modules on `::1` sending from their agent ports (`--clientaddr=[::1]:PORT`), one
+    written in a non-canonical form: each trap carries its own device."""
+    ports = free_udp6_port(), free_udp6_port()
+    devices = [
+        ("first", f"[::1]:{ports[0]}", {}),
+        ("second", f"[0000:0::0001]:{ports[1]}", {}),
+    ]
+    carried = {"tqkdLinkStatus": ("i", "4")}
+
+    async def test(h: Harness) -> None:
+        for name, port in [("first", ports[0]), ("second", ports[1]), ("first", ports[0])]:
+            client = f"[::1]:{port}"
+            assert await h.trap("toshiba", "tqkdLinkStatusChange", carried, client=client) == 0
+            assert (await h.next()).tags["device"] == name
+
+    run(test, devices, listen="[::1]:0")
+
+
+@pytest.mark.usefixtures("ipv6")
 def test_forged_digest_over_ipv6_is_refused_like_over_ipv4(caplog):
     async def test(h: Harness) -> None:
         forged = v3_args("authPriv")
