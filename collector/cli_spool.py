@@ -5,7 +5,8 @@
     qkdtel spool rejected -c qkdtel.yaml --requeue       # send them all again
     qkdtel spool rejected -c qkdtel.yaml --requeue 12 13 # send these again
     qkdtel spool check -c qkdtel.yaml                    # look for damage (exit 1 if damaged)
-    qkdtel spool status -c qkdtel.yaml [--json]          # backlog per sink, oldest point, bytes
+    qkdtel spool status -c qkdtel.yaml [--json]          # backlog per sink, oldest point, bytes,
+                                                         # and orphaned spools (docs/scaling.md)
 
 Works while the daemon runs (the spool is SQLite in WAL mode); the daemon picks requeued lines
 up within `collector.flush_interval`. Requeued lines that are still refused are set aside again
@@ -31,17 +32,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qkdtel import cli_workers
 from qkdtel.cli_common import EXIT_CONFIG, EXIT_OK, EXIT_POLL_FAILED, load_or_exit, stderr, stdout
+from qkdtel.config import LoadedConfig, ShardSettings
 from qkdtel.spool import (
     SPOOL_FILE,
     SpoolAccessError,
     SpoolCorruptError,
     SpoolLayoutError,
+    SpoolStatus,
     check_spool,
     list_rejected,
     requeue_rejected,
     spool_status,
 )
+from qkdtel.spool_adopt import orphan_pending, orphans
 
 HINT = (
     "lines refused for a field type conflict: DROP SERIES does not clear it on InfluxDB 1.x; "
@@ -112,38 +117,104 @@ def _age(oldest_ns: int | None, now_ns: int) -> str:
     return f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
 
 
+def _file_layout(loaded: LoadedConfig) -> tuple[ShardSettings | None, str]:
+    """The layout `qkdtel run -c FILE` runs in as the file sets it (`collector.shard`,
+    `collector.workers`; --shard or --workers on the command line would change it), for the
+    orphan rule (`qkdtel.spool_adopt`), and how to say it."""
+    settings = loaded.config.collector
+    workers = settings.workers
+    workers = cli_workers.cpu_count() if workers == "auto" else workers
+    if settings.shard is None and workers == 1:
+        return None, "unsharded"
+    index, count = (settings.shard.index, settings.shard.count) if settings.shard else (0, 1)
+    running = ShardSettings(index=index * workers, count=count * workers)
+    if workers == 1:
+        return running, f"shard {index}/{count}"
+    first = index * workers
+    return running, f"{workers} workers, shards {first}-{first + workers - 1} of {running.count}"
+
+
+def _orphans(loaded: LoadedConfig) -> tuple[list[dict[str, Any]], str]:
+    """The orphaned spools beside `spool_dir` for the file's layout, each with the points
+    pending for one of the configured sinks (None and the problem when it cannot be read)."""
+    running, layout = _file_layout(loaded)
+    sinks = [s.name for s in loaded.config.effective_sinks()]
+    found: list[dict[str, Any]] = []
+    for directory in orphans(loaded.config.collector.spool_dir, running):
+        try:
+            found.append({"spool": str(directory), "pending": orphan_pending(directory, sinks)})
+        except (SpoolLayoutError, SpoolCorruptError, SpoolAccessError, OSError) as exc:
+            found.append({"spool": str(directory), "pending": None, "problem": str(exc)})
+    return found, layout
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Backlog per sink, the oldest pending point's age, bytes on disk; read-only, so it works
-    while the daemon runs (WAL)."""
-    path = _spool_path(args)
+    while the daemon runs (WAL). Then the orphaned spools the next `qkdtel run` adopts."""
+    loaded = load_or_exit(args.config)
+    path = loaded.config.collector.spool_dir / SPOOL_FILE
+    found, layout = _orphans(loaded)
     try:
         status = spool_status(path)
     except FileNotFoundError:
-        stderr.print(f"no spool at {path}", highlight=False)
-        return EXIT_CONFIG
+        if not found:
+            stderr.print(f"no spool at {path}", highlight=False)
+            return EXIT_CONFIG
+        status = None
     except (SpoolLayoutError, SpoolCorruptError, SpoolAccessError) as exc:
         stderr.print(str(exc), markup=False, highlight=False)
         return EXIT_CONFIG
-    now = time.time_ns()
     if args.json:
-        doc = {
-            "spool": str(path),
-            "points": status.points,
-            "bytes_on_disk": status.bytes_on_disk,
-            "sinks": [
-                {
-                    "sink": s.sink,
-                    "pending": s.pending,
-                    "oldest_pending_age_s": None
-                    if s.oldest_ns is None
-                    else round((now - s.oldest_ns) / 1e9, 3),
-                    "rejected": s.rejected,
-                }
-                for s in status.sinks
-            ],
-        }
-        stdout.out(json.dumps(doc, indent=2), highlight=False)
-        return EXIT_OK
+        _print_json(path, status, found)
+    else:
+        _print_text(path, status, found, layout)
+    return EXIT_OK
+
+
+def _print_json(path: Path, status: SpoolStatus | None, found: list[dict[str, Any]]) -> None:
+    now = time.time_ns()
+    doc = {
+        "spool": str(path),
+        "points": status.points if status else 0,
+        "bytes_on_disk": status.bytes_on_disk if status else 0,
+        "sinks": [
+            {
+                "sink": s.sink,
+                "pending": s.pending,
+                "oldest_pending_age_s": None
+                if s.oldest_ns is None
+                else round((now - s.oldest_ns) / 1e9, 3),
+                "rejected": s.rejected,
+            }
+            for s in (status.sinks if status else [])
+        ],
+        "orphans": found,
+    }
+    stdout.out(json.dumps(doc, indent=2), highlight=False)
+
+
+def _print_text(
+    path: Path, status: SpoolStatus | None, found: list[dict[str, Any]], layout: str
+) -> None:
+    if status is None:
+        stdout.print(f"no spool at {path} yet", markup=False, highlight=False)
+    else:
+        _print_backlog(path, status)
+    for orphan in found:
+        held = orphan["pending"]
+        what = f"{held:,} pending point(s)" if held is not None else orphan["problem"]
+        stdout.print(f"{orphan['spool']}: {what}", markup=False, highlight=False)
+    if found:
+        stdout.print(
+            f"{len(found)} orphaned spool(s): no collector of this file's layout ({layout}) owns"
+            f" them; the next `qkdtel run` ({layout}) adopts them (delivers and removes them)",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _print_backlog(path: Path, status: SpoolStatus) -> None:
+    now = time.time_ns()
     mib = status.bytes_on_disk / (1 << 20)
     stdout.print(
         f"{path}: {status.points} point(s), {mib:.1f} MiB on disk (database + WAL)",
@@ -156,7 +227,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in status.sinks:
         line = row.format(s.sink, s.pending, _age(s.oldest_ns, now), s.rejected)
         stdout.print(line, markup=False, highlight=False)
-    return EXIT_OK
 
 
 def add_subcommand(subparsers: Any) -> None:

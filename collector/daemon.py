@@ -31,6 +31,7 @@ from qkdtel.poller import DevicePoller, PollResult
 from qkdtel.reload import plan_reload
 from qkdtel.sdk import DeviceSource, Listener, ListenerContext, Sample
 from qkdtel.shard import select as select_shard
+from qkdtel.spool_adopt import adopt_orphans
 from qkdtel.spool_lock import SpoolLock
 
 if TYPE_CHECKING:
@@ -355,6 +356,11 @@ class Collector:
                 self._schedule()
                 self._scheduler.start()
                 log.info("collecting from %d device(s)", len(self.pollers))
+                # Spools no collector of this layout owns: delivered beside polling.
+                adopting = adopt_orphans(
+                    self.delivery, self.config.collector, self._stopping.is_set
+                )
+                self._spawn(adopting, "adopt-orphans")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=duration)
             finally:

@@ -137,6 +137,8 @@ class Delivery:
         # A damaged spool file: salvaged once (`_recover`), counted for the telemetry.
         self._salvage_lock = threading.Lock()
         self._salvaged = SalvageCounts()
+        self._adopted = 0
+        """Points taken over from orphaned spools since start (`qkdtel.spool_adopt`)."""
 
     @property
     def spool(self) -> Spool:
@@ -144,6 +146,11 @@ class Delivery:
         if self._spool is None:
             raise RuntimeError("Delivery.start() has not been called")
         return self._spool
+
+    @property
+    def sink_names(self) -> list[str]:
+        """The configured sinks' names, in the file's order."""
+        return [s.name for s in self._sink_configs]
 
     async def start(self) -> None:
         """Open the spool and start one writer task per sink; replays what a last run left."""
@@ -184,6 +191,20 @@ class Delivery:
         if not lines:
             return 0
         return await self._group.commit(lines)
+
+    async def adopt(self, lines: list[str]) -> int:
+        """Spool lines taken over from an orphaned spool (`qkdtel.spool_adopt`) as a submit's:
+        one group commit, the overflow policy and the counting apply (`points_collected`,
+        `points_dropped`), and `points_adopted`; returns how many were kept, once on disk."""
+        if self._group is None:
+            raise RuntimeError("Delivery.start() has not been called")
+        kept = await self._group.commit(lines)
+        self._adopted += kept
+        return kept
+
+    def count_salvage(self, report: SalvageReport | None) -> None:
+        """Count a salvage made outside delivery (an adopted orphan's) in `spool_damaged`."""
+        self._salvaged.add(report)
 
     def _append(self, lines: list[str], salvage_first: bool = True) -> AppendResult:
         """In a worker thread: `Spool.append`; a failure of the spool loses these points,
@@ -308,6 +329,7 @@ class Delivery:
                     "spool_damaged": self._salvaged.files,
                     "points_salvaged": self._salvaged.points,
                     "points_lost_damage": self._salvaged.lost,
+                    "points_adopted": self._adopted,
                     **spool_fields,
                 },
                 now,
