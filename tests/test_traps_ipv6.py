@@ -23,7 +23,7 @@ from qkdtel.config import ConfigError, load_config, load_config_text
 from qkdtel.drivers.qkd_snmp import traps
 from qkdtel.drivers.qkd_snmp.traps import listen_problem, sender_ip
 from tests.test_snmp_attacks import link_down, v3_args
-from tests.test_traps import QUEVEDO, V3, Harness, run
+from tests.test_traps import QUEVEDO, V3, Harness, oid, run, varbinds
 
 pytestmark = pytest.mark.usefixtures("netsnmp_tools")
 
@@ -162,6 +162,28 @@ def test_dual_stack_attributes_ipv4_senders_as_ipv4_and_ipv6_ones_as_ipv6(caplog
         assert (sample.tags["device"], sample.fields["source"]) == ("madrid-v6", "::1")
 
     run(test, devices, users=[V3], communities=["trapcomm"], listen="[::]:0")
+
+
+@pytest.mark.usefixtures("ipv6")
+@pytest.mark.parametrize(
+    ("listen", "family"), [("[::1]:0", "udp6:[::1]"), ("[::]:0", "127.0.0.1")], ids=["v6", "v4"]
+)
+def test_inform_over_ipv6_and_dual_stack_is_acknowledged(listen, family):
+    """pysnmp answers an inform through the receiver's IPv6 transport, to an IPv4-mapped
+    sender too: `snmpinform` exits 0 only once the acknowledgement reached it."""
+    devices = [*QUEVEDO, ("madrid-v6", "[::1]", {})]
+    carried = varbinds("toshiba", {"tqkdLinkStatus": ("i", "4")})
+
+    async def test(h: Harness) -> None:
+        target = f"{family}:{port_of(h)}"
+        args = ["-v2c", "-c", "trapcomm", target, "", oid("toshiba", "tqkdLinkStatusChange")]
+        assert await h.send(*args, *carried, tool="snmpinform") == 0
+        sample = await h.next()
+        assert sample.fields["vendor_state"] == "fault"
+        expected = "madrid-v6" if family.startswith("udp6") else "quevedo-idq"
+        assert sample.tags["device"] == expected
+
+    run(test, devices, listen=listen)
 
 
 def test_sender_addresses_are_compared_in_canonical_form():

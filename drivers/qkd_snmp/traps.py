@@ -171,7 +171,7 @@ def _bound_socket(family: socket.AddressFamily, address: tuple) -> socket.socket
 
 
 def _dual_stack(sock: socket.socket) -> None:
-    """Turn IPV6_V6ONLY off; an OS that refuses keeps the socket IPv6 only, said once."""
+    """Turn IPV6_V6ONLY off; on an OS that refuses, the socket stays IPv6 only (logged)."""
     try:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     except OSError as exc:
@@ -352,7 +352,11 @@ class TrapReceiver:
         except OSError as exc:  # the port taken (another receiver, snmptrapd), not allowed...
             where = join_address(self.host, self.port)
             raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
-        await loop.create_datagram_endpoint(lambda: transport, sock=sock)
+        try:
+            await loop.create_datagram_endpoint(lambda: transport, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         domain = udp6.DOMAIN_NAME if family == socket.AF_INET6 else udp.DOMAIN_NAME
         config.add_transport(engine, domain, transport)
         for index, community in enumerate(self.listener.communities):
