@@ -224,10 +224,11 @@ class _Adoption:
         the rest stays in the orphan."""
         while not stopping():
             limit = min(ADOPT_BATCH, self.settings.spool_max_points)
-            batch = await asyncio.to_thread(_next_batch, spool, self.sinks, limit)
-            if batch is None:
+            found = await asyncio.to_thread(_next_batch, spool, self.sinks, limit)
+            if found is None:
                 return None
-            kept = await self.delivery.adopt(batch.lines)
+            batch, lines = found
+            kept = await self.delivery.adopt(lines)
             if kept < len(batch):
                 # This collector's spool is full (reject_new, a full disk) or failing: the
                 # orphan keeps the batch (what was kept comes over again, harmlessly).
@@ -285,11 +286,12 @@ class _Adoption:
         )
 
 
-def _next_batch(spool: Spool, sinks: Sequence[str], limit: int) -> Batch | None:
-    """The next points (at most `limit`) the orphan holds for the sink furthest behind (None:
-    drained)."""
+def _next_batch(spool: Spool, sinks: Sequence[str], limit: int) -> tuple[Batch, list[str]] | None:
+    """The next points (at most `limit`) the orphan holds for the sink furthest behind, and
+    their lines (split here, off the event loop); None once drained."""
     behind = min(sinks, key=spool.cursor)
-    return spool.read(behind, limit)
+    batch = spool.read(behind, limit)
+    return None if batch is None else (batch, batch.lines)
 
 
 def _acknowledge(spool: Spool, sinks: Sequence[str], batch: Batch) -> None:

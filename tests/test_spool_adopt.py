@@ -28,7 +28,7 @@ from qkdtel import shard
 from qkdtel.config import CollectorSettings, ShardSettings, load_config_text
 from qkdtel.daemon import Collector
 from qkdtel.sims.influxd import InfluxServer
-from qkdtel.spool import SPOOL_FILE, _split, _unpack_ends, spool_status
+from qkdtel.spool import SPOOL_FILE, _split, _unpack_ends, list_rejected, spool_status
 from qkdtel.spool_adopt import base_spool_dir, is_orphan, orphan_pending, orphans
 from qkdtel.spool_lock import SpoolLock
 from tests.collector_run import Recorder, collector_document
@@ -162,6 +162,39 @@ def test_a_damaged_orphan_is_salvaged_and_adopted_while_polling_goes_on(
     telemetry = last_telemetry(tmp_path)
     assert telemetry["points_adopted"] == f"{TOTAL}i"
     assert telemetry["spool_damaged"] == "1i"
+
+
+def test_two_shards_starting_beside_an_unsharded_spool_adopt_it_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = tmp_path / "spool"
+    spool = fill(base / SPOOL_FILE, keep_open=True)
+    first = spool.read("file", 2)
+    assert first is not None
+    spool.ack("file", first, [(line, "a refused line") for line in first.lines])
+    spool.close()
+    caplog.set_level(logging.INFO, logger="qkdtel")
+    collectors = []
+    for w in range(2):  # going from unsharded to two shards (two workers) on this host
+        document = collector_document(tmp_path, [])
+        document["sinks"][0]["path"] = str(tmp_path / "lp" / str(w))
+        loaded = shard.select(load_config_text(yaml.safe_dump(document)), w, 2)
+        collectors.append(Collector(loaded))
+
+    async def both() -> None:
+        await asyncio.gather(*(c.run(duration=2.0) for c in collectors))
+
+    asyncio.run(both())
+    adopted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("adopted ")]
+    assert adopted == [
+        f"adopted {TOTAL - 2:,} pending points from {base} (no collector of this layout owns it)"
+        " and removed it"
+    ]
+    assert sorted(delivered_seqs(tmp_path)) == list(range(2, TOTAL))  # once, by one of them
+    assert not base.exists()
+    kept = [row for w in range(2) for row in list_rejected(shard.spool_dir(base, w) / SPOOL_FILE)]
+    assert [(r.sink, r.reason) for r in kept] == [("file", "a refused line")] * 2
+    assert [r.line for r in kept] == first.lines
 
 
 # -- end to end: `--workers 2`, an outage, then unsharded ------------------------------------------
