@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
@@ -107,11 +108,28 @@ def _digest(directory: Path) -> dict[str, str]:
     }
 
 
+def _status(tmp_path: Path, *extra: str) -> str:
+    """`qkdtel spool status` on the configuration of `_run_collector` (exit 0)."""
+    cfg = tmp_path / "status.yaml"
+    cfg.write_text(yaml.safe_dump(collector_document(tmp_path, [])))
+    result = subprocess.run(
+        [sys.executable, "-m", "qkdtel.cli", "spool", "status", "-c", str(cfg), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_an_orphan_held_by_a_live_process_is_left_untouched(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     orphan = tmp_path / "spool.shard-1"
     fill(orphan / SPOOL_FILE)
+    doc = json.loads(_status(tmp_path, "--json"))  # no spool of its own yet, one orphan
+    assert doc["points"] == 0 and doc["sinks"] == []
+    assert doc["orphans"] == [{"spool": str(orphan), "pending": TOTAL}]
     before = _digest(orphan)
     caplog.set_level(logging.INFO, logger="qkdtel")
     with SpoolLock(orphan):  # a live collector of another layout still runs on it
@@ -137,6 +155,8 @@ def test_a_damaged_orphan_is_salvaged_and_adopted_while_polling_goes_on(
     fill(orphan / SPOOL_FILE)
     with (orphan / SPOOL_FILE).open("r+b") as f:
         f.write(os.urandom(100))  # garbage over the header: "file is not a database"
+    status = _status(tmp_path)
+    assert f"{orphan}: spool file {orphan / SPOOL_FILE} is damaged" in status, status
     caplog.set_level(logging.INFO, logger="qkdtel")
     device = {
         "name": "probe",
