@@ -184,6 +184,34 @@ def test_a_damaged_orphan_is_salvaged_and_adopted_while_polling_goes_on(
     assert telemetry["spool_damaged"] == "1i"
 
 
+def test_an_orphan_that_cannot_be_adopted_is_named_and_the_next_one_still_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    foreign = tmp_path / "spool.shard-4"
+    foreign.mkdir()
+    conn = sqlite3.connect(foreign / SPOOL_FILE)  # some other program's database
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.commit()
+    conn.close()
+    good = tmp_path / "spool.shard-5"
+    fill(good / SPOOL_FILE)
+    caplog.set_level(logging.INFO, logger="qkdtel")
+    _run_collector(tmp_path, [], 2.0)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert (
+        errors[0]
+        .getMessage()
+        .startswith(
+            f"cannot adopt the orphaned spool {foreign}: SpoolLayoutError: spool file"
+            f" {foreign / SPOOL_FILE} is not a qkdtel spool"
+        )
+    )
+    assert errors[0].getMessage().endswith("; it is left as it is")
+    assert (foreign / SPOOL_FILE).exists() and not good.exists()
+    assert sorted(delivered_seqs(tmp_path)) == list(range(TOTAL))
+
+
 def test_two_shards_starting_beside_an_unsharded_spool_adopt_it_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
