@@ -134,7 +134,12 @@ async def adopt_orphans(
     Never raises for an orphan: what goes wrong is logged with its path and the orphan left as
     it is."""
     sinks = delivery.sink_names
-    found = await asyncio.to_thread(orphans, base_spool_dir(settings), settings.shard)
+    base = base_spool_dir(settings)
+    try:
+        found = await asyncio.to_thread(orphans, base, settings.shard)
+    except OSError as exc:
+        log.error("cannot look for orphaned spools beside %s: %s", base, exc)
+        return
     for directory in found:
         if stopping():
             break
@@ -162,11 +167,11 @@ class _Adoption:
     sinks: list[str]
     copied: int = 0
 
-    async def run(self, stopping: Callable[[], bool]) -> int:
-        """Adopt the orphan if no live process holds it; returns the points copied."""
+    async def run(self, stopping: Callable[[], bool]) -> None:
+        """Adopt the orphan if no live process holds it."""
         lock = await asyncio.to_thread(self._claim)
         if lock is None:
-            return 0
+            return
         try:
             spool, report = await asyncio.to_thread(open_spool, self._path, self._open)
             self.delivery.count_salvage(report)
@@ -179,7 +184,6 @@ class _Adoption:
             if left is None:
                 left = "" if await asyncio.to_thread(self._remove) else self._kept_files()
             self._say(left)
-            return self.copied
         finally:
             lock.release()
 
