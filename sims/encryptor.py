@@ -139,25 +139,27 @@ class EncryptorModel:
     ports: list[Port]
     associations: list[Association]
 
+    def advance(self, t: float) -> None:
+        """Run every association's refreshes due up to simulated time `t`."""
+        for assoc in self.associations:
+            assoc.advance(t)
+
     def columns(self, clock: SimClock) -> dict[str, Callable[[Association], Any]]:
-        """Association column -> value at the current simulated time."""
-
-        def read(assoc: Association) -> Association:
-            assoc.advance(clock.now())
-            return assoc
-
+        """Association column -> its value as of the association's last `advance` (the agent
+        advances the model ahead of each request: one request, one state, however the key
+        manager's availability changes while it is answered)."""
         return {
             "qencAssocIfIndex": lambda a: a.port.if_index,
             "qencAssocPeer": lambda a: a.peer,
             "qencAssocKeyInterface": lambda a: a.key_interface,
-            "qencAssocKeySource": lambda a: read(a).source_now(),
-            "qencAssocState": lambda a: read(a).state,
-            "qencAssocKeyRefreshes": lambda a: read(a).refreshes,
+            "qencAssocKeySource": lambda a: a.source_now(),
+            "qencAssocState": lambda a: a.state,
+            "qencAssocKeyRefreshes": lambda a: a.refreshes,
             "qencAssocSecondsSinceRefresh": lambda a: math.floor(
-                max(0.0, clock.now() - read(a).last_refresh)
+                max(0.0, clock.now() - a.last_refresh)
             ),
-            "qencAssocKeyFetchFailures": lambda a: read(a).failures,
-            "qencAssocFallbacks": lambda a: read(a).fallbacks,
+            "qencAssocKeyFetchFailures": lambda a: a.failures,
+            "qencAssocFallbacks": lambda a: a.fallbacks,
         }
 
 
@@ -225,11 +227,13 @@ class EncryptorAgent(SimAgent):
         builder.export_symbols(f"__{MIB}-SIM-{self.name}", *instances)
         self._identify_encryptor(builder)
 
+    def _before_request(self) -> None:
+        self.model.advance(self.clock.now())
+
     def mark_states(self) -> None:
         """Take every association's current state as known (no trap for the state at start)."""
-        now = self.clock.now()
+        self.model.advance(self.clock.now())
         for assoc in self.model.associations:
-            assoc.advance(now)
             self._notified[assoc.index] = assoc.state
 
     async def notify_state_changes(
@@ -239,8 +243,8 @@ class EncryptorAgent(SimAgent):
         whose state changed since the last call to `target` (None: no traps)."""
         now = self.clock.now()
         columns = self.model.columns(self.clock)
+        self.model.advance(now)
         for assoc in self.model.associations:
-            assoc.advance(now)
             if assoc.state == self._notified.get(assoc.index, assoc.state):
                 self._notified[assoc.index] = assoc.state
                 continue

@@ -87,12 +87,16 @@ class SentNotification:
 
 
 class _DroppingUdpTransport(udp.UdpAsyncioTransport):
-    """UDP server transport that can be told to ignore every request (an unreachable agent)."""
+    """UDP server transport that can be told to ignore every request (an unreachable agent),
+    and runs `before_request` ahead of each one it answers."""
 
     drop = False
+    before_request: Callable[[], None] | None = None
 
     def datagram_received(self, datagram, transportAddress):
         if not self.drop:
+            if self.before_request is not None:
+                self.before_request()
             super().datagram_received(datagram, transportAddress)
 
 
@@ -160,6 +164,7 @@ class SimAgent:
         eng = engine.SnmpEngine(snmpEngineID=OctetString(engine_id(self.name)))
         self._transport = _DroppingUdpTransport().open_server_mode(sock=sock)
         self._transport.drop = self.faults.unresponsive
+        self._transport.before_request = self._before_request
         config.add_transport(eng, udp.DOMAIN_NAME, self._transport)
         self._configure_security(eng)
         snmp_context = context.SnmpContext(eng)
@@ -173,6 +178,10 @@ class SimAgent:
         eng.cache["mibViewController"] = view.MibViewController(eng.get_mib_builder())
         self._engine = eng
         return self.port
+
+    def _before_request(self) -> None:
+        """Ahead of each request: a model that runs in steps brings itself up to now here, so
+        every object one request reads describes one state, as a real agent's answer does."""
 
     def stop(self) -> None:
         """Close the socket and release the engine."""
