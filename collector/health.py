@@ -1,9 +1,9 @@
 """The collector's own health over HTTP, for Prometheus and orchestrators (`collector.health`).
 
 `/metrics`: the Prometheus text format (prometheus_client), read from the daemon at each
-scrape: polls by device and result, points collected / written / rejected / dropped / pending
-per sink, write errors and latency, spool bytes, what listeners count (traps received and
-refused by reason), and how often a `--workers` worker was restarted. `/healthz`: 200
+scrape: polls by device and result, points collected and adopted, points written / rejected /
+dropped / pending per sink, write errors and latency, spool bytes, what listeners count (traps
+received and refused by reason), and how often a `--workers` worker was restarted. `/healthz`: 200
 `{"status": "ok"}`, or 503 with the reasons when a sink's writer is dead or stalled, or a sink
 has delivered nothing for `unhealthy_after` while points wait for it (InfluxDB down, a token
 revoked...).
@@ -87,6 +87,9 @@ class _DaemonMetrics:
     @staticmethod
     def _delivery(points: list[Sample]) -> Iterator[Metric]:
         collected = CounterMetricFamily("qkdtel_points_collected", "points handed to the spool")
+        adopted = CounterMetricFamily(
+            "qkdtel_points_adopted", "points taken over from orphaned spools (docs/scaling.md)"
+        )
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         for key, (name, kind, text) in PER_SINK.items():
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
@@ -97,10 +100,12 @@ class _DaemonMetrics:
                 family.add_metric([point.tags["sink"]], float(point.fields[key]))
         if points:  # the same for every sink: one collector, one spool
             collected.add_metric([], points[0].fields["points_collected"])
+            adopted.add_metric([], points[0].fields["points_adopted"])
             for key, family in spool.items():
                 if key in points[0].fields:
                     family.add_metric([], points[0].fields[key])
         yield collected
+        yield adopted
         yield from families.values()
         yield from spool.values()
 

@@ -100,6 +100,7 @@ def test_metrics_scraped_and_healthz_follows_the_sink(
         scraped = wait_until(written, 60, "points written, seen on /metrics")
         assert scraped[("qkdtel_polls_total", (("device", "probe"), ("result", "ok")))] >= 1
         assert scraped[("qkdtel_points_collected_total", ())] >= 1
+        assert scraped[("qkdtel_points_adopted_total", ())] == 0  # no orphaned spool here
         assert ("qkdtel_points_pending", (("sink", "influxdb"),)) in scraped
         assert scraped[("qkdtel_spool_bytes", ())] > 0
         assert scraped[("qkdtel_writer_stalled", (("sink", "influxdb"),))] == 0
