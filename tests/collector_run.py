@@ -61,6 +61,16 @@ class Recorder:
         return out
 
 
+def polled_by_one_scheduler(polls: list[float], interval: float) -> bool:
+    """Whether `polls` (sorted times) fit one schedule at `interval`: each poll takes a slot of
+    its own, late by up to an interval (coalesced, never made up), so n polls span at least
+    (n - 1) slots less one interval. Two collectors polling the device put about twice as many
+    polls in the span. Counted, not gap-checked: a late poll followed by one on time is a gap
+    far shorter than the interval, from one scheduler."""
+    span = polls[-1] - polls[0]
+    return len(polls) <= span / interval + 2
+
+
 def poll_times(influxdb: InfluxServer, db: str) -> dict[str, list[float]]:
     """Device -> the times (s) of its polls, from the qkdtel_device_status points."""
     rows = influxdb.query('SELECT "up" FROM "qkdtel_device_status" GROUP BY "device"', db)
