@@ -109,9 +109,13 @@ def test_a_link_outage_drains_the_kme_and_the_encryptor_falls_back(
     assert abs(kme_events[1][1] - encryptor_events[1][1]) < 1e9
 
     (drain,) = influxdb.query(
-        "SELECT max(net_drain_keys_per_s), min(stored_key_count) FROM kme_key_store", influx_db
+        "SELECT median(net_drain_keys_per_s) FROM kme_key_store WHERE net_drain_keys_per_s > 0",
+        influx_db,
     )
-    assert 20 < drain["max"] < 80 and drain["min"] == 0  # ~40 keys per real second
+    (lowest,) = influxdb.query("SELECT min(stored_key_count) FROM kme_key_store", influx_db)
+    # ~40 keys per real second while draining; the median, as a poll started late then one on
+    # time measure over a short gap in whole keys
+    assert 20 < drain["median"] < 80 and lowest["min"] == 0
     (assoc,) = influxdb.query(
         "SELECT max(key_fetch_failures_total), last(state), last(key_source) "
         "FROM encryptor_association",
