@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from qkdtel.mibs import MIB_DIR
 from qkdtel.mibs.smiv2_core import write_core_modules
@@ -102,6 +103,29 @@ class SnmpSims:
     trap_target: tuple[str, int]
     network: SimNetwork
     background: BackgroundNetwork
+
+    def daemon_config(
+        self, path: Path, influxdb_url: str, db: str, interval: float, *, traps: bool = True,
+        **collector: Any,
+    ) -> Path:  # fmt: skip
+        """Write to `path` the twin's config for a real daemon: every device every `interval`
+        s into InfluxDB `db`, a spool beside `path`, self-telemetry every second, `collector`
+        settings added; `traps=False` drops the trap listener (a port has one owner)."""
+        document = yaml.safe_load(self.config_path.read_text())
+        document["collector"] = {
+            "spool_dir": str(path.parent / "spool"),
+            "flush_interval": 0.2,
+            "self_telemetry_interval": 1.0,
+            **collector,
+        }
+        document["sinks"] = [{"type": "influxdb_v1", "url": influxdb_url, "database": db}]
+        if not traps:
+            document.pop("listeners", None)
+            document.pop("traps", None)
+        for device in document["devices"]:
+            device["interval"] = interval
+        path.write_text(yaml.safe_dump(document))
+        return path
 
 
 @dataclass

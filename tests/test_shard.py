@@ -128,19 +128,8 @@ INTERVAL = 2.0
 def _shard_config(snmp_sims: SnmpSims, influxdb: InfluxServer, db: str, tmp_path: Path) -> Path:
     """The twin's config (every device every 2 s) writing to the real InfluxDB; no trap
     listener: four processes cannot all listen on one port."""
-    document = yaml.safe_load(snmp_sims.config_path.read_text())
-    document.pop("traps", None)
-    document["collector"] = {
-        "spool_dir": str(tmp_path / "spool"),
-        "flush_interval": 0.2,
-        "self_telemetry_interval": 1.0,
-    }
-    document["sinks"] = [{"type": "influxdb_v1", "url": influxdb.url, "database": db}]
-    for device in document["devices"]:
-        device["interval"] = INTERVAL
     path = tmp_path / "sharded.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return snmp_sims.daemon_config(path, influxdb.url, db, INTERVAL, traps=False)
 
 
 def _wait_for_every_device(

@@ -250,22 +250,15 @@ def test_two_shards_starting_beside_an_unsharded_spool_adopt_it_once(
 
 def _config(snmp_sims: SnmpSims, influxdb: InfluxServer, db: str, tmp_path: Path) -> Path:
     """The twin's config, every device every 2 s, into the real InfluxDB."""
-    document = yaml.safe_load(snmp_sims.config_path.read_text())
-    document["collector"] = {
-        "spool_dir": str(tmp_path / "spool"),
-        "flush_interval": 0.2,
-        "self_telemetry_interval": 1.0,
-        "retry_max_delay": 1.0,
-        "shutdown_grace": "1s",
-    }
-    document["sinks"] = [{"type": "influxdb_v1", "url": influxdb.url, "database": db}]
-    document.pop("listeners", None)
-    document.pop("traps", None)
-    for device in document["devices"]:
-        device["interval"] = INTERVAL
-    path = tmp_path / "adopt.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return snmp_sims.daemon_config(
+        tmp_path / "adopt.yaml",
+        influxdb.url,
+        db,
+        INTERVAL,
+        traps=False,
+        retry_max_delay=1.0,
+        shutdown_grace="1s",
+    )
 
 
 def _spooled_polls(directory: Path) -> set[tuple[str, int]]:

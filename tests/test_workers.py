@@ -50,20 +50,14 @@ def _config(
 ) -> Path:
     """The twin's config (every device every 2 s, its trap listener kept) writing to the real
     InfluxDB, /healthz on `health_port` (worker 1: the port + 1)."""
-    document = yaml.safe_load(snmp_sims.config_path.read_text())
-    document["collector"] = {
-        "spool_dir": str(tmp_path / "spool"),
-        "flush_interval": 0.2,
-        "self_telemetry_interval": 1.0,
-        "retry_max_delay": 1.0,
-        "health": {"listen": f"127.0.0.1:{health_port}"},
-    }
-    document["sinks"] = [{"type": "influxdb_v1", "url": influxdb.url, "database": db}]
-    for device in document["devices"]:
-        device["interval"] = INTERVAL
-    path = tmp_path / "workers.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return snmp_sims.daemon_config(
+        tmp_path / "workers.yaml",
+        influxdb.url,
+        db,
+        INTERVAL,
+        retry_max_delay=1.0,
+        health={"listen": f"127.0.0.1:{health_port}"},
+    )
 
 
 def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, timeout: float) -> None:
