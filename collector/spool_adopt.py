@@ -17,7 +17,9 @@ good. So a starting collector adopts them:
   is salvaged, `qkdtel.spool_salvage.open_spool`), every point still pending for any of this
   collector's sinks copied in batches through delivery's normal append (`Delivery.adopt`: the
   overflow policy and the counting apply) from the lowest cursor among them (a sink the orphan
-  never knew starts at its oldest point), then acknowledged in the orphan; lines its sinks had
+  never knew starts at its oldest point) while this collector's spool is within
+  `ADOPT_SHARE` of its limits (past it, adoption waits for the backlog to go: it never makes
+  room by dropping), then acknowledged in the orphan; lines its sinks had
   rejected are kept aside in this collector's spool; once drained, its files and directory are
   removed (the parent fsync'ed) and the lock released. One INFO line per orphan says how many
   points came over.
@@ -65,6 +67,15 @@ log = logging.getLogger(__name__)
 ADOPT_BATCH = 10_000
 """Points copied per append (one group commit, about 1 MB): big enough that millions go over in
 a few hundred commits, small enough that polls committing beside it never wait long."""
+
+ADOPT_SHARE = 0.5
+"""Adoption fills this collector's spool to at most this share of its limits (points, bytes):
+the rest is the live polls'. It never makes room by dropping: the overflow policy is for what
+this collector polls, and the orphan keeps its points safely until there is room."""
+
+ROOM_WAIT_S = 5.0
+"""How often adoption looks again for room while this collector's spool is past its share
+(its sinks down: the backlog delivered first makes room)."""
 
 _SHARD_SUFFIX = re.compile(r"\.shard-(0|[1-9][0-9]*)")
 """The suffix `qkdtel.shard.spool_dir` gives, exactly (`.shard-03` is no shard's)."""
@@ -226,12 +237,24 @@ class _Adoption:
         """Copy the orphan's pending points into delivery's spool, batch by batch, each
         committed there before the orphan acknowledges it; returns None once drained, else why
         the rest stays in the orphan."""
+        waiting = False
         while not stopping():
-            limit = min(ADOPT_BATCH, self.settings.spool_max_points)
+            limit = min(ADOPT_BATCH, int(self.settings.spool_max_points * ADOPT_SHARE) // 4)
             found = await asyncio.to_thread(_next_batch, spool, self.sinks, limit)
             if found is None:
                 return None
             batch, lines = found
+            if not await asyncio.to_thread(self._room_for, lines):
+                if not waiting:
+                    log.info(
+                        "adopting %s: waits for room, this collector's spool is past %d %% of"
+                        " its limits (%s points adopted so far)",
+                        *(self.directory, ADOPT_SHARE * 100, f"{self.copied:,}"),
+                    )
+                waiting = True
+                await _sleep_unless(stopping, ROOM_WAIT_S)
+                continue
+            waiting = False
             kept = await self.delivery.adopt(lines)
             if kept < len(batch):
                 # This collector's spool is full (reject_new, a full disk) or failing: the
@@ -240,6 +263,17 @@ class _Adoption:
             self.copied += len(batch)
             await asyncio.to_thread(_acknowledge, spool, self.sinks, batch)
         return "; the daemon is stopping, the rest stays there for the next start"
+
+    def _room_for(self, lines: list[str]) -> bool:
+        """In a thread: whether `lines` fit in this collector's spool within `ADOPT_SHARE` of
+        its limits (points; bytes, counting the lines' text as their size) and its disk is not
+        full."""
+        own = self.delivery.spool
+        if own.disk_full:
+            return False
+        points = own.size() + len(lines) <= own.max_points * ADOPT_SHARE
+        size = own.bytes_on_disk() + sum(map(len, lines)) <= own.max_bytes * ADOPT_SHARE
+        return points and size
 
     def _keep_rejected(self) -> None:
         """In a thread: the lines the orphan's sinks refused, kept aside in delivery's spool
@@ -288,6 +322,13 @@ class _Adoption:
             self.directory,
             left or " and removed it",
         )
+
+
+async def _sleep_unless(stopping: Callable[[], bool], seconds: float) -> None:
+    """Sleep `seconds`, or less once `stopping()` says the daemon stops (checked every 0.2 s)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not stopping() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
 
 
 def _next_batch(spool: Spool, sinks: Sequence[str], limit: int) -> tuple[Batch, list[str]] | None:

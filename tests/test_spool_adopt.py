@@ -28,7 +28,7 @@ import yaml
 from qkdtel import shard
 from qkdtel.config import CollectorSettings, ShardSettings, load_config_text
 from qkdtel.daemon import Collector
-from qkdtel.sims.influxd import InfluxServer
+from qkdtel.sims.influxd import InfluxServer, free_port
 from qkdtel.spool import SPOOL_FILE, _split, _unpack_ends, list_rejected, spool_status
 from qkdtel.spool_adopt import base_spool_dir, is_orphan, orphan_pending, orphans
 from qkdtel.spool_lock import SpoolLock
@@ -210,6 +210,34 @@ def test_an_orphan_that_cannot_be_adopted_is_named_and_the_next_one_still_is(
     assert errors[0].getMessage().endswith("; it is left as it is")
     assert (foreign / SPOOL_FILE).exists() and not good.exists()
     assert sorted(delivered_seqs(tmp_path)) == list(range(TOTAL))
+
+
+def test_adoption_waits_for_room_instead_of_dropping(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This collector's spool holds 1,000 points at most and its sink is down: adoption takes
+    at most half of that and waits, the orphan keeps the rest, nothing is dropped; with a sink
+    that writes (the next start), everything arrives once."""
+    orphan = tmp_path / "spool.shard-1"
+    fill(orphan / SPOOL_FILE)
+    caplog.set_level(logging.INFO, logger="qkdtel")
+    down = collector_document(tmp_path, [], spool_max_points=1000, retry_max_delay=0.5)
+    down["sinks"] = [
+        {"type": "influxdb_v1", "url": f"http://127.0.0.1:{free_port()}", "database": "x"}
+    ]
+    recorder = Recorder()
+    asyncio.run(Collector(load_config_text(yaml.safe_dump(down)), [recorder]).run(duration=2.0))
+
+    telemetry = [s.fields for s in recorder.samples if s.measurement == "qkdtel_collector"]
+    assert telemetry and telemetry[-1]["points_dropped"] == 0
+    assert 0 < telemetry[-1]["points_adopted"] <= 500
+    assert orphan_pending(orphan, ["file"]) == TOTAL - telemetry[-1]["points_adopted"]
+    waits = [r.getMessage() for r in caplog.records if "waits for room" in r.getMessage()]
+    assert len(waits) == 1 and str(orphan) in waits[0], waits
+
+    _run_collector(tmp_path, [], 3.0)  # the file sink: never knew the spool, gets all of it
+    assert sorted(delivered_seqs(tmp_path)) == list(range(TOTAL))
+    assert not orphan.exists()
 
 
 def test_two_shards_starting_beside_an_unsharded_spool_adopt_it_once(
