@@ -121,17 +121,16 @@ def _file_layout(loaded: LoadedConfig) -> tuple[ShardSettings | None, str]:
     """The layout `qkdtel run -c FILE` runs in as the file sets it (`collector.shard`,
     `collector.workers`; --shard or --workers on the command line would change it), for the
     orphan rule (`qkdtel.spool_adopt`), and how to say it."""
-    settings = loaded.config.collector
-    workers = settings.workers
-    workers = cli_workers.cpu_count() if workers == "auto" else workers
-    if settings.shard is None and workers == 1:
+    host_shard = loaded.config.collector.shard
+    host = (host_shard.index, host_shard.count) if host_shard else None
+    workers = cli_workers.from_file(loaded)
+    if host is None and workers == 1:
         return None, "unsharded"
-    index, count = (settings.shard.index, settings.shard.count) if settings.shard else (0, 1)
-    running = ShardSettings(index=index * workers, count=count * workers)
+    first, count = cli_workers.global_shard(host, workers, 0)
+    running = ShardSettings(index=first, count=count)
     if workers == 1:
-        return running, f"shard {index}/{count}"
-    first = index * workers
-    return running, f"{workers} workers, shards {first}-{first + workers - 1} of {running.count}"
+        return running, f"shard {first}/{count}"
+    return running, f"{workers} workers, shards {first}-{first + workers - 1} of {count}"
 
 
 def _orphans(loaded: LoadedConfig) -> tuple[list[dict[str, Any]], str]:

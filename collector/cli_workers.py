@@ -91,7 +91,19 @@ def requested(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     """How many workers to run: the command line, else the file."""
     if args.workers is not None:
         return _parse(args.workers, "--workers")
+    return from_file(loaded)
+
+
+def from_file(loaded: LoadedConfig) -> int:
+    """How many workers the file asks for (`collector.workers`, `auto` resolved)."""
     return _parse(loaded.config.collector.workers, "collector.workers")
+
+
+def global_shard(host: tuple[int, int] | None, workers: int, w: int) -> tuple[int, int]:
+    """(index, count) of worker `w` of `workers` on host shard `host` = (i, M) (None: 0 of 1):
+    global shard i*N + w of M*N."""
+    index, count = host or (0, 1)
+    return index * workers + w, count * workers
 
 
 def _health_plus(health: HealthSettings | None, offset: int) -> HealthSettings | None:
@@ -114,11 +126,10 @@ def worker_configs(
 ) -> list[LoadedConfig]:
     """Each worker's configuration: global shard i*N + w of M*N (`host` = (i, M), None: 0 of
     1), its health port + w, the listeners in worker 0 only."""
-    index, count = host or (0, 1)
-    shard.check(index * workers + workers - 1, count * workers)
+    shard.check(*global_shard(host, workers, workers - 1))
     out = []
     for w in range(workers):
-        mine = shard.select(loaded, index * workers + w, count * workers)
+        mine = shard.select(loaded, *global_shard(host, workers, w))
         settings = mine.config.collector.model_copy(
             update={"health": _health_plus(mine.config.collector.health, w), "workers": 1}
         )

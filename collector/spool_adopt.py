@@ -237,24 +237,14 @@ class _Adoption:
         """Copy the orphan's pending points into delivery's spool, batch by batch, each
         committed there before the orphan acknowledges it; returns None once drained, else why
         the rest stays in the orphan."""
-        waiting = False
+        limit = min(ADOPT_BATCH, int(self.settings.spool_max_points * ADOPT_SHARE) // 4)
         while not stopping():
-            limit = min(ADOPT_BATCH, int(self.settings.spool_max_points * ADOPT_SHARE) // 4)
             found = await asyncio.to_thread(_next_batch, spool, self.sinks, limit)
             if found is None:
                 return None
             batch, lines = found
-            if not await asyncio.to_thread(self._room_for, lines):
-                if not waiting:
-                    log.info(
-                        "adopting %s: waits for room, this collector's spool is past %d %% of"
-                        " its limits (%s points adopted so far)",
-                        *(self.directory, ADOPT_SHARE * 100, f"{self.copied:,}"),
-                    )
-                waiting = True
-                await _sleep_unless(stopping, ROOM_WAIT_S)
-                continue
-            waiting = False
+            if not await self._wait_for_room(lines, stopping):
+                break
             kept = await self.delivery.adopt(lines)
             if kept < len(batch):
                 # This collector's spool is full (reject_new, a full disk) or failing: the
@@ -263,6 +253,22 @@ class _Adoption:
             self.copied += len(batch)
             await asyncio.to_thread(_acknowledge, spool, self.sinks, batch)
         return "; the daemon is stopping, the rest stays there for the next start"
+
+    async def _wait_for_room(self, lines: list[str], stopping: Callable[[], bool]) -> bool:
+        """Until `lines` fit (`_room_for`), said once at INFO when they do not at first;
+        False if the daemon stops meanwhile."""
+        if await asyncio.to_thread(self._room_for, lines):
+            return True
+        log.info(
+            "adopting %s: waits for room, this collector's spool is past %d %% of its limits"
+            " (%s points adopted so far)",
+            *(self.directory, ADOPT_SHARE * 100, f"{self.copied:,}"),
+        )
+        while not stopping():
+            await _sleep_unless(stopping, ROOM_WAIT_S)
+            if not stopping() and await asyncio.to_thread(self._room_for, lines):
+                return True
+        return False
 
     def _room_for(self, lines: list[str]) -> bool:
         """In a thread: whether `lines` fit in this collector's spool within `ADOPT_SHARE` of
